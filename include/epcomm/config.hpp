@@ -1,0 +1,35 @@
+// Config: the sizes and knobs a communicator is built for; fixed for its lifetime.
+#pragma once
+
+#include "epcomm/types.hpp"
+
+namespace epcomm {
+
+struct Config {
+  int num_experts = 0;           // E, a multiple of the number of ranks
+  int hidden = 0;                // H elements per row
+  int max_tokens_per_rank = 0;   // capacity: the most tokens one dispatch may send from a rank
+  int max_topk = 8;              // the largest K a dispatch may use
+  DType dtype = DType::kBF16;    // element type of dispatched rows
+  IndexType index_type = IndexType::kInt64;
+  Algorithm algorithm = Algorithm::kFlat;
+  int dispatch_sms = 16;         // thread blocks (one per SM) a dispatch sends with
+  int combine_sms = 16;          // thread blocks a combine gathers with
+  int expert_alignment = 1;      // num_recv_per_expert is rounded up to a multiple of this
+  int max_recv_rows = 0;         // receive pool rows per rank; 0 means R * max_tokens_per_rank
+  int wait_timeout_ms = 5000;    // every wait on a peer gives up after this long
+  int ring_slots = 8;            // ring path: slots per (channel, source, destination) ring
+  int ring_chunk = 4;            // ring path: rows a sender publishes at once (< ring_slots)
+
+  // Throws Error(kInvalidArgument) naming the first field that is wrong and its value.
+  void validate(int num_ranks) const;
+
+  int experts_per_rank(int num_ranks) const { return num_experts / num_ranks; }
+  int recv_capacity(int num_ranks) const {
+    return max_recv_rows > 0 ? max_recv_rows : num_ranks * max_tokens_per_rank;
+  }
+  int num_scales() const { return dtype == DType::kFP8E4M3 ? hidden / kFp8ScaleBlock : 0; }
+  size_t row_bytes() const { return static_cast<size_t>(hidden) * element_bytes(dtype); }
+};
+
+}  // namespace epcomm

@@ -1,0 +1,50 @@
+// The interface every backend implements; Communicator checks arguments, then forwards here.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "epcomm/bootstrap.hpp"
+#include "epcomm/config.hpp"
+#include "epcomm/dispatch.hpp"
+#include "epcomm/error.hpp"
+
+namespace epcomm::detail {
+
+// What every backend's handle carries; backends derive to add their routing tables.
+struct HandleState {
+  virtual ~HandleState() = default;
+  uint64_t comm_id = 0;  // the Communicator that made it
+  uint64_t epoch = 0;    // its dispatch sequence number
+  int num_tokens = 0;
+  int num_recv = -1;     // -1 when the dispatch did not wait for it on the host
+};
+
+// Arguments already checked by Communicator: pointers present, T and K in range, dtype-matched
+// scales. Backends check what needs the data itself (expert ids) or the device.
+class CommBackend {
+ public:
+  virtual ~CommBackend() = default;
+  virtual int recv_capacity() const = 0;
+  virtual void set_stream(Stream stream) = 0;
+  virtual Stream stream() const = 0;
+  virtual void get_dispatch_layout(const void* topk_idx, int num_tokens, int num_topk,
+                                   const LayoutOutputs& out) = 0;
+  // The backend fills result.handle with a HandleState carrying comm_id and epoch.
+  virtual DispatchResult dispatch(const DispatchInputs& in, const DispatchOptions& options,
+                                  uint64_t comm_id, uint64_t epoch) = 0;
+  virtual DispatchResult dispatch_cached(const HandleState& handle, const void* x,
+                                         const float* x_scales, const DispatchOptions& options,
+                                         uint64_t comm_id, uint64_t epoch) = 0;
+  virtual void* combine_input() = 0;
+  virtual void combine(const void* y, const HandleState& handle, void* out) = 0;
+  virtual void synchronize() = 0;
+};
+
+std::unique_ptr<CommBackend> make_host_backend(std::shared_ptr<Bootstrap> bootstrap,
+                                               const Config& config);
+// Defined only in builds with CUDA; Communicator reports kUnsupported otherwise.
+std::unique_ptr<CommBackend> make_cuda_backend(std::shared_ptr<Bootstrap> bootstrap,
+                                               const Config& config, int device);
+
+}  // namespace epcomm::detail

@@ -1,0 +1,70 @@
+// The host reference backend: the oracle every other backend is compared with byte for byte.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../backend.hpp"
+
+namespace epcomm::host {
+
+// Sender-side routing of one dispatch: slot[t * R + d] = row of token t on rank d, or -1.
+struct HostHandle final : detail::HandleState {
+  std::vector<int> slot;
+};
+
+// Ranks are threads of one process; each reads its peers' inputs and pools through pointers
+// exchanged once at creation, between bootstrap collectives that order the accesses.
+class HostBackend final : public detail::CommBackend {
+ public:
+  HostBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& config);
+
+  int recv_capacity() const override { return capacity_; }
+  void set_stream(Stream stream) override { stream_ = stream; }
+  Stream stream() const override { return stream_; }
+  void get_dispatch_layout(const void* topk_idx, int num_tokens, int num_topk,
+                           const LayoutOutputs& out) override;
+  DispatchResult dispatch(const DispatchInputs& in, const DispatchOptions& options,
+                          uint64_t comm_id, uint64_t epoch) override;
+  DispatchResult dispatch_cached(const detail::HandleState& handle, const void* x,
+                                 const float* x_scales, const DispatchOptions& options,
+                                 uint64_t comm_id, uint64_t epoch) override;
+  void* combine_input() override { return pool_.data(); }
+  void combine(const void* y, const detail::HandleState& handle, void* out) override;
+  void synchronize() override {}
+
+ private:
+  // What this rank offers its peers during one collective call.
+  struct Published {
+    DispatchInputs in;
+    const HostHandle* handle = nullptr;
+  };
+
+  bool token_goes_to(const DispatchInputs& in, int token, int dest) const;
+  int count_tokens_to(const DispatchInputs& in, int dest) const;
+  // Exchanges each rank's status; throws on every rank when any rank failed its local check.
+  void agree_or_throw(ErrorCode code, const std::string& local_error);
+  void copy_row(const Published& from, int token, int row, const DispatchOutputs& outs);
+  DispatchResult result_views(const DispatchOutputs& outs, bool with_meta);
+
+  std::shared_ptr<Bootstrap> bootstrap_;
+  Config config_;
+  int num_ranks_;
+  int rank_;
+  int experts_per_rank_;
+  int capacity_;
+  Stream stream_ = nullptr;
+  std::vector<HostBackend*> peers_;
+  Published published_;
+
+  std::vector<unsigned char> pool_;  // [capacity][H] rows: dtype rows after dispatch, bf16 y
+  std::vector<float> recv_scales_;
+  std::vector<unsigned char> recv_topk_idx_;
+  std::vector<float> recv_topk_weights_;
+  std::vector<RecvSource> recv_src_;
+  std::vector<int> num_recv_per_expert_;
+  int num_recv_ = 0;  // rows in the pool from the latest dispatch
+};
+
+}  // namespace epcomm::host

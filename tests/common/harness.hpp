@@ -1,0 +1,53 @@
+// Runs dispatch -> combine rounds on R ranks (threads) of any backend and collects the outputs
+// in host memory, so that backends can be compared byte for byte.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "memory.hpp"
+#include "workload.hpp"
+
+namespace epcomm::testing {
+
+// Runs fn(rank) on num_ranks threads; after all have ended, rethrows the first failure.
+void run_on_ranks(int num_ranks, const std::function<void(int)>& fn);
+
+struct RoundOptions {
+  bool copy_recv_x = false;   // recv_x into a caller buffer instead of the pool view
+  bool caller_meta = true;    // meta outputs into caller buffers instead of the communicator's
+  bool stage_y = false;       // combine from a separate buffer instead of combine_input()
+  bool y_is_recv_x = false;   // bf16 only: y = the received rows themselves
+  bool wait_num_recv = true;  // exact mode (host learns num_recv) or worst-case mode
+  bool cached = true;         // also run a cached dispatch of fresh rows, and its combine
+};
+
+struct RankOutputs {
+  std::vector<int> tokens_per_rank, tokens_per_expert;
+  std::vector<unsigned char> is_token_in_rank;
+  int num_recv = 0;
+  std::vector<unsigned char> recv_x, recv_scales, recv_topk_idx, recv_topk_weights, recv_src;
+  std::vector<int> per_expert;
+  std::vector<unsigned char> combined;  // [T][H] bf16
+  std::vector<unsigned char> cached_recv_x, cached_recv_scales, cached_combined;
+};
+
+// The first difference between two ranks' outputs ("" when identical), for test messages.
+std::string first_difference(const RankOutputs& want, const RankOutputs& got);
+
+// One rank's round: layout, dispatch (outputs poisoned first), combine, and optionally a cached
+// dispatch with fresh rows and its combine. Checks that nothing was written past num_recv in
+// caller buffers (throws std::runtime_error if so). Collective: all ranks call it.
+RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory,
+                      const Shape& shape, Routing routing, uint64_t seed,
+                      const RoundOptions& options);
+
+// R communicators of `backend` on R threads (GPU rank % device_count for CUDA), `rounds`
+// rounds with seeds seed, seed+1, ...; returns outputs[round][rank].
+std::vector<std::vector<RankOutputs>> run_cluster(Backend backend, const Config& config,
+                                                  const Shape& shape, Routing routing,
+                                                  uint64_t seed, const RoundOptions& options,
+                                                  int rounds = 1);
+
+}  // namespace epcomm::testing

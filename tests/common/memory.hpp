@@ -1,0 +1,57 @@
+// Memory the tests and the bench use for a backend: host memory, or a CUDA device's memory.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "epcomm/types.hpp"
+
+namespace epcomm::testing {
+
+class Memory {
+ public:
+  virtual ~Memory() = default;
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void release(void* ptr) = 0;
+  // Synchronous copies and fills; callers synchronize the communicator first.
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;
+  virtual void fill(void* dst, unsigned char byte, size_t bytes) = 0;
+};
+
+std::unique_ptr<Memory> make_memory(Backend backend, int device = 0);
+int cuda_device_count();  // 0 when the build has no CUDA or no GPU is present
+
+// An allocation that frees itself.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Memory& memory, size_t bytes)
+      : memory_(&memory), ptr_(bytes ? memory.alloc(bytes) : nullptr), bytes_(bytes) {}
+  ~Buffer() { reset(); }
+  Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+  Buffer& operator=(Buffer&& other) noexcept {
+    reset();
+    memory_ = other.memory_;
+    ptr_ = other.ptr_;
+    bytes_ = other.bytes_;
+    other.ptr_ = nullptr;
+    other.bytes_ = 0;
+    return *this;
+  }
+  void* get() const { return ptr_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void reset() {
+    if (ptr_) memory_->release(ptr_);
+    ptr_ = nullptr;
+  }
+  Memory* memory_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace epcomm::testing

@@ -1,0 +1,161 @@
+// Random workloads: token routings of several shapes and finite random rows.
+#include "workload.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <sstream>
+
+namespace epcomm::testing {
+namespace {
+
+// A random finite bf16 in about [-4, 4): random sign and mantissa, small exponent.
+uint16_t random_bf16(Rng& rng) {
+  const uint64_t r = rng.next();
+  const uint16_t sign = static_cast<uint16_t>((r & 1) << 15);
+  const uint16_t exponent = static_cast<uint16_t>(120 + (r >> 1) % 9);  // 2^-7 .. 2^1
+  const uint16_t mantissa = static_cast<uint16_t>((r >> 8) & 0x7f);
+  return static_cast<uint16_t>(sign | (exponent << 7) | mantissa);
+}
+
+// A random e4m3 byte that is not NaN (0x7f and 0xff are NaN).
+uint8_t random_fp8(Rng& rng) {
+  uint8_t b;
+  do {
+    b = static_cast<uint8_t>(rng.next());
+  } while ((b & 0x7f) == 0x7f);
+  return b;
+}
+
+// K distinct experts drawn with probability proportional to weight[e]; -1 where none are left.
+std::vector<int64_t> draw_experts(Rng& rng, const std::vector<double>& weight, int K) {
+  std::vector<double> w = weight;
+  std::vector<int64_t> out(K, -1);
+  for (int k = 0; k < K; ++k) {
+    const double total = std::accumulate(w.begin(), w.end(), 0.0);
+    if (total <= 0) break;
+    double pick = rng.uniform() * total;
+    size_t e = 0, last_positive = 0;
+    for (; e < w.size(); ++e) {
+      if (w[e] > 0) last_positive = e;
+      if (w[e] > 0 && pick < w[e]) break;
+      pick -= w[e];
+    }
+    if (e == w.size()) e = last_positive;  // rounding left `pick` just past the end
+    out[k] = static_cast<int64_t>(e);
+    w[e] = 0;
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* to_string(Routing routing) {
+  switch (routing) {
+    case Routing::kUniform: return "uniform";
+    case Routing::kSkewed: return "skewed";
+    case Routing::kAllToOne: return "all_to_one";
+    case Routing::kOneRankEmpty: return "one_rank_empty";
+    case Routing::kWithHoles: return "with_holes";
+  }
+  return "?";
+}
+
+std::string Shape::name() const {
+  std::ostringstream os;
+  os << "R" << num_ranks << "_T" << num_tokens << "_H" << hidden << "_E" << num_experts << "_K"
+     << num_topk << "_" << epcomm::to_string(dtype) << "_" << epcomm::to_string(index_type)
+     << (with_weights ? "_w" : "_nw");
+  return os.str();
+}
+
+uint64_t Rng::next() {
+  uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+double Rng::uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
+
+int64_t RankData::expert(int token, int k) const {
+  const size_t i = static_cast<size_t>(token) * num_topk + k;
+  if (topk_idx.size() == static_cast<size_t>(num_tokens) * num_topk * 8) {
+    int64_t v;
+    std::memcpy(&v, topk_idx.data() + i * 8, 8);
+    return v;
+  }
+  int32_t v;
+  std::memcpy(&v, topk_idx.data() + i * 4, 4);
+  return v;
+}
+
+RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int rank) {
+  Rng rng(seed * 1000003ull + static_cast<uint64_t>(rank) * 7919ull + 17);
+  const int T = shape.num_tokens, K = shape.num_topk, H = shape.hidden, E = shape.num_experts;
+  const int R = shape.num_ranks, Le = E / R;
+  RankData d;
+  d.num_tokens = T;
+  d.num_topk = K;
+
+  std::vector<double> weight(E, 1.0);
+  for (int e = 0; e < E; ++e) {
+    const int owner = e / Le;
+    switch (routing) {
+      case Routing::kSkewed: weight[e] = 1.0 / ((owner + 1.0) * (owner + 1.0)); break;
+      case Routing::kAllToOne: weight[e] = owner == 0 ? 1.0 : 0.0; break;
+      case Routing::kOneRankEmpty: weight[e] = (R > 1 && owner == R - 1) ? 0.0 : 1.0; break;
+      default: break;
+    }
+  }
+  const size_t idx_bytes = index_bytes(shape.index_type);
+  d.topk_idx.resize(static_cast<size_t>(T) * K * idx_bytes);
+  for (int t = 0; t < T; ++t) {
+    std::vector<int64_t> experts = draw_experts(rng, weight, K);
+    if (routing == Routing::kWithHoles) {
+      const bool nowhere = rng.below(8) == 0;
+      for (auto& e : experts) {
+        if (nowhere || rng.below(4) == 0) e = -1;
+      }
+    }
+    for (int k = 0; k < K; ++k) {
+      unsigned char* p = d.topk_idx.data() + (static_cast<size_t>(t) * K + k) * idx_bytes;
+      if (idx_bytes == 8) {
+        std::memcpy(p, &experts[k], 8);
+      } else {
+        const int32_t v = static_cast<int32_t>(experts[k]);
+        std::memcpy(p, &v, 4);
+      }
+    }
+  }
+  if (shape.with_weights) {
+    d.topk_weights.resize(static_cast<size_t>(T) * K);
+    for (auto& w : d.topk_weights) w = static_cast<float>(rng.uniform());
+  }
+  const size_t row_bytes = static_cast<size_t>(H) * element_bytes(shape.dtype);
+  d.x.resize(static_cast<size_t>(T) * row_bytes);
+  if (shape.dtype == DType::kBF16) {
+    for (size_t i = 0; i < d.x.size(); i += 2) {
+      const uint16_t v = random_bf16(rng);
+      std::memcpy(d.x.data() + i, &v, 2);
+    }
+  } else {
+    for (auto& b : d.x) b = random_fp8(rng);
+    d.scales.resize(static_cast<size_t>(T) * (H / kFp8ScaleBlock));
+    for (auto& s : d.scales) s = static_cast<float>(0.001 + rng.uniform());
+  }
+  return d;
+}
+
+Config config_for(const Shape& shape) {
+  Config c;
+  c.num_experts = shape.num_experts;
+  c.hidden = shape.hidden;
+  c.max_tokens_per_rank = std::max(shape.num_tokens, 1);
+  c.max_topk = std::max(shape.num_topk, 1);
+  c.dtype = shape.dtype;
+  c.index_type = shape.index_type;
+  return c;
+}
+
+}  // namespace epcomm::testing

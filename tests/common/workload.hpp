@@ -1,0 +1,62 @@
+// Deterministic random workloads for tests and the bench: inputs of every rank from a seed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "epcomm/epcomm.hpp"
+
+namespace epcomm::testing {
+
+enum class Routing {
+  kUniform,       // K distinct experts drawn uniformly (top-k of random scores)
+  kSkewed,        // experts of low ranks drawn far more often
+  kAllToOne,      // every expert on rank 0 (slots beyond its experts are -1)
+  kOneRankEmpty,  // the last rank receives nothing
+  kWithHoles,     // uniform, with a quarter of the slots -1 and some tokens sent nowhere
+};
+const char* to_string(Routing routing);
+
+struct Shape {
+  int num_ranks = 2;
+  int num_tokens = 16;  // tokens per rank
+  int hidden = 256;
+  int num_experts = 8;
+  int num_topk = 2;
+  DType dtype = DType::kBF16;
+  IndexType index_type = IndexType::kInt64;
+  bool with_weights = true;
+  std::string name() const;
+};
+
+// One rank's inputs in host memory.
+struct RankData {
+  int num_tokens = 0;
+  int num_topk = 0;
+  std::vector<unsigned char> x;         // [T][row_bytes]
+  std::vector<float> scales;            // [T][H/128], fp8 only
+  std::vector<unsigned char> topk_idx;  // [T][K] int32 or int64
+  std::vector<float> topk_weights;      // [T][K], empty without weights
+  int64_t expert(int token, int k) const;
+};
+
+// Same (shape, routing, seed, rank) gives the same data in any process.
+RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int rank);
+
+// A Config that fits `shape` with room for every token on every rank.
+Config config_for(const Shape& shape);
+
+// Small deterministic generator (splitmix64), the same on every platform.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t next();
+  double uniform();                // [0, 1)
+  int below(int n) { return static_cast<int>(next() % static_cast<uint64_t>(n)); }
+
+ private:
+  uint64_t state_;
+};
+
+}  // namespace epcomm::testing
