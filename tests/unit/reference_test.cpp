@@ -5,6 +5,7 @@
 
 #include "epcomm/epcomm.hpp"
 #include "harness.hpp"
+#include "independent_check.hpp"
 
 namespace epcomm {
 namespace {
@@ -112,59 +113,14 @@ TEST(HostReference, HandComputedTwoRanks) {
   });
 }
 
-// Independent check: rows from the generated inputs of every rank, combine = x * reach.
+// The host backend against an independent computation from the generated inputs.
 void check_against_inputs(const Shape& shape, Routing routing, uint64_t seed,
                           const testing::RoundOptions& options) {
   const Config cfg = testing::config_for(shape);
   auto outputs = testing::run_cluster(Backend::kHost, cfg, shape, routing, seed, options);
-  const int R = shape.num_ranks, Le = shape.num_experts / R, H = shape.hidden;
-  const size_t row_bytes = cfg.row_bytes();
-  std::vector<RankData> data, fresh;
-  for (int r = 0; r < R; ++r) {
-    data.push_back(testing::make_rank_data(shape, routing, seed, r));
-    fresh.push_back(testing::make_rank_data(shape, routing, seed + 0x5eed, r));
-  }
-  auto reaches = [&](const RankData& d, int t, int dest) {
-    for (int k = 0; k < shape.num_topk; ++k) {
-      const int64_t e = d.expert(t, k);
-      if (e >= 0 && e / Le == dest) return true;
-    }
-    return false;
-  };
-  for (int r = 0; r < R; ++r) {
-    const testing::RankOutputs& out = outputs[0][r];
-    int row = 0;
-    for (int s = 0; s < R; ++s) {
-      for (int t = 0; t < shape.num_tokens; ++t) {
-        if (!reaches(data[s], t, r)) continue;
-        ASSERT_LT(row, out.num_recv);
-        RecvSource src;
-        std::memcpy(&src, out.recv_src.data() + row * sizeof(src), sizeof(src));
-        ASSERT_EQ(src.rank, s);
-        ASSERT_EQ(src.token, t);
-        ASSERT_EQ(std::memcmp(out.recv_x.data() + row * row_bytes,
-                              data[s].x.data() + t * row_bytes, row_bytes), 0);
-        ASSERT_EQ(std::memcmp(out.cached_recv_x.data() + row * row_bytes,
-                              fresh[s].x.data() + t * row_bytes, row_bytes), 0);
-        ++row;
-      }
-    }
-    ASSERT_EQ(row, out.num_recv) << "rank " << r;
-    if (shape.dtype != DType::kBF16) continue;
-    for (int t = 0; t < shape.num_tokens; ++t) {
-      int reach = 0;
-      for (int d = 0; d < R; ++d) reach += reaches(data[r], t, d) ? 1 : 0;
-      for (int h = 0; h < H; ++h) {
-        uint16_t x, got;
-        std::memcpy(&x, data[r].x.data() + (static_cast<size_t>(t) * H + h) * 2, 2);
-        std::memcpy(&got, out.combined.data() + (static_cast<size_t>(t) * H + h) * 2, 2);
-        // A token sent nowhere comes back as +0, whatever the sign of x.
-        const uint16_t want = reach == 0 ? 0 : bf16_of(float_of(x) * static_cast<float>(reach));
-        ASSERT_EQ(got, want)
-            << "rank " << r << " token " << t << " h " << h;
-      }
-    }
-  }
+  const std::string error = testing::check_independently(shape, routing, seed, outputs[0],
+                                                          options.y_is_recv_x);
+  ASSERT_EQ(error, "");
 }
 
 TEST(HostReference, RandomRoutingsMatchIndependentComputation) {

@@ -1,0 +1,32 @@
+// epcomm-bench command line.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "epcomm/epcomm.hpp"
+
+namespace epcomm::bench {
+
+struct BenchOptions {
+  Backend backend = Backend::kHost;
+  int ranks = 8;
+  int tokens = 0;  // 0: 4096 on GPUs, 512 on the host backend
+  int hidden = 7168;
+  int topk = 8;
+  int experts = 256;
+  DType dtype = DType::kBF16;
+  std::vector<Algorithm> algorithms{Algorithm::kFlat};
+  std::vector<int> sms{16};
+  int warmup = 5;
+  int iters = 20;
+  uint64_t seed = 1;
+  bool check = true;
+  std::string json_path;
+  std::string plot_path;
+};
+
+// Parses argv; prints usage and returns false on --help or a bad flag.
+bool parse_options(int argc, char** argv, BenchOptions* out);
+
+}  // namespace epcomm::bench

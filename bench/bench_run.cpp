@@ -1,0 +1,152 @@
+// Measurement: every rank times its own calls; a call's time is the slowest rank's.
+#include "bench_run.hpp"
+
+#include <algorithm>
+#include <mutex>
+
+#include "device_support.hpp"
+#include "independent_check.hpp"
+
+namespace epcomm::bench {
+namespace {
+
+constexpr testing::Routing kRouting = testing::Routing::kUniform;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+}  // namespace
+
+testing::Shape bench_shape(const BenchOptions& o) {
+  testing::Shape s;
+  s.num_ranks = o.ranks;
+  s.num_tokens = o.tokens;
+  s.hidden = o.hidden;
+  s.num_experts = o.experts;
+  s.num_topk = o.topk;
+  s.dtype = o.dtype;
+  s.index_type = IndexType::kInt64;
+  s.with_weights = true;
+  return s;
+}
+
+Config bench_config(const BenchOptions& o, Algorithm algorithm, int sms) {
+  Config c = testing::config_for(bench_shape(o));
+  c.algorithm = algorithm;
+  c.dispatch_sms = sms;
+  c.combine_sms = sms;
+  return c;
+}
+
+std::vector<testing::RankOutputs> reference_outputs(const BenchOptions& o) {
+  testing::RoundOptions round;
+  round.y_is_recv_x = true;
+  return testing::run_cluster(Backend::kHost, bench_config(o, Algorithm::kFlat, 1), bench_shape(o),
+                              kRouting, o.seed, round)[0];
+}
+
+std::string check_configuration(const BenchOptions& o, Algorithm algorithm, int sms,
+                                const std::vector<testing::RankOutputs>& reference) {
+  testing::RoundOptions round;
+  round.y_is_recv_x = true;
+  const auto got = testing::run_cluster(o.backend, bench_config(o, algorithm, sms),
+                                        bench_shape(o), kRouting, o.seed, round)[0];
+  if (o.backend == Backend::kHost) {
+    return testing::check_independently(bench_shape(o), kRouting, o.seed, got, true);
+  }
+  for (int r = 0; r < o.ranks; ++r) {
+    const std::string diff = testing::first_difference(reference[r], got[r]);
+    if (!diff.empty()) return "rank " + std::to_string(r) + ": " + diff;
+  }
+  return "";
+}
+
+Measurement measure(const BenchOptions& o, Algorithm algorithm, int sms) {
+  const Config cfg = bench_config(o, algorithm, sms);
+  const testing::Shape shape = bench_shape(o);
+  const int R = o.ranks, total = o.warmup + o.iters;
+  std::vector<std::vector<double>> fresh(R), cached(R), combine(R);
+  std::vector<int> num_recv(R, 0);
+  std::vector<std::shared_ptr<Bootstrap>> bs;
+  for (auto& b : make_in_process_bootstraps(R, 600000)) bs.push_back(std::move(b));
+  const int devices = o.backend == Backend::kCuda ? testing::cuda_device_count() : 1;
+
+  testing::run_on_ranks(R, [&](int r) {
+    const int device = o.backend == Backend::kCuda ? r % devices : 0;
+    auto memory = testing::make_memory(o.backend, device);
+    auto comm = Communicator::create(bs[r], cfg, o.backend, device);
+    auto timer = o.backend == Backend::kCuda ? make_cuda_timer(comm->stream(), device)
+                                             : make_host_timer();
+    const testing::RankData data = testing::make_rank_data(shape, kRouting, o.seed, r);
+    testing::Buffer x(*memory, std::max<size_t>(data.x.size(), 16));
+    testing::Buffer scales(*memory, std::max<size_t>(data.scales.size() * 4, 16));
+    testing::Buffer topk(*memory, std::max<size_t>(data.topk_idx.size(), 16));
+    testing::Buffer weights(*memory, std::max<size_t>(data.topk_weights.size() * 4, 16));
+    testing::Buffer out(*memory, std::max<size_t>(static_cast<size_t>(o.tokens) * o.hidden * 2, 16));
+    if (!data.x.empty()) memory->upload(x.get(), data.x.data(), data.x.size());
+    if (!data.scales.empty()) memory->upload(scales.get(), data.scales.data(), data.scales.size() * 4);
+    if (!data.topk_idx.empty()) memory->upload(topk.get(), data.topk_idx.data(), data.topk_idx.size());
+    memory->upload(weights.get(), data.topk_weights.data(), data.topk_weights.size() * 4);
+    DispatchInputs in;
+    in.x = x.get();
+    in.x_scales = cfg.num_scales() ? scales.as<float>() : nullptr;
+    in.topk_idx = topk.get();
+    in.topk_weights = weights.as<float>();
+    in.num_tokens = o.tokens;
+    in.num_topk = o.topk;
+    DispatchOptions worst_case;
+    worst_case.wait_num_recv = false;  // no host turnaround inside the timed region
+
+    for (int it = 0; it < total; ++it) {
+      bs[r]->barrier();
+      timer->start();
+      const DispatchResult res = comm->dispatch(in, worst_case);
+      const double t_fresh = timer->stop_ms();
+      bs[r]->barrier();
+      timer->start();
+      comm->combine(comm->combine_input(), res.handle, out.get());  // identity expert, in place
+      const double t_combine = timer->stop_ms();
+      bs[r]->barrier();
+      timer->start();
+      comm->dispatch_cached(res.handle, x.get(), in.x_scales, worst_case);
+      const double t_cached = timer->stop_ms();
+      if (it >= o.warmup) {
+        fresh[r].push_back(t_fresh);
+        combine[r].push_back(t_combine);
+        cached[r].push_back(t_cached);
+      }
+      if (it + 1 == total) memory->download(&num_recv[r], res.num_recv_device, sizeof(int));
+    }
+    comm->synchronize();
+    bs[r]->barrier();
+  });
+
+  auto slowest = [&](const std::vector<std::vector<double>>& per_rank) {
+    std::vector<double> it_max(o.iters, 0.0);
+    for (int r = 0; r < R; ++r) {
+      for (int i = 0; i < o.iters; ++i) it_max[i] = std::max(it_max[i], per_rank[r][i]);
+    }
+    return median(it_max);
+  };
+  Measurement m;
+  m.algorithm = algorithm;
+  m.sms = sms;
+  m.dispatch_ms = slowest(fresh);
+  m.cached_ms = slowest(cached);
+  m.combine_ms = slowest(combine);
+  const double row = static_cast<double>(cfg.row_bytes());
+  const double meta = 8.0 + 8.0 * o.topk + 4.0 * cfg.num_scales();  // source, ids, weights, scales
+  double rows = 0;
+  for (int r = 0; r < R; ++r) {
+    rows += num_recv[r];
+    m.dispatch_min_bytes += o.tokens * row + num_recv[r] * (row + meta);
+    m.cached_min_bytes += o.tokens * row + num_recv[r] * (row + 4.0 * cfg.num_scales());
+    m.combine_min_bytes += (num_recv[r] + o.tokens) * 2.0 * o.hidden;
+  }
+  m.recv_rows_per_rank = rows / R;
+  return m;
+}
+
+}  // namespace epcomm::bench

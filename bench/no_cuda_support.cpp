@@ -1,0 +1,13 @@
+// Builds without CUDA: the bench runs the host backend only.
+#include "device_support.hpp"
+#include "epcomm/error.hpp"
+
+namespace epcomm::bench {
+
+std::unique_ptr<OpTimer> make_cuda_timer(Stream, int) {
+  throw Error(ErrorCode::kUnsupported, "epcomm-bench was built without CUDA");
+}
+double measure_copy_gbps(int) { return 0.0; }
+std::string device_description() { return "no GPU (host backend)"; }
+
+}  // namespace epcomm::bench

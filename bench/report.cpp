@@ -1,0 +1,91 @@
+// Table and JSON output of epcomm-bench.
+#include "report.hpp"
+
+#include <cstdio>
+#include <fstream>
+
+namespace epcomm::bench {
+namespace {
+
+struct OpView {
+  const char* name;
+  double ms;
+  double min_bytes;
+  double row_bytes;  // logical bytes per received row
+};
+
+std::vector<OpView> ops_of(const Report& rep, const Measurement& m) {
+  const double H = rep.options.hidden;
+  const double dispatch_row = H * element_bytes(rep.options.dtype);
+  return {{"dispatch", m.dispatch_ms, m.dispatch_min_bytes, dispatch_row},
+          {"dispatch(cached)", m.cached_ms, m.cached_min_bytes, dispatch_row},
+          {"combine", m.combine_ms, m.combine_min_bytes, 2.0 * H}};
+}
+
+double gbps(double bytes, double ms) { return ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0; }
+
+const Measurement* find(const Report& rep, Algorithm a, int sms) {
+  for (const auto& m : rep.rows) {
+    if (m.algorithm == a && m.sms == sms) return &m;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+void print_table(const Report& rep) {
+  const BenchOptions& o = rep.options;
+  std::printf("\nepcomm-bench  backend=%s  device: %s\n", to_string(o.backend), rep.device.c_str());
+  std::printf("ranks=%d tokens/rank=%d hidden=%d topk=%d experts=%d dtype=%s iters=%d\n", o.ranks,
+              o.tokens, o.hidden, o.topk, o.experts, to_string(o.dtype), o.iters);
+  if (rep.copy_gbps > 0) {
+    std::printf("device copy bandwidth (read+write): %.0f GB/s\n", rep.copy_gbps);
+  }
+  std::printf("%-9s %4s  %-17s %10s %14s %11s %9s %10s\n", "algorithm", "SMs", "operation",
+              "time_ms", "recv_rows/rank", "GB/s/rank", "roofline", "flat/ring");
+  for (const auto& m : rep.rows) {
+    const Measurement* ring = find(rep, Algorithm::kRing, m.sms);
+    const auto ring_ops = ring ? ops_of(rep, *ring) : std::vector<OpView>{};
+    const auto ops = ops_of(rep, m);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const OpView& op = ops[i];
+      const double logical = gbps(m.recv_rows_per_rank * op.row_bytes, op.ms);
+      char roofline[16] = "-", ratio[16] = "-";
+      if (rep.copy_gbps > 0) std::snprintf(roofline, sizeof(roofline), "%.2f", gbps(op.min_bytes, op.ms) / rep.copy_gbps);
+      if (m.algorithm == Algorithm::kFlat && ring) {
+        std::snprintf(ratio, sizeof(ratio), "%.2fx", ring_ops[i].ms / op.ms);
+      }
+      std::printf("%-9s %4d  %-17s %10.3f %14.0f %11.1f %9s %10s\n", to_string(m.algorithm), m.sms,
+                  op.name, op.ms, m.recv_rows_per_rank, logical, roofline, ratio);
+    }
+  }
+  std::printf("time: median over iterations of the slowest rank; GB/s/rank: received rows x row "
+              "bytes / time;\nroofline: least bytes moved / time / copy bandwidth; flat/ring: "
+              "ring time / flat time.\n");
+}
+
+void write_json(const Report& rep, const std::string& path) {
+  std::ofstream f(path);
+  const BenchOptions& o = rep.options;
+  f << "{\n  \"backend\": \"" << to_string(o.backend) << "\",\n  \"device\": \"" << rep.device
+    << "\",\n  \"ranks\": " << o.ranks << ", \"tokens\": " << o.tokens << ", \"hidden\": "
+    << o.hidden << ", \"topk\": " << o.topk << ", \"experts\": " << o.experts
+    << ", \"dtype\": \"" << to_string(o.dtype) << "\", \"iters\": " << o.iters
+    << ",\n  \"copy_gbps\": " << rep.copy_gbps << ",\n  \"results\": [\n";
+  for (size_t i = 0; i < rep.rows.size(); ++i) {
+    const Measurement& m = rep.rows[i];
+    f << "    {\"algorithm\": \"" << to_string(m.algorithm) << "\", \"sms\": " << m.sms;
+    for (const auto& op : ops_of(rep, m)) {
+      const double logical = gbps(m.recv_rows_per_rank * op.row_bytes, op.ms);
+      const double roof = rep.copy_gbps > 0 ? gbps(op.min_bytes, op.ms) / rep.copy_gbps : 0;
+      f << ", \"" << op.name << "\": {\"ms\": " << op.ms << ", \"gbps_per_rank\": " << logical
+        << ", \"roofline\": " << roof << "}";
+    }
+    f << ", \"recv_rows_per_rank\": " << m.recv_rows_per_rank << "}"
+      << (i + 1 < rep.rows.size() ? "," : "") << "\n";
+  }
+  f << "  ]\n}\n";
+  if (!f) throw Error(ErrorCode::kInvalidArgument, "cannot write --json " + path);
+}
+
+}  // namespace epcomm::bench

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The one GPU check: builds a Release tree, runs every test, compute-sanitizer on a small
+# subset, and epcomm-bench; logs go to $OUT (default /tmp/epcomm-gpu-check).
+# Usage: scripts/gpu_check.sh [build] [test] [sanitize] [bench]   (default: all)
+# Extra bench flags: BENCH_ARGS="--sms 4,8,16 --algorithms flat"
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+OUT=${OUT:-/tmp/epcomm-gpu-check}
+mkdir -p "$OUT"
+stages=${*:-build test sanitize bench}
+summary="$OUT/summary.txt"
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+has() { [[ " $stages " == *" $1 "* ]]; }
+BUILD=build/gpu-release
+
+note "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$summary"
+
+if has build; then
+  start=$SECONDS
+  { cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+      && cmake --build "$BUILD" -j "$(jobs)"; } >"$OUT/build.log" 2>&1
+  rc=$?
+  note "build: rc=$rc ($((SECONDS - start)) s)"
+  [ $rc -ne 0 ] && { tail -40 "$OUT/build.log"; exit 1; }
+fi
+
+if has test; then
+  start=$SECONDS
+  (cd "$BUILD" && timeout 420 ctest -j 4 --timeout 300 --output-on-failure) >"$OUT/ctest.log" 2>&1
+  rc=$?
+  note "ctest: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed' "$OUT/ctest.log" | tail -1)"
+  grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception)' "$OUT/ctest.log" | head -20 | tee -a "$summary"
+fi
+
+if has sanitize; then
+  start=$SECONDS
+  conf="$BUILD/tests/epcomm_conformance_tests"
+  {
+    echo "== memcheck"
+    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$conf" \
+      --gtest_filter='Flat/*R1_T13_*:Flat/*R1_T96_*:Flat/*R2_T13_*:CudaFaults.CapacityExceeded*'
+    echo "memcheck rc=$?"
+    echo "== racecheck"
+    timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$conf" \
+      --gtest_filter='Flat/*R1_T13_*uniform*'
+    echo "racecheck rc=$?"
+  } >"$OUT/sanitizer.log" 2>&1
+  note "sanitizer ($((SECONDS - start)) s): $(grep -E '^(memcheck|racecheck) rc=|ERROR SUMMARY' "$OUT/sanitizer.log" | tr '\n' ' ')"
+fi
+
+if has bench; then
+  start=$SECONDS
+  timeout 400 "$BUILD/bench/epcomm-bench" ${BENCH_ARGS:---sms 4,8,16} --json "$OUT/bench.json" \
+    >"$OUT/bench.log" 2>&1
+  note "bench: rc=$? ($((SECONDS - start)) s)"
+  sed -n '/^epcomm-bench/,$p' "$OUT/bench.log" | tee -a "$summary"
+  grep -E 'MISMATCH|error' "$OUT/bench.log" | head -5 | tee -a "$summary"
+fi

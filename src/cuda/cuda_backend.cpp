@@ -1,0 +1,412 @@
+// CudaBackend: allocates the region and local state, and issues the kernels of each call on
+// one stream in the order of DESIGN sections 5 and 6.
+#include "cuda_backend.hpp"
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+
+#include "cuda_check.hpp"
+#include "device_errors.hpp"
+#include "kernels/launch.hpp"
+
+namespace epcomm::cuda {
+namespace {
+
+constexpr size_t kDefaultSharedLimit = 48 * 1024;
+
+int resolve_device(int device) {
+  if (device >= 0) return device;
+  int current = 0;
+  EPCOMM_CUDA_CHECK(cudaGetDevice(&current));
+  return current;
+}
+
+template <typename T>
+T* device_alloc(size_t count) {
+  T* p = nullptr;
+  EPCOMM_CUDA_CHECK(cudaMalloc(&p, sizeof(T) * (count ? count : 1)));
+  return p;
+}
+
+void check_sms(const char* field, int value, int device_sms, int device) {
+  if (value > device_sms) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string("Config.") + field + " = " + std::to_string(value) + " exceeds the " +
+                    std::to_string(device_sms) + " SMs of GPU " + std::to_string(device));
+  }
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& config, int device)
+    : bootstrap_(std::move(bootstrap)),
+      config_(config),
+      num_ranks_(bootstrap_->size()),
+      rank_(bootstrap_->rank()),
+      experts_per_rank_(config.experts_per_rank(num_ranks_)),
+      device_(resolve_device(device)),
+      timeout_ns_(static_cast<uint64_t>(config.wait_timeout_ms) * 1000000ull) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  if (num_ranks_ > kMaxCudaRanks) {
+    throw Error(ErrorCode::kUnsupported, "the CUDA backend supports up to " +
+                                             std::to_string(kMaxCudaRanks) + " ranks, not " +
+                                             std::to_string(num_ranks_));
+  }
+  if (config_.algorithm != Algorithm::kFlat) {
+    throw Error(ErrorCode::kUnsupported, "the CUDA ring path is not built yet");
+  }
+  int sms = 0;
+  EPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
+  check_sms("dispatch_sms", config_.dispatch_sms, sms, device_);
+  check_sms("combine_sms", config_.combine_sms, sms, device_);
+  if (kernels::layout_shared_bytes(config_.num_experts, num_ranks_) > kDefaultSharedLimit ||
+      kernels::notify_shared_bytes(num_ranks_, experts_per_rank_) > kDefaultSharedLimit) {
+    throw Error(ErrorCode::kUnsupported,
+                "num_experts = " + std::to_string(config_.num_experts) + " with " +
+                    std::to_string(num_ranks_) + " ranks needs more shared memory than 48 KB");
+  }
+  layout_ = RegionLayout::make(num_ranks_, experts_per_rank_, config_.recv_capacity(num_ranks_),
+                               config_.row_bytes(), static_cast<size_t>(config_.hidden) * 2,
+                               config_.max_topk, config_.num_scales(), 0);
+
+  EPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
+  stream_ = own_stream_;
+  EPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&counts_known_, cudaEventDisableTiming));
+  d_state_ = device_alloc<DeviceState>(1);
+  EPCOMM_CUDA_CHECK(cudaMemset(d_state_, 0, sizeof(DeviceState)));
+  EPCOMM_CUDA_CHECK(cudaHostAlloc(&h_mapped_, sizeof(MappedHostState), cudaHostAllocMapped));
+  std::memset(h_mapped_, 0, sizeof(MappedHostState));
+  EPCOMM_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&d_mapped_), h_mapped_, 0));
+
+  const int chunks = (config_.max_tokens_per_rank + kLayoutChunkTokens - 1) / kLayoutChunkTokens;
+  const size_t cap = static_cast<size_t>(layout_.capacity);
+  d_chunk_counts_ = device_alloc<int>(static_cast<size_t>(chunks) * num_ranks_);
+  d_expert_counts_ = device_alloc<int>(config_.num_experts);
+  d_recv_topk_idx_ = device_alloc<char>(cap * config_.max_topk * index_bytes(config_.index_type));
+  d_recv_topk_weights_ = device_alloc<float>(cap * config_.max_topk);
+  d_recv_src_ = device_alloc<RecvSource>(cap);
+  d_recv_scales_ = device_alloc<float>(cap * config_.num_scales());
+  d_num_recv_per_expert_ = device_alloc<int>(experts_per_rank_);
+  routing_pool_ = std::make_shared<RoutingPool>(device_, config_.max_tokens_per_rank, num_ranks_, 2);
+  EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
+  domain_ = std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes);
+}
+
+CudaBackend::~CudaBackend() {
+  cudaSetDevice(device_);
+  if (cudaStreamSynchronize(stream_) != cudaSuccess) {
+    std::fprintf(stderr, "epcomm: rank %d: stream failed during teardown\n", rank_);
+  }
+  try {
+    bootstrap_->barrier();  // no peer may still be writing into or reading from our region
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "epcomm: rank %d: teardown barrier failed: %s\n", rank_, e.what());
+  }
+  domain_.reset();
+  cudaFree(d_chunk_counts_);
+  cudaFree(d_expert_counts_);
+  cudaFree(d_recv_topk_idx_);
+  cudaFree(d_recv_topk_weights_);
+  cudaFree(d_recv_src_);
+  cudaFree(d_recv_scales_);
+  cudaFree(d_num_recv_per_expert_);
+  cudaFree(d_state_);
+  cudaFreeHost(h_mapped_);
+  cudaEventDestroy(counts_known_);
+  cudaStreamDestroy(own_stream_);
+}
+
+void CudaBackend::set_stream(Stream stream) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  cudaStream_t next = stream ? reinterpret_cast<cudaStream_t>(stream) : own_stream_;
+  if (next == stream_) return;
+  // The new stream starts after everything issued so far (routing buffers are reused in order).
+  cudaEvent_t done;
+  EPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  EPCOMM_CUDA_CHECK(cudaEventRecord(done, stream_));
+  EPCOMM_CUDA_CHECK(cudaStreamWaitEvent(next, done, 0));
+  EPCOMM_CUDA_CHECK(cudaEventDestroy(done));
+  stream_ = next;
+}
+
+WaitContext CudaBackend::wait_context() const {
+  return WaitContext{d_state_, &d_mapped_->record, timeout_ns_, rank_};
+}
+
+void CudaBackend::raise_device_error() {
+  // The stream (or event) the caller synchronised on ordered the device's writes before this.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  ErrorRecord rec;
+  std::memcpy(&rec, &h_mapped_->record, sizeof(rec));
+  if (rec.code == kDevNone) return;
+  std::memset(&h_mapped_->record, 0, sizeof(ErrorRecord));
+  throw error_from_record(rec, config_.wait_timeout_ms);
+}
+
+void CudaBackend::synchronize() {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  EPCOMM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  raise_device_error();
+}
+
+void CudaBackend::check_not_capturing_exact(const DispatchOptions& options, const char* caller) {
+  if (!options.wait_num_recv) return;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  EPCOMM_CUDA_CHECK(cudaStreamIsCapturing(stream_, &status));
+  if (status != cudaStreamCaptureStatusNone) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string(caller) +
+                    ": wait_num_recv = true blocks the host, which a captured stream cannot do");
+  }
+}
+
+void CudaBackend::get_dispatch_layout(const void* topk_idx, int num_tokens, int num_topk,
+                                      const LayoutOutputs& out) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  EPCOMM_CUDA_CHECK(cudaMemsetAsync(out.num_tokens_per_rank, 0, sizeof(int) * num_ranks_, stream_));
+  EPCOMM_CUDA_CHECK(
+      cudaMemsetAsync(out.num_tokens_per_expert, 0, sizeof(int) * config_.num_experts, stream_));
+  LayoutParams p{};
+  p.topk_idx = topk_idx;
+  p.idx_int64 = config_.index_type == IndexType::kInt64;
+  p.num_tokens = num_tokens;
+  p.num_topk = num_topk;
+  p.num_experts = config_.num_experts;
+  p.num_ranks = num_ranks_;
+  p.experts_per_rank = experts_per_rank_;
+  p.expert_counts = out.num_tokens_per_expert;
+  p.tokens_per_rank = out.num_tokens_per_rank;
+  p.is_token_in_rank = out.is_token_in_rank;
+  p.record = &d_mapped_->record;
+  p.rank = rank_;
+  kernels::launch_layout(p, stream_);
+  EPCOMM_LAUNCH_CHECK("layout_kernel");
+  synchronize();
+}
+
+CudaBackend::OutputPointers CudaBackend::outputs_for(const DispatchOutputs& o) const {
+  OutputPointers p;
+  p.recv_x = o.recv_x;
+  p.recv_scales = config_.num_scales() ? (o.recv_scales ? o.recv_scales : d_recv_scales_) : nullptr;
+  p.recv_topk_idx = o.recv_topk_idx ? o.recv_topk_idx : d_recv_topk_idx_;
+  p.recv_topk_weights = o.recv_topk_weights ? o.recv_topk_weights : d_recv_topk_weights_;
+  p.recv_src = o.recv_src ? o.recv_src : d_recv_src_;
+  p.num_recv_per_expert = o.num_recv_per_expert ? o.num_recv_per_expert : d_num_recv_per_expert_;
+  return p;
+}
+
+DispatchResult CudaBackend::dispatch(const DispatchInputs& in, const DispatchOptions& options,
+                                     uint64_t comm_id, uint64_t epoch) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  check_not_capturing_exact(options, "dispatch");
+  auto handle = std::make_shared<CudaHandle>();
+  handle->comm_id = comm_id;
+  handle->epoch = epoch;
+  handle->num_tokens = in.num_tokens;
+  handle->num_topk = in.num_topk;
+  handle->routing = routing_pool_->acquire(stream_);
+  const Routing& routing = handle->routing->tables;
+  const OutputPointers outs = outputs_for(options.outputs);
+
+  // 1. Layout: positions within chunks, per-chunk and per-expert counts.
+  EPCOMM_CUDA_CHECK(
+      cudaMemsetAsync(d_expert_counts_, 0, sizeof(int) * config_.num_experts, stream_));
+  LayoutParams lp{};
+  lp.topk_idx = in.topk_idx;
+  lp.idx_int64 = config_.index_type == IndexType::kInt64;
+  lp.num_tokens = in.num_tokens;
+  lp.num_topk = in.num_topk;
+  lp.num_experts = config_.num_experts;
+  lp.num_ranks = num_ranks_;
+  lp.experts_per_rank = experts_per_rank_;
+  lp.slot = routing.slot;
+  lp.chunk_counts = d_chunk_counts_;
+  lp.expert_counts = d_expert_counts_;
+  lp.invalid_flag = &d_state_->invalid_input;
+  lp.record = &d_mapped_->record;
+  lp.rank = rank_;
+  kernels::launch_layout(lp, stream_);
+  EPCOMM_LAUNCH_CHECK("layout_kernel");
+
+  // 2-3. Count exchange (the pool-reuse barrier) and final slots.
+  NotifyParams np{};
+  np.layout = layout_;
+  np.peers = domain_->device_peers();
+  np.rank = rank_;
+  np.num_ranks = num_ranks_;
+  np.experts_per_rank = experts_per_rank_;
+  np.num_topk = in.num_topk;
+  np.num_tokens = in.num_tokens;
+  np.cached = false;
+  np.chunk_counts = d_chunk_counts_;
+  np.num_chunks = (in.num_tokens + kLayoutChunkTokens - 1) / kLayoutChunkTokens;
+  np.expert_counts = d_expert_counts_;
+  np.routing = routing;
+  np.num_recv_per_expert = outs.num_recv_per_expert;
+  np.expert_alignment = config_.expert_alignment;
+  np.mapped_num_recv = options.wait_num_recv ? &d_mapped_->num_recv : nullptr;
+  np.wait = wait_context();
+  kernels::launch_notify(np, stream_);
+  EPCOMM_LAUNCH_CHECK("notify_kernel");
+  if (options.wait_num_recv) EPCOMM_CUDA_CHECK(cudaEventRecord(counts_known_, stream_));
+
+  send_and_receive(*handle, in.x, in.x_scales, &in, outs);
+  return finish_dispatch(std::move(handle), options, outs, true);
+}
+
+DispatchResult CudaBackend::dispatch_cached(const detail::HandleState& handle_state,
+                                            const void* x, const float* x_scales,
+                                            const DispatchOptions& options, uint64_t comm_id,
+                                            uint64_t epoch) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  check_not_capturing_exact(options, "dispatch_cached");
+  const auto& old = static_cast<const CudaHandle&>(handle_state);
+  auto handle = std::make_shared<CudaHandle>(old);
+  handle->comm_id = comm_id;
+  handle->epoch = epoch;
+  const OutputPointers outs = outputs_for(options.outputs);
+
+  NotifyParams np{};
+  np.layout = layout_;
+  np.peers = domain_->device_peers();
+  np.rank = rank_;
+  np.num_ranks = num_ranks_;
+  np.experts_per_rank = experts_per_rank_;
+  np.num_topk = handle->num_topk;
+  np.num_tokens = handle->num_tokens;
+  np.cached = true;
+  np.routing = handle->routing->tables;
+  np.mapped_num_recv = options.wait_num_recv ? &d_mapped_->num_recv : nullptr;
+  np.wait = wait_context();
+  kernels::launch_notify(np, stream_);
+  EPCOMM_LAUNCH_CHECK("notify_kernel (cached)");
+  if (options.wait_num_recv) EPCOMM_CUDA_CHECK(cudaEventRecord(counts_known_, stream_));
+
+  send_and_receive(*handle, x, x_scales, nullptr, outs);
+  return finish_dispatch(std::move(handle), options, outs, false);
+}
+
+void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, const float* x_scales,
+                                   const DispatchInputs* fresh, const OutputPointers& outs) {
+  const Routing& routing = handle.routing->tables;
+  SendParams sp{};
+  sp.layout = layout_;
+  sp.peers = domain_->device_peers();
+  sp.rank = rank_;
+  sp.num_ranks = num_ranks_;
+  sp.experts_per_rank = experts_per_rank_;
+  sp.num_tokens = handle.num_tokens;
+  sp.num_topk = handle.num_topk;
+  sp.cached = fresh == nullptr;
+  sp.x = x;
+  sp.x_scales = x_scales;
+  sp.topk_idx = fresh ? fresh->topk_idx : nullptr;
+  sp.idx_int64 = config_.index_type == IndexType::kInt64;
+  sp.topk_weights = fresh ? fresh->topk_weights : nullptr;
+  sp.slot = routing.slot;
+  sp.state = d_state_;
+  kernels::launch_flat_send(sp, config_.dispatch_sms, stream_);
+  EPCOMM_LAUNCH_CHECK("flat_send_kernel");
+
+  ArrivalWaitParams wp{layout_, domain_->local(), num_ranks_, wait_context()};
+  kernels::launch_wait_arrivals(wp, stream_);
+  EPCOMM_LAUNCH_CHECK("wait_arrivals_kernel");
+
+  if (fresh || outs.recv_scales) {
+    DrainParams dp{};
+    dp.layout = layout_;
+    dp.local = domain_->local();
+    dp.num_topk = handle.num_topk;
+    dp.cached = fresh == nullptr;
+    dp.num_recv = routing.num_recv;
+    dp.recv_topk_idx = outs.recv_topk_idx;
+    dp.idx_int64 = sp.idx_int64;
+    dp.recv_topk_weights = outs.recv_topk_weights;
+    dp.recv_src = reinterpret_cast<int*>(outs.recv_src);
+    dp.recv_scales = outs.recv_scales;
+    dp.state = d_state_;
+    kernels::launch_drain(dp, config_.dispatch_sms, stream_);
+    EPCOMM_LAUNCH_CHECK("drain_kernel");
+  }
+  if (outs.recv_x) {
+    RowCopyParams cp{};
+    cp.src = layout_.row(domain_->local(), 0);
+    cp.dst = static_cast<char*>(outs.recv_x);
+    cp.src_stride = cp.dst_stride = cp.row_bytes = layout_.row_bytes;
+    cp.num_rows = routing.num_recv;
+    cp.state = d_state_;
+    kernels::launch_copy_rows(cp, config_.dispatch_sms, stream_);
+    EPCOMM_LAUNCH_CHECK("copy_rows_kernel (recv_x)");
+  }
+}
+
+DispatchResult CudaBackend::finish_dispatch(std::shared_ptr<CudaHandle> handle,
+                                            const DispatchOptions& options,
+                                            const OutputPointers& outs, bool with_meta) {
+  DispatchResult r;
+  if (options.wait_num_recv) {
+    EPCOMM_CUDA_CHECK(cudaEventSynchronize(counts_known_));
+    raise_device_error();
+    handle->num_recv = *const_cast<const volatile int*>(&h_mapped_->num_recv);
+  } else {
+    handle->num_recv = with_meta ? -1 : handle->num_recv;
+  }
+  r.num_recv = options.wait_num_recv ? handle->num_recv : -1;
+  r.num_recv_device = handle->routing->tables.num_recv;
+  r.recv_x = outs.recv_x ? outs.recv_x : layout_.row(domain_->local(), 0);
+  r.recv_scales = outs.recv_scales;
+  if (with_meta) {
+    r.recv_topk_idx = outs.recv_topk_idx;
+    r.recv_topk_weights = outs.recv_topk_weights;
+    r.recv_src = outs.recv_src;
+    r.num_recv_per_expert = outs.num_recv_per_expert;
+  }
+  r.handle = DispatchHandle(std::move(handle));
+  return r;
+}
+
+void CudaBackend::combine(const void* y, const detail::HandleState& handle_state, void* out) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  const auto& handle = static_cast<const CudaHandle&>(handle_state);
+  const Routing& routing = handle.routing->tables;
+  char* pool = layout_.combine_row(domain_->local(), 0);
+  if (y != pool) {
+    RowCopyParams cp{};
+    cp.src = static_cast<const char*>(y);
+    cp.dst = pool;
+    cp.src_stride = cp.dst_stride = cp.row_bytes = layout_.combine_row_bytes;
+    cp.num_rows = routing.num_recv;
+    cp.state = d_state_;
+    kernels::launch_copy_rows(cp, config_.combine_sms, stream_);
+    EPCOMM_LAUNCH_CHECK("copy_rows_kernel (stage y)");
+  }
+  CombineReadyParams rp{layout_, domain_->device_peers(), rank_, num_ranks_, wait_context()};
+  kernels::launch_combine_ready(rp, stream_);
+  EPCOMM_LAUNCH_CHECK("combine_ready_kernel");
+  GatherParams gp{};
+  gp.layout = layout_;
+  gp.peers = domain_->device_peers();
+  gp.num_ranks = num_ranks_;
+  gp.num_tokens = handle.num_tokens;
+  gp.hidden = config_.hidden;
+  gp.slot = routing.slot;
+  gp.out = static_cast<uint16_t*>(out);
+  gp.state = d_state_;
+  kernels::launch_gather(gp, config_.combine_sms, stream_);
+  EPCOMM_LAUNCH_CHECK("gather_kernel");
+}
+
+}  // namespace epcomm::cuda
+
+namespace epcomm::detail {
+std::unique_ptr<CommBackend> make_cuda_backend(std::shared_ptr<Bootstrap> bootstrap,
+                                               const Config& config, int device) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    throw Error(ErrorCode::kUnsupported, "the CUDA backend needs a GPU and none is present");
+  }
+  return std::make_unique<cuda::CudaBackend>(std::move(bootstrap), config, device);
+}
+}  // namespace epcomm::detail

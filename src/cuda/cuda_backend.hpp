@@ -1,0 +1,89 @@
+// The CUDA backend: flat all-sender dispatch and gather combine on one or more GPUs.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+
+#include "../backend.hpp"
+#include "memory_domain.hpp"
+#include "region_layout.hpp"
+#include "routing_pool.hpp"
+
+namespace epcomm::cuda {
+
+struct CudaHandle final : detail::HandleState {
+  std::shared_ptr<RoutingBuffer> routing;
+  int num_topk = 0;
+};
+
+// Host memory the device writes and the host reads: the error record and num_recv.
+struct MappedHostState {
+  ErrorRecord record;
+  int num_recv;
+};
+
+class CudaBackend final : public detail::CommBackend {
+ public:
+  CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& config, int device);
+  ~CudaBackend() override;
+
+  int recv_capacity() const override { return layout_.capacity; }
+  void set_stream(Stream stream) override;
+  Stream stream() const override { return reinterpret_cast<Stream>(stream_); }
+  void get_dispatch_layout(const void* topk_idx, int num_tokens, int num_topk,
+                           const LayoutOutputs& out) override;
+  DispatchResult dispatch(const DispatchInputs& in, const DispatchOptions& options,
+                          uint64_t comm_id, uint64_t epoch) override;
+  DispatchResult dispatch_cached(const detail::HandleState& handle, const void* x,
+                                 const float* x_scales, const DispatchOptions& options,
+                                 uint64_t comm_id, uint64_t epoch) override;
+  void* combine_input() override { return layout_.combine_row(domain_->local(), 0); }
+  void combine(const void* y, const detail::HandleState& handle, void* out) override;
+  void synchronize() override;
+
+ private:
+  // Outputs go to the caller's buffer where one is given, else to this backend's own.
+  struct OutputPointers {
+    void* recv_x;  // null: zero-copy view
+    float* recv_scales;
+    void* recv_topk_idx;
+    float* recv_topk_weights;
+    RecvSource* recv_src;
+    int* num_recv_per_expert;
+  };
+  OutputPointers outputs_for(const DispatchOutputs& outs) const;
+  WaitContext wait_context() const;
+  // Sends rows (and meta), waits for arrivals, drains meta, copies recv_x when asked.
+  void send_and_receive(const CudaHandle& handle, const void* x, const float* x_scales,
+                        const DispatchInputs* fresh, const OutputPointers& outs);
+  DispatchResult finish_dispatch(std::shared_ptr<CudaHandle> handle, const DispatchOptions& opts,
+                                 const OutputPointers& outs, bool with_meta);
+  void check_not_capturing_exact(const DispatchOptions& options, const char* caller);
+  // Throws the first error the device recorded since the last check, and clears it.
+  void raise_device_error();
+
+  std::shared_ptr<Bootstrap> bootstrap_;
+  Config config_;
+  int num_ranks_, rank_, experts_per_rank_, device_;
+  uint64_t timeout_ns_;
+  RegionLayout layout_;
+  std::unique_ptr<MemoryDomain> domain_;
+  std::shared_ptr<RoutingPool> routing_pool_;
+  cudaStream_t own_stream_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t counts_known_ = nullptr;
+  DeviceState* d_state_ = nullptr;
+  MappedHostState* h_mapped_ = nullptr;  // host view
+  MappedHostState* d_mapped_ = nullptr;  // device view of the same memory
+  int* d_chunk_counts_ = nullptr;        // [chunks][R]
+  int* d_expert_counts_ = nullptr;       // [E]
+  // Default outputs, sized for the receive capacity.
+  void* d_recv_topk_idx_ = nullptr;
+  float* d_recv_topk_weights_ = nullptr;
+  RecvSource* d_recv_src_ = nullptr;
+  float* d_recv_scales_ = nullptr;
+  int* d_num_recv_per_expert_ = nullptr;
+};
+
+}  // namespace epcomm::cuda

@@ -1,0 +1,50 @@
+// Names of wait phases, and the host-side message for each device error record.
+#include "device_errors.hpp"
+
+#include <sstream>
+
+namespace epcomm::cuda {
+
+const char* to_string(WaitPhase phase) {
+  switch (phase) {
+    case kPhaseNone: return "none";
+    case kPhaseCountExchange: return "dispatch count exchange";
+    case kPhaseArrival: return "dispatch row arrival";
+    case kPhaseCombineReady: return "combine ready signal";
+    case kPhaseRingSpace: return "ring free slots";
+    case kPhaseRingData: return "ring rows";
+  }
+  return "unknown phase";
+}
+
+Error error_from_record(const ErrorRecord& rec, int wait_timeout_ms) {
+  std::ostringstream os;
+  os << "rank " << rec.rank << ": ";
+  switch (rec.code) {
+    case kDevTimeout:
+      os << "waited " << wait_timeout_ms << " ms in phase '"
+         << to_string(static_cast<WaitPhase>(rec.phase)) << "' for peer rank " << rec.peer
+         << ": expected " << rec.expected << ", saw " << rec.seen;
+      return Error(ErrorCode::kTimeout, os.str());
+    case kDevInvalidExpert:
+      os << "topk_idx[" << rec.token << "][" << rec.slot << "] = " << rec.value
+         << " is outside [-1, num_experts); no rank dispatched";
+      return Error(ErrorCode::kInvalidExpert, os.str());
+    case kDevPeerInvalidInput:
+      os << "peer rank " << rec.peer << " had an expert id out of range; no rank dispatched";
+      return Error(ErrorCode::kInvalidExpert, os.str());
+    case kDevCapacity:
+      os << "rank " << rec.peer << " would receive " << rec.seen
+         << " rows but its pool holds " << rec.expected << "; no rank dispatched";
+      return Error(ErrorCode::kCapacityExceeded, os.str());
+    case kDevTopkMismatch:
+      os << "peer rank " << rec.peer << " dispatched with num_topk " << rec.seen
+         << " but this rank with " << rec.expected << "; no rank dispatched";
+      return Error(ErrorCode::kInvalidArgument, os.str());
+    default:
+      os << "unknown device error code " << rec.code;
+      return Error(ErrorCode::kCuda, os.str());
+  }
+}
+
+}  // namespace epcomm::cuda

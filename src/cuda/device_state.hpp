@@ -1,0 +1,57 @@
+// Per-rank state that lives in the rank's own memory (not the symmetric region): counters that
+// let kernels run from stream order alone (so calls can be replayed in a CUDA graph), and the
+// error record the host reads after a failed wait.
+#pragma once
+
+#include <cstdint>
+
+namespace epcomm::cuda {
+
+constexpr int kMaxCudaRanks = 128;
+
+// In device memory, written only by the single-block kernels (notify, waits), read by the rest.
+struct DeviceState {
+  uint32_t epoch;        // dispatches whose count exchange completed
+  uint32_t combine_seq;  // combines whose ready signal was raised
+  int32_t dispatch_ok;   // verdict of the latest count exchange: 1 = send, 0 = skip
+  int32_t failed;        // a wait timed out: every later kernel returns at once
+  int32_t invalid_input; // the layout step of the current dispatch saw a bad expert id
+  int32_t pad;
+  uint64_t expected_arrived[kMaxCudaRanks];  // cumulative rows expected from each source
+};
+
+enum DeviceErrorCode : int32_t {
+  kDevNone = 0,
+  kDevTimeout = 1,
+  kDevInvalidExpert = 2,      // token, slot and value of the bad id on this rank
+  kDevPeerInvalidInput = 3,   // peer rank that had a bad id
+  kDevCapacity = 4,           // peer = rank that would overflow, seen = rows, expected = capacity
+  kDevTopkMismatch = 5,       // peer dispatched with another top-k (seen), expected = ours
+};
+
+enum WaitPhase : int32_t {
+  kPhaseNone = 0,
+  kPhaseCountExchange = 1,    // dispatch: waiting for a peer's count row
+  kPhaseArrival = 2,          // dispatch: waiting for a peer's rows
+  kPhaseCombineReady = 3,     // combine: waiting for a peer's y to be in place
+  kPhaseRingSpace = 4,        // ring: sender waiting for free slots
+  kPhaseRingData = 5,         // ring: receiver waiting for rows
+};
+
+const char* to_string(WaitPhase phase);
+
+// In mapped host memory: the first error since the host last looked. Written by the device
+// with system-scope atomics, read by the host after the stream reached it.
+struct ErrorRecord {
+  int32_t code;
+  int32_t phase;
+  int32_t rank;
+  int32_t peer;
+  uint64_t expected;
+  uint64_t seen;
+  int64_t token;
+  int64_t slot;
+  int64_t value;
+};
+
+}  // namespace epcomm::cuda

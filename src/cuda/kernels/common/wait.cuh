@@ -1,0 +1,75 @@
+// Bounded waits. On timeout the first failing thread records rank, phase, peer, expected and
+// seen values in the mapped error record and marks the rank failed; every waiter then stops.
+#pragma once
+
+#include "../params.hpp"
+#include "ptx.cuh"
+
+namespace epcomm::kernels {
+
+using cuda::ErrorRecord;
+using cuda::WaitContext;
+
+// Records an error if none is recorded yet (first writer wins).
+__device__ __forceinline__ void record_error(ErrorRecord* rec, int32_t code, int32_t phase,
+                                             int32_t rank, int32_t peer, uint64_t expected,
+                                             uint64_t seen, int64_t token = -1,
+                                             int64_t slot = -1, int64_t value = 0) {
+  if (atomicCAS_system(&rec->code, 0, -1) != 0) return;  // -1: being written
+  rec->phase = phase;
+  rec->rank = rank;
+  rec->peer = peer;
+  rec->expected = expected;
+  rec->seen = seen;
+  rec->token = token;
+  rec->slot = slot;
+  rec->value = value;
+  __threadfence_system();
+  atomicExch_system(&rec->code, code);
+}
+
+__device__ __forceinline__ bool rank_failed(const cuda::DeviceState* state) {
+  return *reinterpret_cast<const volatile int32_t*>(&state->failed) != 0;
+}
+
+template <typename Done>
+__device__ __forceinline__ bool bounded_wait(const WaitContext& ctx, const uint64_t* addr,
+                                             Done done, uint64_t expected, int32_t phase,
+                                             int32_t peer, uint64_t* seen_out) {
+  const uint64_t start = global_timer_ns();
+  uint32_t spins = 0;
+  while (true) {
+    const uint64_t v = ld_acquire_sys(addr);
+    if (done(v)) {
+      *seen_out = v;
+      return true;
+    }
+    if ((++spins & 63) == 0) {
+      if (rank_failed(ctx.state)) return false;
+      if (global_timer_ns() - start > ctx.timeout_ns) {
+        record_error(ctx.record, cuda::kDevTimeout, phase, ctx.rank, peer, expected, v);
+        *reinterpret_cast<volatile int32_t*>(&ctx.state->failed) = 1;
+        return false;
+      }
+    }
+  }
+}
+
+// Waits until *addr >= expected (a monotonic counter).
+__device__ __forceinline__ bool wait_at_least(const WaitContext& ctx, const uint64_t* addr,
+                                              uint64_t expected, int32_t phase, int32_t peer) {
+  uint64_t seen;
+  return bounded_wait(
+      ctx, addr, [&](uint64_t v) { return v >= expected; }, expected, phase, peer, &seen);
+}
+
+// Waits until the epoch tag (high 32 bits) of *addr equals epoch; returns the word.
+__device__ __forceinline__ bool wait_tagged(const WaitContext& ctx, const uint64_t* addr,
+                                            uint32_t epoch, int32_t phase, int32_t peer,
+                                            uint64_t* word) {
+  return bounded_wait(
+      ctx, addr, [&](uint64_t v) { return static_cast<uint32_t>(v >> 32) == epoch; },
+      static_cast<uint64_t>(epoch) << 32, phase, peer, word);
+}
+
+}  // namespace epcomm::kernels

@@ -1,0 +1,126 @@
+// Gather combine (DESIGN section 6). A one-block kernel raises this rank's ready signal at
+// every peer and waits for every peer's; then a wide kernel with no waits gathers, for each
+// local token, the expert outputs from the ranks it was sent to, in ascending rank order,
+// accumulates in fp32 and rounds once to bf16.
+#include <cuda_bf16.h>
+
+#include "common/wait.cuh"
+#include "launch.hpp"
+
+namespace epcomm::kernels {
+namespace {
+
+constexpr int kGatherThreads = 1024;
+constexpr int kGatherUnroll = 2;  // 16-byte vectors per lane per pass
+constexpr int kGatherBatch = 4;   // source ranks whose loads are in flight together
+
+__global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyParams p) {
+  cuda::DeviceState* state = p.wait.state;
+  if (rank_failed(state)) return;
+  const uint64_t seq = state->combine_seq + 1ull;
+  // y was written by earlier work in this stream; make it visible system-wide, then signal.
+  __threadfence_system();
+  __syncthreads();
+  for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) {
+    red_add_release_sys(p.layout.ready(p.peers[d]) + p.rank, 1);
+  }
+  const uint64_t* ready = p.layout.ready(p.peers[p.rank]);
+  bool ok = true;
+  for (int src = threadIdx.x; src < p.num_ranks && ok; src += blockDim.x) {
+    ok = wait_at_least(p.wait, ready + src, seq, cuda::kPhaseCombineReady, src);
+  }
+  if (!__syncthreads_and(ok)) return;
+  if (threadIdx.x == 0) state->combine_seq = static_cast<uint32_t>(seq);
+}
+
+__device__ __forceinline__ void accumulate(float (&acc)[8], const uint4& v) {
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    acc[2 * i] += f.x;
+    acc[2 * i + 1] += f.y;
+  }
+}
+
+__device__ __forceinline__ uint4 to_bf16(const float (&acc)[8]) {
+  uint4 out;
+  auto* h = reinterpret_cast<__nv_bfloat162*>(&out);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(acc[2 * i], acc[2 * i + 1]);
+  return out;
+}
+
+// One warp gathers token t from `n` source rows (ascending rank order) listed in `rows`.
+__device__ __forceinline__ void gather_token(const cuda::GatherParams& p, const uint4* const* rows,
+                                             int n, int t, int lane) {
+  const int num_vec = p.hidden / 8;
+  auto* out = reinterpret_cast<uint4*>(p.out + static_cast<size_t>(t) * p.hidden);
+  for (int v0 = lane; v0 < num_vec; v0 += 32 * kGatherUnroll) {
+    float acc[kGatherUnroll][8];
+#pragma unroll
+    for (int u = 0; u < kGatherUnroll; ++u) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[u][i] = 0.f;
+    }
+    for (int j0 = 0; j0 < n; j0 += kGatherBatch) {
+      uint4 vec[kGatherBatch][kGatherUnroll];
+#pragma unroll
+      for (int b = 0; b < kGatherBatch; ++b) {
+#pragma unroll
+        for (int u = 0; u < kGatherUnroll; ++u) {
+          if (j0 + b < n && v0 + 32 * u < num_vec) vec[b][u] = ld_na(rows[j0 + b] + v0 + 32 * u);
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < kGatherBatch; ++b) {
+#pragma unroll
+        for (int u = 0; u < kGatherUnroll; ++u) {
+          if (j0 + b < n && v0 + 32 * u < num_vec) accumulate(acc[u], vec[b][u]);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kGatherUnroll; ++u) {
+      if (v0 + 32 * u < num_vec) st_na(out + v0 + 32 * u, to_bf16(acc[u]));
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kGatherThreads) gather_kernel(cuda::GatherParams p) {
+  if (rank_failed(p.state)) return;
+  extern __shared__ const uint4* s_rows[];  // [warps][R]: this warp's token's source rows
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
+  const int R = p.num_ranks;
+  const uint4** rows = s_rows + warp * R;
+  for (int t = blockIdx.x * num_warps + warp; t < p.num_tokens; t += gridDim.x * num_warps) {
+    int n = 0;
+    for (int base = 0; base < R; base += 32) {
+      const int d = base + lane;
+      const int slot = d < R ? p.slot[static_cast<size_t>(t) * R + d] : -1;
+      const uint32_t mask = __ballot_sync(0xffffffffu, slot >= 0);
+      if (slot >= 0) {
+        rows[n + __popc(mask & lanemask_lt())] =
+            reinterpret_cast<const uint4*>(p.layout.combine_row(p.peers[d], slot));
+      }
+      n += __popc(mask);
+    }
+    __syncwarp();
+    gather_token(p, rows, n, t, lane);
+    __syncwarp();
+  }
+}
+
+}  // namespace
+
+void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream) {
+  combine_ready_kernel<<<1, 128, 0, stream>>>(p);
+}
+
+void launch_gather(const cuda::GatherParams& p, int num_blocks, cudaStream_t stream) {
+  if (p.num_tokens == 0) return;
+  const size_t shared = sizeof(const uint4*) * (kGatherThreads / 32) * p.num_ranks;
+  gather_kernel<<<num_blocks, kGatherThreads, shared, stream>>>(p);
+}
+
+}  // namespace epcomm::kernels

@@ -1,0 +1,190 @@
+// Count exchange (DESIGN section 5, steps 2-3): post this rank's count row to every peer,
+// wait for every peer's row of this epoch, agree on a verdict, then turn per-chunk positions
+// into final slots. One block: waiting kernels stay small so peers' kernels can run.
+#include "common/wait.cuh"
+#include "launch.hpp"
+
+namespace epcomm::kernels {
+namespace {
+
+using cuda::NotifyParams;
+
+__device__ __forceinline__ uint64_t tag(uint32_t epoch, uint32_t value) {
+  return (static_cast<uint64_t>(epoch) << 32) | value;
+}
+
+// Shared memory: counts [R][R] (source, destination), status [R], expert sums [Le].
+struct NotifyShared {
+  int* counts;
+  int* status;
+  int* experts;
+};
+
+__device__ void post_row(const NotifyParams& p, const NotifyShared& s, uint32_t epoch) {
+  const int R = p.num_ranks, W = p.layout.count_row_words(), Le = p.experts_per_rank;
+  const int slot = epoch & 1;
+  const int32_t status = p.cached ? 0 : (p.num_topk << 1) | (p.wait.state->invalid_input ? 1 : 0);
+  for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
+    const int peer = i / W, w = i % W;
+    uint32_t value;
+    if (w < R) {
+      value = s.counts[p.rank * R + w];
+    } else if (w == p.layout.status_word()) {
+      value = static_cast<uint32_t>(status);
+    } else {
+      value = p.cached ? 0 : p.expert_counts[peer * Le + (w - R - 1)];
+    }
+    st_relaxed_sys(p.layout.count_row(p.peers[peer], slot, p.rank) + w, tag(epoch, value));
+  }
+}
+
+// Returns false when a wait timed out.
+__device__ bool collect_rows(const NotifyParams& p, const NotifyShared& s, uint32_t epoch) {
+  const int R = p.num_ranks, W = p.layout.count_row_words();
+  char* local = p.peers[p.rank];
+  bool ok = true;
+  for (int i = threadIdx.x; i < R * W && ok; i += blockDim.x) {
+    const int source = i / W, w = i % W;
+    uint64_t word;
+    ok = wait_tagged(p.wait, p.layout.count_row(local, epoch & 1, source) + w, epoch,
+                     cuda::kPhaseCountExchange, source, &word);
+    if (!ok) break;
+    const int value = static_cast<int>(static_cast<uint32_t>(word));
+    if (w < R) {
+      s.counts[source * R + w] = value;
+    } else if (w == p.layout.status_word()) {
+      s.status[source] = value;
+    } else {
+      atomicAdd(&s.experts[w - R - 1], value);
+    }
+  }
+  return ok;
+}
+
+// Every rank sees the same matrix and statuses, so every rank reaches the same verdict.
+__device__ bool agree(const NotifyParams& p, const NotifyShared& s) {
+  const int R = p.num_ranks;
+  bool ok = true;
+  if (threadIdx.x == 0) {
+    for (int src = 0; src < R && !p.cached; ++src) {
+      if (s.status[src] & 1) {
+        record_error(p.wait.record, cuda::kDevPeerInvalidInput, cuda::kPhaseCountExchange,
+                     p.rank, src, 0, 0);
+        ok = false;
+      } else if ((s.status[src] >> 1) != p.num_topk) {
+        record_error(p.wait.record, cuda::kDevTopkMismatch, cuda::kPhaseCountExchange, p.rank,
+                     src, p.num_topk, s.status[src] >> 1);
+        ok = false;
+      }
+    }
+    for (int d = 0; d < R; ++d) {
+      long long total = 0;
+      for (int src = 0; src < R; ++src) total += s.counts[src * R + d];
+      if (total > p.layout.capacity) {
+        record_error(p.wait.record, cuda::kDevCapacity, cuda::kPhaseCountExchange, p.rank, d,
+                     p.layout.capacity, total);
+        ok = false;
+      }
+    }
+  }
+  return __syncthreads_and(threadIdx.x == 0 ? ok : true);
+}
+
+// Final slot of (token, d) = base(d, rank) + rows earlier chunks send to d + position in chunk.
+__device__ void finalize_slots(const NotifyParams& p, const NotifyShared& s) {
+  const int R = p.num_ranks;
+  for (int d = threadIdx.x; d < R; d += blockDim.x) {
+    int running = 0;
+    for (int src = 0; src < p.rank; ++src) running += s.counts[src * R + d];
+    for (int c = 0; c < p.num_chunks; ++c) {
+      const int n = p.chunk_counts[c * R + d];
+      p.chunk_counts[c * R + d] = running;
+      running += n;
+    }
+  }
+  __syncthreads();
+  const int total = p.num_tokens * R;
+  for (int i = threadIdx.x; i < total; i += blockDim.x) {
+    const int pos = p.routing.slot[i];
+    if (pos < 0) continue;
+    const int chunk = i / R / cuda::kLayoutChunkTokens;
+    p.routing.slot[i] = pos + p.chunk_counts[chunk * R + i % R];
+  }
+}
+
+__device__ void publish_receive_side(const NotifyParams& p, const NotifyShared& s) {
+  const int R = p.num_ranks;
+  for (int src = threadIdx.x; src < R; src += blockDim.x) {
+    const int n = s.counts[src * R + p.rank];
+    p.routing.recv_counts[src] = n;
+    p.wait.state->expected_arrived[src] += static_cast<uint64_t>(n);
+  }
+  if (!p.cached) {
+    const int align = p.expert_alignment;
+    for (int e = threadIdx.x; e < p.experts_per_rank; e += blockDim.x) {
+      p.num_recv_per_expert[e] = (s.experts[e] + align - 1) / align * align;
+    }
+  }
+  if (threadIdx.x == 0) {
+    int num_recv = 0;
+    for (int src = 0; src < R; ++src) num_recv += s.counts[src * R + p.rank];
+    *p.routing.num_recv = num_recv;
+    if (p.mapped_num_recv) {
+      *p.mapped_num_recv = num_recv;
+      __threadfence_system();
+    }
+  }
+}
+
+__global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
+  cuda::DeviceState* state = p.wait.state;
+  if (rank_failed(state)) return;
+  extern __shared__ int smem[];
+  const int R = p.num_ranks;
+  NotifyShared s{smem, smem + R * R, smem + R * R + R};
+  __shared__ uint32_t s_epoch;
+  if (threadIdx.x == 0) s_epoch = state->epoch + 1;
+  for (int e = threadIdx.x; e < p.experts_per_rank; e += blockDim.x) s.experts[e] = 0;
+  for (int d = threadIdx.x; d < R; d += blockDim.x) {
+    int n = 0;
+    if (p.cached) {
+      n = p.routing.send_counts[d];
+    } else {
+      for (int c = 0; c < p.num_chunks; ++c) n += p.chunk_counts[c * R + d];
+      p.routing.send_counts[d] = n;
+    }
+    s.counts[p.rank * R + d] = n;
+  }
+  __syncthreads();
+  const uint32_t epoch = s_epoch;
+
+  post_row(p, s, epoch);
+  const bool collected = collect_rows(p, s, epoch);
+  if (!__syncthreads_and(collected)) return;  // the error record names the peer
+  const bool ok = agree(p, s);
+  if (ok) {
+    if (!p.cached) finalize_slots(p, s);
+    publish_receive_side(p, s);
+  } else if (threadIdx.x == 0) {
+    *p.routing.num_recv = 0;
+    if (p.mapped_num_recv) *p.mapped_num_recv = 0;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    state->dispatch_ok = ok ? 1 : 0;
+    state->invalid_input = 0;
+    state->epoch = epoch;
+  }
+}
+
+}  // namespace
+
+size_t notify_shared_bytes(int num_ranks, int experts_per_rank) {
+  return sizeof(int) * (static_cast<size_t>(num_ranks) * num_ranks + num_ranks + experts_per_rank);
+}
+
+void launch_notify(const cuda::NotifyParams& p, cudaStream_t stream) {
+  notify_kernel<<<1, 1024, notify_shared_bytes(p.num_ranks, p.experts_per_rank), stream>>>(p);
+}
+
+}  // namespace epcomm::kernels

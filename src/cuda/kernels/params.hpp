@@ -1,0 +1,122 @@
+// Parameter structs of the flat-path kernels, each passed by value. Host and device code.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../device_state.hpp"
+#include "../region_layout.hpp"
+
+namespace epcomm::cuda {
+
+// Tokens per layout block: slots are computed per chunk, offsets per chunk by notify.
+constexpr int kLayoutChunkTokens = 128;
+
+// Where a waiting kernel reports a timeout.
+struct WaitContext {
+  DeviceState* state;
+  ErrorRecord* record;  // mapped host memory
+  uint64_t timeout_ns;
+  int rank;
+};
+
+// A dispatch's routing tables in device memory (owned by its handle).
+struct Routing {
+  int* slot;          // [T][R]: row of token t on rank d, or -1 (position in chunk before notify)
+  int* send_counts;   // [R]: rows this rank sends to each rank
+  int* recv_counts;   // [R]: rows this rank receives from each rank
+  int* num_recv;      // [1]
+};
+
+struct LayoutParams {
+  const void* topk_idx;
+  bool idx_int64;
+  int num_tokens, num_topk, num_experts, num_ranks, experts_per_rank;
+  int* slot;              // [T][R] position within the chunk, or -1; may be null
+  int* chunk_counts;      // [chunks][R]; may be null
+  int* expert_counts;     // [E], zeroed first (accumulated with atomics)
+  int* tokens_per_rank;   // [R], zeroed first; may be null
+  bool* is_token_in_rank; // [T][R]; may be null
+  int32_t* invalid_flag;  // set to 1 on a bad id; may be null
+  ErrorRecord* record;
+  int rank;
+};
+
+struct NotifyParams {
+  RegionLayout layout;
+  char* const* peers;    // [R] region bases, this rank's included
+  int rank, num_ranks, experts_per_rank, num_topk, num_tokens;
+  bool cached;           // replay the handle's counts: no layout, no slot finalisation
+  int* chunk_counts;     // [chunks][R]; turned into each chunk's first row per destination
+  int num_chunks;
+  const int* expert_counts;  // [E] this rank's tokens per expert (fresh only)
+  Routing routing;
+  int* num_recv_per_expert;  // [Le] output (fresh only)
+  int expert_alignment;
+  volatile int* mapped_num_recv;  // host-mapped copy of num_recv; may be null
+  WaitContext wait;
+};
+
+struct SendParams {
+  RegionLayout layout;
+  char* const* peers;
+  int rank, num_ranks, experts_per_rank, num_tokens, num_topk;
+  bool cached;                 // rows and scales only
+  const void* x;               // [T][row_bytes]
+  const float* x_scales;       // [T][num_scales] or null
+  const void* topk_idx;        // fresh only
+  bool idx_int64;
+  const float* topk_weights;   // may be null
+  const int* slot;             // final slots [T][R]
+  const DeviceState* state;
+};
+
+// Single-block wait: rows from every source have arrived.
+struct ArrivalWaitParams {
+  RegionLayout layout;
+  char* local;
+  int num_ranks;
+  WaitContext wait;
+};
+
+struct DrainParams {
+  RegionLayout layout;
+  char* local;
+  int num_topk;
+  bool cached;
+  const int* num_recv;
+  void* recv_topk_idx;       // [num_recv][K]
+  bool idx_int64;
+  float* recv_topk_weights;  // [num_recv][K]
+  int* recv_src;             // [num_recv][2]
+  float* recv_scales;        // [num_recv][num_scales] or null
+  const DeviceState* state;
+};
+
+// Copies num_recv rows between a pool and a caller buffer, either direction.
+struct RowCopyParams {
+  const char* src;
+  char* dst;
+  size_t src_stride, dst_stride, row_bytes;
+  const int* num_rows;
+  const DeviceState* state;
+};
+
+// Single-block: raise this rank's ready signal at every peer, wait for every peer's.
+struct CombineReadyParams {
+  RegionLayout layout;
+  char* const* peers;
+  int rank, num_ranks;
+  WaitContext wait;
+};
+
+struct GatherParams {
+  RegionLayout layout;
+  char* const* peers;
+  int num_ranks, num_tokens, hidden;
+  const int* slot;  // [T][R]
+  uint16_t* out;    // [T][H] bf16
+  const DeviceState* state;
+};
+
+}  // namespace epcomm::cuda

@@ -1,0 +1,105 @@
+// Region allocation and peer mapping for the CUDA backend.
+#include "memory_domain.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "cuda_check.hpp"
+
+namespace epcomm::cuda {
+namespace {
+
+struct InProcessEntry {
+  char* base;
+  int device;
+};
+
+struct IpcEntry {
+  cudaIpcMemHandle_t handle;
+  int device;
+  int pid;
+};
+
+}  // namespace
+
+MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes)
+    : device_(device), rank_(bootstrap.rank()) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  EPCOMM_CUDA_CHECK(cudaMalloc(&region_, region_bytes));
+  EPCOMM_CUDA_CHECK(cudaMemset(region_, 0, region_bytes));
+  EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
+  peers_.assign(bootstrap.size(), nullptr);
+  opened_.assign(bootstrap.size(), false);
+  if (bootstrap.in_process()) {
+    map_in_process(bootstrap);
+  } else {
+    map_through_ipc(bootstrap);
+  }
+  EPCOMM_CUDA_CHECK(cudaMalloc(&d_peers_, sizeof(char*) * peers_.size()));
+  EPCOMM_CUDA_CHECK(
+      cudaMemcpy(d_peers_, peers_.data(), sizeof(char*) * peers_.size(), cudaMemcpyHostToDevice));
+  // NOTE: no peer may signal into this region before it is zeroed everywhere.
+  bootstrap.barrier();
+}
+
+void MemoryDomain::map_in_process(Bootstrap& bootstrap) {
+  const InProcessEntry mine{region_, device_};
+  std::vector<InProcessEntry> all(bootstrap.size());
+  bootstrap.allGather(&mine, all.data(), sizeof(mine));
+  for (size_t i = 0; i < all.size(); ++i) {
+    peers_[i] = all[i].base;
+    if (all[i].device == device_) continue;
+    int can = 0;
+    EPCOMM_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device_, all[i].device));
+    if (!can) {
+      throw Error(ErrorCode::kUnsupported, "GPU " + std::to_string(device_) +
+                                               " cannot access peer GPU " +
+                                               std::to_string(all[i].device));
+    }
+    const cudaError_t err = cudaDeviceEnablePeerAccess(all[i].device, 0);
+    if (err == cudaErrorPeerAccessAlreadyEnabled) {
+      cudaGetLastError();
+    } else {
+      EPCOMM_CUDA_CHECK(err);
+    }
+  }
+}
+
+void MemoryDomain::map_through_ipc(Bootstrap& bootstrap) {
+  IpcEntry mine{};
+  EPCOMM_CUDA_CHECK(cudaIpcGetMemHandle(&mine.handle, region_));
+  mine.device = device_;
+  mine.pid = static_cast<int>(getpid());
+  std::vector<IpcEntry> all(bootstrap.size());
+  bootstrap.allGather(&mine, all.data(), sizeof(mine));
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (static_cast<int>(i) == rank_) {
+      peers_[i] = region_;
+      continue;
+    }
+    if (all[i].pid == mine.pid) {
+      throw Error(ErrorCode::kUnsupported,
+                  "ranks " + std::to_string(rank_) + " and " + std::to_string(i) +
+                      " share a process but the bootstrap is not in-process");
+    }
+    void* ptr = nullptr;
+    EPCOMM_CUDA_CHECK(cudaIpcOpenMemHandle(&ptr, all[i].handle, cudaIpcMemLazyEnablePeerAccess));
+    peers_[i] = static_cast<char*>(ptr);
+    opened_[i] = true;
+  }
+}
+
+MemoryDomain::~MemoryDomain() {
+  cudaSetDevice(device_);
+  for (size_t i = 0; i < peers_.size(); ++i) {
+    if (opened_[i] && cudaIpcCloseMemHandle(peers_[i]) != cudaSuccess) {
+      std::fprintf(stderr, "epcomm: cudaIpcCloseMemHandle of rank %zu's region failed\n", i);
+    }
+  }
+  cudaFree(d_peers_);
+  cudaFree(region_);
+}
+
+}  // namespace epcomm::cuda

@@ -1,0 +1,38 @@
+// MemoryDomain: this rank's symmetric region and the mapped base of every peer's region.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "epcomm/bootstrap.hpp"
+
+namespace epcomm::cuda {
+
+// Collective. Ranks in one process share device pointers (enabling peer access between
+// distinct GPUs); ranks in separate processes exchange CUDA IPC handles through the
+// bootstrap. Several ranks may share one GPU either way. The region is zeroed and every rank
+// has passed a barrier before the constructor returns, so no peer signal can be lost.
+class MemoryDomain {
+ public:
+  MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes);
+  ~MemoryDomain();
+  MemoryDomain(const MemoryDomain&) = delete;
+  MemoryDomain& operator=(const MemoryDomain&) = delete;
+
+  char* local() const { return peers_[rank_]; }
+  char* const* device_peers() const { return d_peers_; }  // [R] in device memory
+  const std::vector<char*>& peers() const { return peers_; }
+
+ private:
+  void map_in_process(Bootstrap& bootstrap);
+  void map_through_ipc(Bootstrap& bootstrap);
+
+  int device_;
+  int rank_;
+  char* region_ = nullptr;
+  std::vector<char*> peers_;
+  std::vector<bool> opened_;  // peers_[i] came from cudaIpcOpenMemHandle
+  char** d_peers_ = nullptr;
+};
+
+}  // namespace epcomm::cuda

@@ -1,0 +1,62 @@
+// RoutingPool: stream-ordered allocations on a private stream, recycled through a free list.
+#include "routing_pool.hpp"
+
+#include "cuda_check.hpp"
+
+namespace epcomm::cuda {
+
+RoutingPool::RoutingPool(int device, int max_tokens, int num_ranks, int initial_buffers)
+    : device_(device),
+      slot_elems_(static_cast<size_t>(max_tokens) * num_ranks),
+      num_ranks_(num_ranks) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  EPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&alloc_stream_, cudaStreamNonBlocking));
+  for (int i = 0; i < initial_buffers; ++i) free_.push_back(allocate());
+}
+
+RoutingPool::~RoutingPool() {
+  cudaSetDevice(device_);
+  for (auto& b : all_) cudaFreeAsync(b->allocation, alloc_stream_);
+  cudaStreamSynchronize(alloc_stream_);
+  cudaStreamDestroy(alloc_stream_);
+}
+
+RoutingBuffer* RoutingPool::allocate() {
+  const size_t ints = slot_elems_ + 2 * static_cast<size_t>(num_ranks_) + 1;
+  auto buffer = std::make_unique<RoutingBuffer>();
+  EPCOMM_CUDA_CHECK(cudaMallocAsync(&buffer->allocation, ints * sizeof(int), alloc_stream_));
+  EPCOMM_CUDA_CHECK(cudaStreamSynchronize(alloc_stream_));
+  int* base = static_cast<int*>(buffer->allocation);
+  buffer->tables.slot = base;
+  buffer->tables.send_counts = base + slot_elems_;
+  buffer->tables.recv_counts = buffer->tables.send_counts + num_ranks_;
+  buffer->tables.num_recv = buffer->tables.recv_counts + num_ranks_;
+  all_.push_back(std::move(buffer));
+  return all_.back().get();
+}
+
+std::shared_ptr<RoutingBuffer> RoutingPool::acquire(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (free_.empty()) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    EPCOMM_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+    if (status != cudaStreamCaptureStatusNone) {
+      throw Error(ErrorCode::kUnsupported,
+                  "dispatch during CUDA graph capture needs a free routing buffer: release old "
+                  "handles, or run a dispatch before capturing");
+    }
+    EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+    free_.push_back(allocate());
+  }
+  RoutingBuffer* buffer = free_.back();
+  free_.pop_back();
+  std::shared_ptr<RoutingPool> self = shared_from_this();
+  return std::shared_ptr<RoutingBuffer>(buffer, [self](RoutingBuffer* b) { self->release(b); });
+}
+
+void RoutingPool::release(RoutingBuffer* buffer) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  free_.push_back(buffer);
+}
+
+}  // namespace epcomm::cuda

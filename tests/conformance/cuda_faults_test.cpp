@@ -1,0 +1,175 @@
+// CUDA backend faults: a missing peer ends in a named timeout, bad ids and overflow fail every
+// rank without writing, and the communicator says when it can no longer be used.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+
+#include "epcomm/epcomm.hpp"
+#include "harness.hpp"
+
+namespace epcomm {
+namespace {
+
+using testing::Buffer;
+
+class CudaFaults : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (testing::cuda_device_count() == 0) GTEST_SKIP() << "no GPU present: CUDA case skipped";
+  }
+};
+
+Config small_config(int timeout_ms = 5000) {
+  Config c;
+  c.num_experts = 8;
+  c.hidden = 64;
+  c.max_tokens_per_rank = 8;
+  c.max_topk = 2;
+  c.dispatch_sms = 2;
+  c.combine_sms = 2;
+  c.wait_timeout_ms = timeout_ms;
+  return c;
+}
+
+std::vector<std::shared_ptr<Bootstrap>> bootstraps(int n) {
+  std::vector<std::shared_ptr<Bootstrap>> out;
+  for (auto& b : make_in_process_bootstraps(n, 60000)) out.push_back(std::move(b));
+  return out;
+}
+
+// Device inputs of T tokens with the given top-k ids (2 per token).
+struct Inputs {
+  Inputs(testing::Memory& m, const std::vector<int64_t>& ids, int hidden)
+      : num_tokens(static_cast<int>(ids.size() / 2)),
+        x(m, std::max<size_t>(ids.size() / 2 * hidden * 2, 16)),
+        topk(m, std::max<size_t>(ids.size() * 8, 16)) {
+    std::vector<uint16_t> host_x(ids.size() / 2 * hidden, 0x3f80);
+    if (!host_x.empty()) m.upload(x.get(), host_x.data(), host_x.size() * 2);
+    if (!ids.empty()) m.upload(topk.get(), ids.data(), ids.size() * 8);
+  }
+  DispatchInputs get() const {
+    DispatchInputs in;
+    in.x = x.get();
+    in.topk_idx = topk.get();
+    in.num_tokens = num_tokens;
+    in.num_topk = 2;
+    return in;
+  }
+  int num_tokens;
+  Buffer x, topk;
+};
+
+TEST_F(CudaFaults, MissingPeerTimesOutNamingIt) {
+  auto bs = bootstraps(2);
+  const Config cfg = small_config(500);
+  testing::run_on_ranks(2, [&](int r) {
+    auto memory = testing::make_memory(Backend::kCuda, 0);
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    if (r == 1) return;  // rank 1 never dispatches (its teardown still meets rank 0's)
+    Inputs in(*memory, {0, 4, 1, 5}, cfg.hidden);
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      comm->dispatch(in.get());
+      ADD_FAILURE() << "dispatch returned without rank 1";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kTimeout) << e.what();
+      const std::string what = e.what();
+      EXPECT_NE(what.find("peer rank 1"), std::string::npos) << what;
+      EXPECT_NE(what.find("count exchange"), std::string::npos) << what;
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_LT(seconds, 5.0) << "the timeout is 0.5 s";
+    try {
+      comm->dispatch(in.get());
+      ADD_FAILURE() << "a timed-out communicator accepted more work";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kBroken) << e.what();
+    }
+  });
+}
+
+TEST_F(CudaFaults, BadExpertIdFailsEveryRankAndIsRecoverable) {
+  auto bs = bootstraps(2);
+  const Config cfg = small_config();
+  std::atomic<int> errors{0};
+  testing::run_on_ranks(2, [&](int r) {
+    auto memory = testing::make_memory(Backend::kCuda, 0);
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    Inputs bad(*memory, {0, 4, 1, r == 1 ? 999 : 5}, cfg.hidden);
+    try {
+      comm->dispatch(bad.get());
+      ADD_FAILURE() << "rank " << r << " accepted a bad expert id";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidExpert) << e.what();
+      const std::string want = r == 1 ? "topk_idx[1][1] = 999" : "peer rank 1";
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+      errors.fetch_add(1);
+    }
+    Inputs good(*memory, {0, 4, 1, 5}, cfg.hidden);
+    const DispatchResult res = comm->dispatch(good.get());
+    EXPECT_EQ(res.num_recv, 4);  // both tokens of both ranks reach both ranks
+    comm->synchronize();
+
+    int per_rank[2], per_expert[8];
+    Buffer d_rank(*memory, 8), d_expert(*memory, 32), d_in(*memory, 16);
+    try {
+      comm->get_dispatch_layout(bad.topk.get(), 2, 2,
+                                {d_rank.as<int>(), d_expert.as<int>(), d_in.as<bool>()});
+      EXPECT_EQ(r, 0) << "layout accepted id 999";
+      memory->download(per_rank, d_rank.get(), 8);
+      memory->download(per_expert, d_expert.get(), 32);
+      EXPECT_EQ(per_rank[0], 2);
+      EXPECT_EQ(per_rank[1], 2);
+    } catch (const Error& e) {
+      EXPECT_EQ(r, 1);
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidExpert);
+      EXPECT_NE(std::string(e.what()).find("999"), std::string::npos) << e.what();
+    }
+  });
+  EXPECT_EQ(errors.load(), 2);
+}
+
+TEST_F(CudaFaults, CapacityExceededFailsEveryRankWithoutWriting) {
+  auto bs = bootstraps(2);
+  Config cfg = small_config();
+  cfg.max_recv_rows = 3;
+  std::atomic<int> errors{0};
+  testing::run_on_ranks(2, [&](int r) {
+    auto memory = testing::make_memory(Backend::kCuda, 0);
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    memory->fill(comm->combine_input(), 0xA5, 3 * cfg.hidden * 2);
+    Inputs in(*memory, {0, -1, 1, -1, 2, 3, 3, -1}, cfg.hidden);  // 4 tokens, all to rank 0
+    try {
+      comm->dispatch(in.get());
+      ADD_FAILURE() << "dispatch overflowed silently";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kCapacityExceeded) << e.what();
+      EXPECT_NE(std::string(e.what()).find("rank 0 would receive 8 rows"), std::string::npos)
+          << e.what();
+      errors.fetch_add(1);
+    }
+    comm->synchronize();
+    std::vector<unsigned char> pool(3 * cfg.hidden * 2);
+    memory->download(pool.data(), comm->combine_input(), pool.size());
+    for (unsigned char b : pool) ASSERT_EQ(b, 0xA5) << "rank " << r << " pool was written";
+  });
+  EXPECT_EQ(errors.load(), 2);
+}
+
+TEST_F(CudaFaults, SmCountsBeyondTheDeviceAreRejected) {
+  auto bs = bootstraps(1);
+  Config cfg = small_config();
+  cfg.dispatch_sms = 100000;
+  try {
+    Communicator::create(bs[0], cfg, Backend::kCuda, 0);
+    ADD_FAILURE() << "accepted 100000 SMs";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("Config.dispatch_sms = 100000"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace epcomm
