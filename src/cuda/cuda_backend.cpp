@@ -70,6 +70,7 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
                                config_.row_bytes(), static_cast<size_t>(config_.hidden) * 2,
                                config_.max_topk, config_.num_scales(), 0);
 
+  EPCOMM_CUDA_CHECK(kernels::load_all_kernels());
   EPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
   stream_ = own_stream_;
   EPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&counts_known_, cudaEventDisableTiming));
@@ -131,7 +132,11 @@ void CudaBackend::set_stream(Stream stream) {
 }
 
 WaitContext CudaBackend::wait_context() const {
-  return WaitContext{d_state_, &d_mapped_->record, timeout_ns_, rank_};
+  return WaitContext{d_state_, error_sink(), timeout_ns_, rank_};
+}
+
+ErrorSink CudaBackend::error_sink() const {
+  return ErrorSink{&d_state_->error_claimed, &d_mapped_->record};
 }
 
 void CudaBackend::raise_device_error() {
@@ -141,6 +146,8 @@ void CudaBackend::raise_device_error() {
   std::memcpy(&rec, &h_mapped_->record, sizeof(rec));
   if (rec.code == kDevNone) return;
   std::memset(&h_mapped_->record, 0, sizeof(ErrorRecord));
+  // Later work in the stream may record again.
+  EPCOMM_CUDA_CHECK(cudaMemsetAsync(&d_state_->error_claimed, 0, sizeof(int32_t), stream_));
   throw error_from_record(rec, config_.wait_timeout_ms);
 }
 
@@ -178,7 +185,7 @@ void CudaBackend::get_dispatch_layout(const void* topk_idx, int num_tokens, int 
   p.expert_counts = out.num_tokens_per_expert;
   p.tokens_per_rank = out.num_tokens_per_rank;
   p.is_token_in_rank = out.is_token_in_rank;
-  p.record = &d_mapped_->record;
+  p.errors = error_sink();
   p.rank = rank_;
   kernels::launch_layout(p, stream_);
   EPCOMM_LAUNCH_CHECK("layout_kernel");
@@ -224,7 +231,7 @@ DispatchResult CudaBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   lp.chunk_counts = d_chunk_counts_;
   lp.expert_counts = d_expert_counts_;
   lp.invalid_flag = &d_state_->invalid_input;
-  lp.record = &d_mapped_->record;
+  lp.errors = error_sink();
   lp.rank = rank_;
   kernels::launch_layout(lp, stream_);
   EPCOMM_LAUNCH_CHECK("layout_kernel");

@@ -54,6 +54,7 @@ class CudaBackend final : public detail::CommBackend {
   };
   OutputPointers outputs_for(const DispatchOutputs& outs) const;
   WaitContext wait_context() const;
+  ErrorSink error_sink() const;
   // Sends rows (and meta), waits for arrivals, drains meta, copies recv_x when asked.
   void send_and_receive(const CudaHandle& handle, const void* x, const float* x_scales,
                         const DispatchInputs* fresh, const OutputPointers& outs);

@@ -16,7 +16,7 @@ struct DeviceState {
   int32_t dispatch_ok;   // verdict of the latest count exchange: 1 = send, 0 = skip
   int32_t failed;        // a wait timed out: every later kernel returns at once
   int32_t invalid_input; // the layout step of the current dispatch saw a bad expert id
-  int32_t pad;
+  int32_t error_claimed; // an error record is written or being written (first writer wins)
   uint64_t expected_arrived[kMaxCudaRanks];  // cumulative rows expected from each source
 };
 
@@ -40,8 +40,10 @@ enum WaitPhase : int32_t {
 
 const char* to_string(WaitPhase phase);
 
-// In mapped host memory: the first error since the host last looked. Written by the device
-// with system-scope atomics, read by the host after the stream reached it.
+// In mapped host memory: the first error since the host last looked. The writer claims it
+// through DeviceState::error_claimed (device memory: atomics on mapped host memory are not
+// allowed), fills the fields, fences, and stores the code last. The host reads it after the
+// stream reached the writer.
 struct ErrorRecord {
   int32_t code;
   int32_t phase;

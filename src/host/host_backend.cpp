@@ -215,7 +215,8 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   handle->comm_id = comm_id;
   handle->epoch = epoch;
   handle->num_tokens = in.num_tokens;
-  handle->num_recv = num_recv_;
+  handle->num_recv = options.wait_num_recv ? num_recv_ : -1;
+  handle->rows = num_recv_;
   handle->slot.assign(static_cast<size_t>(in.num_tokens) * num_ranks_, -1);
   for (int d = 0; d < num_ranks_; ++d) {
     int next = 0;
@@ -227,8 +228,8 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   bootstrap_->barrier();  // peers may reuse their inputs once everyone has read them
 
   DispatchResult result = result_views(outs, true);
+  if (!options.wait_num_recv) result.num_recv = -1;  // the contract of worst-case mode
   result.handle = DispatchHandle(std::move(handle));
-  (void)options.wait_num_recv;  // the host always knows num_recv
   return result;
 }
 
@@ -252,13 +253,15 @@ DispatchResult HostBackend::dispatch_cached(const detail::HandleState& handle_st
       if (row >= 0) copy_row(from, t, row, outs);
     }
   }
-  num_recv_ = handle.num_recv;
+  num_recv_ = handle.rows;
   bootstrap_->barrier();
 
   auto next = std::make_shared<HostHandle>(handle);
   next->comm_id = comm_id;
   next->epoch = epoch;
   DispatchResult result = result_views(outs, false);
+  next->num_recv = options.wait_num_recv ? handle.rows : -1;
+  if (!options.wait_num_recv) result.num_recv = -1;
   result.handle = DispatchHandle(std::move(next));
   return result;
 }
@@ -266,8 +269,8 @@ DispatchResult HostBackend::dispatch_cached(const detail::HandleState& handle_st
 void HostBackend::combine(const void* y, const detail::HandleState& handle_state, void* out) {
   const auto& handle = static_cast<const HostHandle&>(handle_state);
   const size_t H = config_.hidden;
-  if (y != pool_.data() && handle.num_recv > 0) {
-    std::memcpy(pool_.data(), y, static_cast<size_t>(handle.num_recv) * H * 2);
+  if (y != pool_.data() && handle.rows > 0) {
+    std::memcpy(pool_.data(), y, static_cast<size_t>(handle.rows) * H * 2);
   }
   bootstrap_->barrier();  // every rank's y is in its pool
 

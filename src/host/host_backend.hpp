@@ -12,6 +12,7 @@ namespace epcomm::host {
 // Sender-side routing of one dispatch: slot[t * R + d] = row of token t on rank d, or -1.
 struct HostHandle final : detail::HandleState {
   std::vector<int> slot;
+  int rows = 0;  // rows this rank received (num_recv is -1 in worst-case mode)
 };
 
 // Ranks are threads of one process; each reads its peers' inputs and pools through pointers

@@ -39,10 +39,11 @@ std::string case_name(const Case& c) {
 }
 
 // A spread of cases: each (R, routing, T) once, with dtype, index type, weights, SMs and output
-// modes rotating so that every variant meets several shapes.
+// modes drawn from a hash of the case index, so that every variant meets many shapes.
 std::vector<Case> make_cases(Algorithm algorithm) {
   std::vector<Case> cases;
   int i = 0;
+  auto bit = [&](int b) { return ((static_cast<uint32_t>(i) * 2654435761u) >> (8 + b)) & 1u; };
   for (int R : {1, 2, 3, 4, 8}) {
     for (Routing routing : {Routing::kUniform, Routing::kSkewed, Routing::kAllToOne,
                             Routing::kOneRankEmpty, Routing::kWithHoles}) {
@@ -53,17 +54,17 @@ std::vector<Case> make_cases(Algorithm algorithm) {
         c.shape.num_ranks = R;
         c.shape.num_tokens = T;
         c.shape.num_experts = 8 * R;
-        c.shape.num_topk = (i % 3 == 0) ? 8 : 4;
-        c.shape.hidden = (i % 7 == 0) ? 7168 : (i % 2 ? 256 : 384);
-        c.shape.dtype = (i % 4 == 1) ? DType::kFP8E4M3 : DType::kBF16;
-        c.shape.index_type = (i % 2) ? IndexType::kInt32 : IndexType::kInt64;
-        c.shape.with_weights = i % 5 != 0;
+        c.shape.num_topk = bit(0) ? 8 : 4;
+        c.shape.hidden = (i % 7 == 0) ? 7168 : (bit(1) ? 256 : 128);
+        c.shape.dtype = bit(2) ? DType::kFP8E4M3 : DType::kBF16;
+        c.shape.index_type = bit(3) ? IndexType::kInt32 : IndexType::kInt64;
+        c.shape.with_weights = bit(4) || bit(5);
         c.sms = 1 + (i * 7) % 16;
-        c.options.copy_recv_x = i % 3 == 1;
-        c.options.stage_y = i % 4 >= 2;
-        c.options.wait_num_recv = i % 5 != 3;
-        c.options.caller_meta = i % 2 == 0;
-        if (algorithm == Algorithm::kRing && i % 2) {
+        c.options.copy_recv_x = bit(6);
+        c.options.stage_y = bit(7);
+        c.options.wait_num_recv = bit(8) || bit(9);
+        c.options.caller_meta = bit(10);
+        if (algorithm == Algorithm::kRing && bit(11)) {
           c.ring_slots = 2;  // flow control on every row
           c.ring_chunk = 1;
         }

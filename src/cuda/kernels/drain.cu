@@ -71,6 +71,10 @@ __global__ void __launch_bounds__(1024) copy_rows_kernel(cuda::RowCopyParams p) 
 
 }  // namespace
 
+cudaError_t load_drain_kernels() {
+  return load_kernels(wait_arrivals_kernel, drain_kernel, copy_rows_kernel);
+}
+
 void launch_wait_arrivals(const cuda::ArrivalWaitParams& p, cudaStream_t stream) {
   wait_arrivals_kernel<<<1, 256, 0, stream>>>(p);
 }

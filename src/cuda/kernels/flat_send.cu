@@ -19,7 +19,10 @@ __device__ __forceinline__ void send_row(const SendParams& p, char* const* peers
   const size_t row_bytes = p.layout.row_bytes;
   const int num_vec = static_cast<int>(row_bytes / 16);
   const auto* src = reinterpret_cast<const uint4*>(static_cast<const char*>(p.x) + t * row_bytes);
-  for (int v0 = lane; v0 < num_vec; v0 += 32 * kUnroll) {
+  // NOTE: the loop bound is warp-uniform: the shuffles below need every lane, also when a row
+  // has fewer than 32 vectors.
+  for (int base = 0; base < num_vec; base += 32 * kUnroll) {
+    const int v0 = base + lane;
     uint4 vec[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -113,6 +116,8 @@ __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
 }
 
 }  // namespace
+
+cudaError_t load_flat_send_kernels() { return load_kernels(flat_send_kernel); }
 
 void launch_flat_send(const cuda::SendParams& p, int num_blocks, cudaStream_t stream) {
   if (p.num_tokens == 0) return;

@@ -113,6 +113,10 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(cuda::GatherPara
 
 }  // namespace
 
+cudaError_t load_gather_combine_kernels() {
+  return load_kernels(combine_ready_kernel, gather_kernel);
+}
+
 void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream) {
   combine_ready_kernel<<<1, 128, 0, stream>>>(p);
 }

@@ -8,6 +8,25 @@
 
 namespace epcomm::kernels {
 
+// Each loads its file's kernels into the current context and returns the first error.
+cudaError_t load_layout_kernels();
+cudaError_t load_notify_kernels();
+cudaError_t load_flat_send_kernels();
+cudaError_t load_drain_kernels();
+cudaError_t load_gather_combine_kernels();
+
+// Loads every kernel of the library. Called while creating a communicator: under lazy loading
+// a kernel's first launch can wait for the whole context, and so for a peer's kernel that is
+// itself waiting for this rank.
+inline cudaError_t load_all_kernels() {
+  for (auto load : {load_layout_kernels, load_notify_kernels, load_flat_send_kernels,
+                    load_drain_kernels, load_gather_combine_kernels}) {
+    const cudaError_t err = load();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 size_t layout_shared_bytes(int num_experts, int num_ranks);
 size_t notify_shared_bytes(int num_ranks, int experts_per_rank);
 

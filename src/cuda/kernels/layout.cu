@@ -21,7 +21,7 @@ __device__ void mark_destinations(const LayoutParams& p, int first_token, int nu
     const int t = i / K, k = i % K;
     const int64_t e = load_expert(p, static_cast<size_t>(first_token + t) * K + k);
     if (e < -1 || e >= p.num_experts) {
-      record_error(p.record, cuda::kDevInvalidExpert, cuda::kPhaseNone, p.rank, p.rank, 0, 0,
+      record_error(p.errors, cuda::kDevInvalidExpert, cuda::kPhaseNone, p.rank, p.rank, 0, 0,
                    first_token + t, k, e);
       if (p.invalid_flag) atomicExch(p.invalid_flag, 1);
       continue;  // treated as -1, so the protocol still completes on every rank
@@ -82,6 +82,8 @@ size_t layout_shared_bytes(int num_experts, int num_ranks) {
   return sizeof(int) * static_cast<size_t>(num_experts) +
          static_cast<size_t>(cuda::kLayoutChunkTokens) * num_ranks;
 }
+
+cudaError_t load_layout_kernels() { return load_kernels(layout_kernel); }
 
 void launch_layout(const cuda::LayoutParams& p, cudaStream_t stream) {
   const int chunks = (p.num_tokens + cuda::kLayoutChunkTokens - 1) / cuda::kLayoutChunkTokens;

@@ -68,11 +68,11 @@ __device__ bool agree(const NotifyParams& p, const NotifyShared& s) {
   if (threadIdx.x == 0) {
     for (int src = 0; src < R && !p.cached; ++src) {
       if (s.status[src] & 1) {
-        record_error(p.wait.record, cuda::kDevPeerInvalidInput, cuda::kPhaseCountExchange,
+        record_error(p.wait.errors, cuda::kDevPeerInvalidInput, cuda::kPhaseCountExchange,
                      p.rank, src, 0, 0);
         ok = false;
       } else if ((s.status[src] >> 1) != p.num_topk) {
-        record_error(p.wait.record, cuda::kDevTopkMismatch, cuda::kPhaseCountExchange, p.rank,
+        record_error(p.wait.errors, cuda::kDevTopkMismatch, cuda::kPhaseCountExchange, p.rank,
                      src, p.num_topk, s.status[src] >> 1);
         ok = false;
       }
@@ -81,7 +81,7 @@ __device__ bool agree(const NotifyParams& p, const NotifyShared& s) {
       long long total = 0;
       for (int src = 0; src < R; ++src) total += s.counts[src * R + d];
       if (total > p.layout.capacity) {
-        record_error(p.wait.record, cuda::kDevCapacity, cuda::kPhaseCountExchange, p.rank, d,
+        record_error(p.wait.errors, cuda::kDevCapacity, cuda::kPhaseCountExchange, p.rank, d,
                      p.layout.capacity, total);
         ok = false;
       }
@@ -182,6 +182,8 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
 size_t notify_shared_bytes(int num_ranks, int experts_per_rank) {
   return sizeof(int) * (static_cast<size_t>(num_ranks) * num_ranks + num_ranks + experts_per_rank);
 }
+
+cudaError_t load_notify_kernels() { return load_kernels(notify_kernel); }
 
 void launch_notify(const cuda::NotifyParams& p, cudaStream_t stream) {
   notify_kernel<<<1, 1024, notify_shared_bytes(p.num_ranks, p.experts_per_rank), stream>>>(p);

@@ -12,10 +12,16 @@ namespace epcomm::cuda {
 // Tokens per layout block: slots are computed per chunk, offsets per chunk by notify.
 constexpr int kLayoutChunkTokens = 128;
 
+// Where a kernel reports an error.
+struct ErrorSink {
+  int32_t* claimed;     // DeviceState::error_claimed
+  ErrorRecord* record;  // mapped host memory
+};
+
 // Where a waiting kernel reports a timeout.
 struct WaitContext {
   DeviceState* state;
-  ErrorRecord* record;  // mapped host memory
+  ErrorSink errors;
   uint64_t timeout_ns;
   int rank;
 };
@@ -38,7 +44,7 @@ struct LayoutParams {
   int* tokens_per_rank;   // [R], zeroed first; may be null
   bool* is_token_in_rank; // [T][R]; may be null
   int32_t* invalid_flag;  // set to 1 on a bad id; may be null
-  ErrorRecord* record;
+  ErrorSink errors;
   int rank;
 };
 

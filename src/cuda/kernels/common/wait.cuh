@@ -8,14 +8,16 @@
 namespace epcomm::kernels {
 
 using cuda::ErrorRecord;
+using cuda::ErrorSink;
 using cuda::WaitContext;
 
 // Records an error if none is recorded yet (first writer wins).
-__device__ __forceinline__ void record_error(ErrorRecord* rec, int32_t code, int32_t phase,
+__device__ __forceinline__ void record_error(const ErrorSink& sink, int32_t code, int32_t phase,
                                              int32_t rank, int32_t peer, uint64_t expected,
                                              uint64_t seen, int64_t token = -1,
                                              int64_t slot = -1, int64_t value = 0) {
-  if (atomicCAS_system(&rec->code, 0, -1) != 0) return;  // -1: being written
+  if (atomicCAS(sink.claimed, 0, 1) != 0) return;
+  volatile ErrorRecord* rec = sink.record;
   rec->phase = phase;
   rec->rank = rank;
   rec->peer = peer;
@@ -25,7 +27,20 @@ __device__ __forceinline__ void record_error(ErrorRecord* rec, int32_t code, int
   rec->slot = slot;
   rec->value = value;
   __threadfence_system();
-  atomicExch_system(&rec->code, code);
+  rec->code = code;
+  __threadfence_system();
+}
+
+// Host side: loads kernels into the context (see load_all_kernels).
+template <typename... Kernels>
+cudaError_t load_kernels(Kernels... kernels) {
+  cudaError_t first = cudaSuccess;
+  for (const void* k : {reinterpret_cast<const void*>(kernels)...}) {
+    cudaFuncAttributes attr;
+    const cudaError_t err = cudaFuncGetAttributes(&attr, k);
+    if (first == cudaSuccess) first = err;
+  }
+  return first;
 }
 
 __device__ __forceinline__ bool rank_failed(const cuda::DeviceState* state) {
@@ -47,7 +62,7 @@ __device__ __forceinline__ bool bounded_wait(const WaitContext& ctx, const uint6
     if ((++spins & 63) == 0) {
       if (rank_failed(ctx.state)) return false;
       if (global_timer_ns() - start > ctx.timeout_ns) {
-        record_error(ctx.record, cuda::kDevTimeout, phase, ctx.rank, peer, expected, v);
+        record_error(ctx.errors, cuda::kDevTimeout, phase, ctx.rank, peer, expected, v);
         *reinterpret_cast<volatile int32_t*>(&ctx.state->failed) = 1;
         return false;
       }
