@@ -10,6 +10,9 @@
 using namespace epcomm;
 
 int main(int argc, char** argv) {
+  // Several ranks of this process share each GPU: give every stream its own hardware queue
+  // (before the first CUDA call; see check_hardware_queues in src/cuda/cuda_backend.cpp).
+  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
   bench::BenchOptions o;
   if (!bench::parse_options(argc, argv, &o)) return 2;
   try {

@@ -30,7 +30,7 @@ fi
 if has test; then
   start=$SECONDS
   # One test process at a time: processes sharing a GPU without MPS only time-slice.
-  (cd "$BUILD" && timeout 420 ctest -j 1 --timeout 120 --output-on-failure) >"$OUT/ctest.log" 2>&1
+  (cd "$BUILD" && timeout 300 ctest -j 1 --timeout 60 --output-on-failure) >"$OUT/ctest.log" 2>&1
   rc=$?
   note "ctest: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed' "$OUT/ctest.log" | tail -1)"
   grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception)' "$OUT/ctest.log" | head -20 | tee -a "$summary"
@@ -41,12 +41,14 @@ if has sanitize; then
   conf="$BUILD/tests/epcomm_conformance_tests"
   {
     echo "== memcheck"
-    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$conf" \
-      --gtest_filter='Flat/*_R1_*:Flat/*_R2_T13_*:Flat/*_R2_T96_*:CudaFaults.*'
+    # Ranks wait on each other, and the sanitizer does not run peers' kernels side by side:
+    # single-rank cases, and the fault tests that need no concurrent peer.
+    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$conf" \
+      --gtest_filter='Flat/*_R1_*:CudaFaults.MissingPeer*:CudaFaults.SmCounts*'
     echo "memcheck rc=$?"
     echo "== racecheck"
-    timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$conf" \
-      --gtest_filter='Flat/*_R2_T13_*uniform*:Flat/*_R1_T96_*skewed*'
+    timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$conf" \
+      --gtest_filter='Flat/*_R1_T96_*skewed*:Flat/*_R1_T13_*with_holes*'
     echo "racecheck rc=$?"
   } >"$OUT/sanitizer.log" 2>&1
   note "sanitizer ($((SECONDS - start)) s): $(grep -E '^(memcheck|racecheck) rc=|ERROR SUMMARY' "$OUT/sanitizer.log" | tr '\n' ' ')"
@@ -54,7 +56,7 @@ fi
 
 if has bench; then
   start=$SECONDS
-  timeout 400 "$BUILD/bench/epcomm-bench" ${BENCH_ARGS:---sms 4,8,16} --json "$OUT/bench.json" \
+  timeout 240 "$BUILD/bench/epcomm-bench" ${BENCH_ARGS:---sms 4,8,16} --json "$OUT/bench.json" \
     >"$OUT/bench.log" 2>&1
   note "bench: rc=$? ($((SECONDS - start)) s)"
   sed -n '/^epcomm-bench/,$p' "$OUT/bench.log" | tee -a "$summary"

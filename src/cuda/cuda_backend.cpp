@@ -2,12 +2,14 @@
 // one stream in the order of DESIGN sections 5 and 6.
 #include "cuda_backend.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
 
 #include "cuda_check.hpp"
 #include "device_errors.hpp"
+#include "env.hpp"
 #include "kernels/launch.hpp"
 
 namespace epcomm::cuda {
@@ -37,6 +39,27 @@ void check_sms(const char* field, int value, int device_sms, int device) {
   }
 }
 
+// Ranks of one process that share a GPU issue waiting kernels on their own streams. CUDA maps
+// streams onto CUDA_DEVICE_MAX_CONNECTIONS hardware queues; two ranks on one queue deadlock
+// (a rank's next kernel waits behind its spinning notify, and a peer's notify behind that).
+// Collective among in-process ranks.
+void check_hardware_queues(Bootstrap& bootstrap, int device) {
+  if (!bootstrap.in_process()) return;  // each process has its own queues (MPS or not)
+  std::vector<int> devices(bootstrap.size());
+  bootstrap.allGather(&device, devices.data(), sizeof(int));
+  int sharing = 0;
+  for (int d : devices) sharing += d == device ? 1 : 0;
+  const int needed = std::min(32, 4 * sharing);
+  const int have = env::cuda_device_max_connections();
+  if (sharing > 1 && have < needed) {
+    throw Error(ErrorCode::kUnsupported,
+                std::to_string(sharing) + " ranks of this process share GPU " +
+                    std::to_string(device) + " but CUDA_DEVICE_MAX_CONNECTIONS is " +
+                    std::to_string(have) + ": set it to at least " + std::to_string(needed) +
+                    " (at most 32) before the first CUDA call, or run one rank per process");
+  }
+}
+
 }  // namespace
 
 CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& config, int device)
@@ -53,6 +76,7 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
                                              std::to_string(kMaxCudaRanks) + " ranks, not " +
                                              std::to_string(num_ranks_));
   }
+  check_hardware_queues(*bootstrap_, device_);
   if (config_.algorithm != Algorithm::kFlat) {
     throw Error(ErrorCode::kUnsupported, "the CUDA ring path is not built yet");
   }
