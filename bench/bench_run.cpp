@@ -77,8 +77,9 @@ Measurement measure(const BenchOptions& o, Algorithm algorithm, int sms) {
     const int device = o.backend == Backend::kCuda ? r % devices : 0;
     auto memory = testing::make_memory(o.backend, device);
     auto comm = Communicator::create(bs[r], cfg, o.backend, device);
-    auto timer = o.backend == Backend::kCuda ? make_cuda_timer(comm->stream(), device)
-                                             : make_host_timer();
+    auto timeline = o.backend == Backend::kCuda
+                        ? make_cuda_timeline(comm->stream(), device, 3 * total + 1)
+                        : make_host_timeline(3 * total + 1);
     const testing::RankData data = testing::make_rank_data(shape, kRouting, o.seed, r);
     testing::Buffer x(*memory, std::max<size_t>(data.x.size(), 16));
     testing::Buffer scales(*memory, std::max<size_t>(data.scales.size() * 4, 16));
@@ -99,25 +100,25 @@ Measurement measure(const BenchOptions& o, Algorithm algorithm, int sms) {
     DispatchOptions worst_case;
     worst_case.wait_num_recv = false;  // no host turnaround inside the timed region
 
+    // Calls are issued back to back, without host barriers: the ranks pace each other on the
+    // device through the count exchange and the combine's ready signal, so thread wake-up skew
+    // stays out of the times. Marks: before dispatch, combine, cached dispatch, and after it.
+    bs[r]->barrier();
+    timeline->mark();
     for (int it = 0; it < total; ++it) {
-      bs[r]->barrier();
-      timer->start();
       const DispatchResult res = comm->dispatch(in, worst_case);
-      const double t_fresh = timer->stop_ms();
-      bs[r]->barrier();
-      timer->start();
+      timeline->mark();
       comm->combine(comm->combine_input(), res.handle, out.get());  // identity expert, in place
-      const double t_combine = timer->stop_ms();
-      bs[r]->barrier();
-      timer->start();
+      timeline->mark();
       comm->dispatch_cached(res.handle, x.get(), in.x_scales, worst_case);
-      const double t_cached = timer->stop_ms();
-      if (it >= o.warmup) {
-        fresh[r].push_back(t_fresh);
-        combine[r].push_back(t_combine);
-        cached[r].push_back(t_cached);
-      }
+      timeline->mark();
       if (it + 1 == total) memory->download(&num_recv[r], res.num_recv_device, sizeof(int));
+    }
+    timeline->finish();
+    for (int it = o.warmup; it < total; ++it) {
+      fresh[r].push_back(timeline->ms_between(3 * it, 3 * it + 1));
+      combine[r].push_back(timeline->ms_between(3 * it + 1, 3 * it + 2));
+      cached[r].push_back(timeline->ms_between(3 * it + 2, 3 * it + 3));
     }
     comm->synchronize();
     bs[r]->barrier();

@@ -17,35 +17,41 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
-class CudaTimer final : public OpTimer {
+class CudaTimeline final : public Timeline {
  public:
-  CudaTimer(Stream stream, int device) : stream_(reinterpret_cast<cudaStream_t>(stream)) {
+  CudaTimeline(Stream stream, int device, int capacity)
+      : stream_(reinterpret_cast<cudaStream_t>(stream)), events_(capacity) {
     check(cudaSetDevice(device), "cudaSetDevice");
-    check(cudaEventCreate(&begin_), "cudaEventCreate");
-    check(cudaEventCreate(&end_), "cudaEventCreate");
+    for (auto& e : events_) check(cudaEventCreate(&e), "cudaEventCreate");
   }
-  ~CudaTimer() override {
-    cudaEventDestroy(begin_);
-    cudaEventDestroy(end_);
+  ~CudaTimeline() override {
+    for (auto& e : events_) cudaEventDestroy(e);
   }
-  void start() override { check(cudaEventRecord(begin_, stream_), "cudaEventRecord"); }
-  double stop_ms() override {
-    check(cudaEventRecord(end_, stream_), "cudaEventRecord");
-    check(cudaEventSynchronize(end_), "cudaEventSynchronize");
+  void mark() override {
+    if (next_ >= static_cast<int>(events_.size())) {
+      throw Error(ErrorCode::kInvalidArgument, "CudaTimeline: more marks than its capacity");
+    }
+    check(cudaEventRecord(events_[next_++], stream_), "cudaEventRecord");
+  }
+  void finish() override {
+    if (next_ > 0) check(cudaEventSynchronize(events_[next_ - 1]), "cudaEventSynchronize");
+  }
+  double ms_between(int a, int b) override {
     float ms = 0;
-    check(cudaEventElapsedTime(&ms, begin_, end_), "cudaEventElapsedTime");
+    check(cudaEventElapsedTime(&ms, events_[a], events_[b]), "cudaEventElapsedTime");
     return ms;
   }
 
  private:
   cudaStream_t stream_;
-  cudaEvent_t begin_, end_;
+  std::vector<cudaEvent_t> events_;
+  int next_ = 0;
 };
 
 }  // namespace
 
-std::unique_ptr<OpTimer> make_cuda_timer(Stream stream, int device) {
-  return std::make_unique<CudaTimer>(stream, device);
+std::unique_ptr<Timeline> make_cuda_timeline(Stream stream, int device, int capacity) {
+  return std::make_unique<CudaTimeline>(stream, device, capacity);
 }
 
 double measure_copy_gbps(int device) {
@@ -57,13 +63,16 @@ double measure_copy_gbps(int device) {
   check(cudaMemset(src, 0x3c, bytes), "cudaMemset");
   cudaStream_t stream;
   check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  CudaTimer timer(reinterpret_cast<Stream>(stream), device);
   std::vector<double> ms;
-  for (int i = 0; i < 13; ++i) {
-    timer.start();
-    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream), "cudaMemcpyAsync");
-    const double t = timer.stop_ms();
-    if (i >= 3) ms.push_back(t);
+  {
+    CudaTimeline timeline(reinterpret_cast<Stream>(stream), device, 14);
+    timeline.mark();
+    for (int i = 0; i < 13; ++i) {
+      check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream), "cudaMemcpyAsync");
+      timeline.mark();
+    }
+    timeline.finish();
+    for (int i = 3; i < 13; ++i) ms.push_back(timeline.ms_between(i, i + 1));
   }
   std::sort(ms.begin(), ms.end());
   cudaStreamDestroy(stream);

@@ -8,16 +8,18 @@
 
 namespace epcomm::bench {
 
-// Times one operation issued between start() and stop_ms(); stop_ms() waits for it.
-class OpTimer {
+// Timestamps taken in issue order: CUDA events on the communicator's stream, or the host clock
+// for the host backend (whose calls return when their work is done).
+class Timeline {
  public:
-  virtual ~OpTimer() = default;
-  virtual void start() = 0;
-  virtual double stop_ms() = 0;
+  virtual ~Timeline() = default;
+  virtual void mark() = 0;    // at most the capacity given at creation
+  virtual void finish() = 0;  // waits for the last mark
+  virtual double ms_between(int first, int second) = 0;
 };
 
-std::unique_ptr<OpTimer> make_host_timer();
-std::unique_ptr<OpTimer> make_cuda_timer(Stream stream, int device);
+std::unique_ptr<Timeline> make_host_timeline(int capacity);
+std::unique_ptr<Timeline> make_cuda_timeline(Stream stream, int device, int capacity);
 // Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written.
 double measure_copy_gbps(int device);
 std::string device_description();

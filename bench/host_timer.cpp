@@ -1,23 +1,27 @@
-// Host clock timer for the reference backend (its calls return when the work is done).
+// Host clock timeline for the reference backend.
 #include <chrono>
+#include <vector>
 
 #include "device_support.hpp"
 
 namespace epcomm::bench {
 namespace {
-class HostTimer final : public OpTimer {
+class HostTimeline final : public Timeline {
  public:
-  void start() override { begin_ = std::chrono::steady_clock::now(); }
-  double stop_ms() override {
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin_)
-        .count();
+  explicit HostTimeline(int capacity) { marks_.reserve(capacity); }
+  void mark() override { marks_.push_back(std::chrono::steady_clock::now()); }
+  void finish() override {}
+  double ms_between(int a, int b) override {
+    return std::chrono::duration<double, std::milli>(marks_[b] - marks_[a]).count();
   }
 
  private:
-  std::chrono::steady_clock::time_point begin_;
+  std::vector<std::chrono::steady_clock::time_point> marks_;
 };
 }  // namespace
 
-std::unique_ptr<OpTimer> make_host_timer() { return std::make_unique<HostTimer>(); }
+std::unique_ptr<Timeline> make_host_timeline(int capacity) {
+  return std::make_unique<HostTimeline>(capacity);
+}
 
 }  // namespace epcomm::bench

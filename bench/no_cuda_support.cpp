@@ -4,7 +4,7 @@
 
 namespace epcomm::bench {
 
-std::unique_ptr<OpTimer> make_cuda_timer(Stream, int) {
+std::unique_ptr<Timeline> make_cuda_timeline(Stream, int, int) {
   throw Error(ErrorCode::kUnsupported, "epcomm-bench was built without CUDA");
 }
 double measure_copy_gbps(int) { return 0.0; }

@@ -268,7 +268,6 @@ DispatchResult CudaBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   np.num_ranks = num_ranks_;
   np.experts_per_rank = experts_per_rank_;
   np.num_topk = in.num_topk;
-  np.num_tokens = in.num_tokens;
   np.cached = false;
   np.chunk_counts = d_chunk_counts_;
   np.num_chunks = (in.num_tokens + kLayoutChunkTokens - 1) / kLayoutChunkTokens;
@@ -305,7 +304,6 @@ DispatchResult CudaBackend::dispatch_cached(const detail::HandleState& handle_st
   np.num_ranks = num_ranks_;
   np.experts_per_rank = experts_per_rank_;
   np.num_topk = handle->num_topk;
-  np.num_tokens = handle->num_tokens;
   np.cached = true;
   np.routing = handle->routing->tables;
   np.mapped_num_recv = options.wait_num_recv ? &d_mapped_->num_recv : nullptr;
@@ -336,6 +334,7 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
   sp.idx_int64 = config_.index_type == IndexType::kInt64;
   sp.topk_weights = fresh ? fresh->topk_weights : nullptr;
   sp.slot = routing.slot;
+  sp.chunk_offsets = fresh ? d_chunk_counts_ : nullptr;
   sp.state = d_state_;
   kernels::launch_flat_send(sp, config_.dispatch_sms, stream_);
   EPCOMM_LAUNCH_CHECK("flat_send_kernel");

@@ -97,7 +97,11 @@ __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
   for (int t = t_begin + warp; t < t_end; t += num_warps) {
     for (int dest_base = 0; dest_base < R; dest_base += 32) {
       const int d = dest_base + lane;
-      const int my_slot = d < R ? p.slot[static_cast<size_t>(t) * R + d] : -1;
+      int my_slot = d < R ? p.slot[static_cast<size_t>(t) * R + d] : -1;
+      if (!p.cached && my_slot >= 0) {  // final slot, kept in the handle for combine and reuse
+        my_slot += p.chunk_offsets[(t / cuda::kLayoutChunkTokens) * R + d];
+        p.slot[static_cast<size_t>(t) * R + d] = my_slot;
+      }
       const uint32_t mask = __ballot_sync(0xffffffffu, my_slot >= 0);
       if (!mask) continue;
       send_row(p, s_peers, t, dest_base, mask, my_slot, lane);

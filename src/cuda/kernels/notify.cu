@@ -1,6 +1,7 @@
 // Count exchange (DESIGN section 5, steps 2-3): post this rank's count row to every peer,
-// wait for every peer's row of this epoch, agree on a verdict, then turn per-chunk positions
-// into final slots. One block: waiting kernels stay small so peers' kernels can run.
+// wait for every peer's row of this epoch, agree on a verdict, then turn per-chunk counts into
+// each chunk's first row per destination (the sender adds a token's position in its chunk).
+// One block: waiting kernels stay small so peers' kernels can run.
 #include "common/wait.cuh"
 #include "launch.hpp"
 
@@ -90,8 +91,8 @@ __device__ bool agree(const NotifyParams& p, const NotifyShared& s) {
   return __syncthreads_and(threadIdx.x == 0 ? ok : true);
 }
 
-// Final slot of (token, d) = base(d, rank) + rows earlier chunks send to d + position in chunk.
-__device__ void finalize_slots(const NotifyParams& p, const NotifyShared& s) {
+// First row of chunk c on rank d = base(d, rank) + rows earlier chunks send to d.
+__device__ void chunk_offsets(const NotifyParams& p, const NotifyShared& s) {
   const int R = p.num_ranks;
   for (int d = threadIdx.x; d < R; d += blockDim.x) {
     int running = 0;
@@ -101,14 +102,6 @@ __device__ void finalize_slots(const NotifyParams& p, const NotifyShared& s) {
       p.chunk_counts[c * R + d] = running;
       running += n;
     }
-  }
-  __syncthreads();
-  const int total = p.num_tokens * R;
-  for (int i = threadIdx.x; i < total; i += blockDim.x) {
-    const int pos = p.routing.slot[i];
-    if (pos < 0) continue;
-    const int chunk = i / R / cuda::kLayoutChunkTokens;
-    p.routing.slot[i] = pos + p.chunk_counts[chunk * R + i % R];
   }
 }
 
@@ -163,7 +156,7 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
   if (!__syncthreads_and(collected)) return;  // the error record names the peer
   const bool ok = agree(p, s);
   if (ok) {
-    if (!p.cached) finalize_slots(p, s);
+    if (!p.cached) chunk_offsets(p, s);
     publish_receive_side(p, s);
   } else if (threadIdx.x == 0) {
     *p.routing.num_recv = 0;

@@ -51,8 +51,8 @@ struct LayoutParams {
 struct NotifyParams {
   RegionLayout layout;
   char* const* peers;    // [R] region bases, this rank's included
-  int rank, num_ranks, experts_per_rank, num_topk, num_tokens;
-  bool cached;           // replay the handle's counts: no layout, no slot finalisation
+  int rank, num_ranks, experts_per_rank, num_topk;
+  bool cached;           // replay the handle's counts: no layout, no chunk offsets
   int* chunk_counts;     // [chunks][R]; turned into each chunk's first row per destination
   int num_chunks;
   const int* expert_counts;  // [E] this rank's tokens per expert (fresh only)
@@ -73,7 +73,8 @@ struct SendParams {
   const void* topk_idx;        // fresh only
   bool idx_int64;
   const float* topk_weights;   // may be null
-  const int* slot;             // final slots [T][R]
+  int* slot;                   // [T][R]: fresh: positions in chunk, made final here; cached: final
+  const int* chunk_offsets;    // fresh: [chunks][R] first row of each chunk per destination
   const DeviceState* state;
 };
 
