@@ -20,6 +20,7 @@ void usage() {
       "  --dtype bf16|fp8        dispatch element type (bf16)\n"
       "  --algorithms LIST       comma list of flat,ring (flat)\n"
       "  --sms LIST              comma list of SMs per rank for dispatch and combine (16)\n"
+      "  --ring-slots Q --ring-chunk N   ring path: entries per ring, rows per publish (32, 8)\n"
       "  --warmup N --iters N    (5, 20)\n"
       "  --seed S                workload seed (1)\n"
       "  --no-check              skip the check against the reference\n"
@@ -88,6 +89,10 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
       } else if (flag == "--sms") {
         o->sms.clear();
         for (const auto& s : split(value())) o->sms.push_back(to_int(flag, s));
+      } else if (flag == "--ring-slots") {
+        o->ring_slots = to_int(flag, value());
+      } else if (flag == "--ring-chunk") {
+        o->ring_chunk = to_int(flag, value());
       } else if (flag == "--warmup") {
         o->warmup = to_int(flag, value());
       } else if (flag == "--iters") {

@@ -18,6 +18,8 @@ struct BenchOptions {
   DType dtype = DType::kBF16;
   std::vector<Algorithm> algorithms{Algorithm::kFlat};
   std::vector<int> sms{16};
+  int ring_slots = 32;  // ring path: entries per ring (Config::ring_slots)
+  int ring_chunk = 8;   // ring path: rows published at once (Config::ring_chunk)
   int warmup = 5;
   int iters = 20;
   uint64_t seed = 1;

@@ -37,6 +37,8 @@ Config bench_config(const BenchOptions& o, Algorithm algorithm, int sms) {
   c.algorithm = algorithm;
   c.dispatch_sms = sms;
   c.combine_sms = sms;
+  c.ring_slots = o.ring_slots;
+  c.ring_chunk = o.ring_chunk;
   return c;
 }
 

@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-ensure_packages cmake g++ make libgtest-dev
+ensure_packages cmake g++ make libgtest-dev libopenmpi-dev openmpi-bin
 cmake --preset dev
 cmake --build --preset dev -j "$(jobs)"
-ctest --preset dev -j "$(jobs)" --timeout 900
+# With a GPU present, one test process at a time: processes sharing a GPU without MPS only
+# time-slice, and every CUDA test waits on peer kernels.
+parallel="$(jobs)"
+nvidia-smi -L >/dev/null 2>&1 && parallel=1
+ctest --preset dev -j "$parallel" --timeout 900

@@ -89,7 +89,8 @@ void* Communicator::combine_input() { return impl_->combine_input(); }
 void Communicator::check_usable() const {
   if (broken_) {
     throw Error(ErrorCode::kBroken, "rank " + std::to_string(rank()) +
-                                        ": an earlier timeout left this communicator unusable");
+                                        ": an earlier timeout, bootstrap or CUDA failure left "
+                                        "this communicator unusable");
   }
 }
 

@@ -39,6 +39,43 @@ void check_sms(const char* field, int value, int device_sms, int device) {
   }
 }
 
+int ring_channels(const Config& config) {
+  return config.algorithm == Algorithm::kRing ? std::max(1, config.dispatch_sms / 2) : 0;
+}
+
+// The ring kernels wait inside wide grids: every rank's grid must be resident at once, and each
+// peer needs its own warp group (with groups shared by peers, rings could wait on each other in
+// a cycle). Collective among in-process ranks, like check_hardware_queues.
+void check_ring(Bootstrap& bootstrap, const Config& config, int device, int device_sms) {
+  if (config.algorithm != Algorithm::kRing) return;
+  const int R = bootstrap.size();
+  if (R > 15) {
+    throw Error(ErrorCode::kUnsupported,
+                "the ring path supports up to 15 ranks, not " + std::to_string(R));
+  }
+  if (config.combine_sms != config.dispatch_sms) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "Config.combine_sms = " + std::to_string(config.combine_sms) +
+                    ": the ring path runs combine through the dispatch's channels, so it must "
+                    "equal Config.dispatch_sms = " + std::to_string(config.dispatch_sms));
+  }
+  int sharing = 1;
+  if (bootstrap.in_process()) {
+    std::vector<int> devices(R);
+    bootstrap.allGather(&device, devices.data(), sizeof(int));
+    sharing = static_cast<int>(std::count(devices.begin(), devices.end(), device));
+  }
+  const int blocks = sharing * 2 * ring_channels(config);
+  const int fit = device_sms * kernels::ring_blocks_per_sm();
+  if (blocks > fit) {
+    throw Error(ErrorCode::kUnsupported,
+                "ring path: " + std::to_string(sharing) + " ranks on GPU " +
+                    std::to_string(device) + " with Config.dispatch_sms = " +
+                    std::to_string(config.dispatch_sms) + " need " + std::to_string(blocks) +
+                    " resident blocks, but only " + std::to_string(fit) + " fit");
+  }
+}
+
 // Ranks of one process that share a GPU issue waiting kernels on their own streams. CUDA maps
 // streams onto CUDA_DEVICE_MAX_CONNECTIONS hardware queues; two ranks on one queue deadlock
 // (a rank's next kernel waits behind its spinning notify, and a peer's notify behind that).
@@ -49,14 +86,20 @@ void check_hardware_queues(Bootstrap& bootstrap, int device) {
   bootstrap.allGather(&device, devices.data(), sizeof(int));
   int sharing = 0;
   for (int d : devices) sharing += d == device ? 1 : 0;
-  const int needed = std::min(32, 4 * sharing);
+  const int needed = 4 * sharing;  // a rank's own stream, and room for the caller's streams
   const int have = env::cuda_device_max_connections();
+  if (sharing > 8) {
+    throw Error(ErrorCode::kUnsupported,
+                std::to_string(sharing) + " ranks of this process share GPU " +
+                    std::to_string(device) + ": CUDA has at most 32 hardware queues, enough "
+                    "for 8; run the others as separate processes");
+  }
   if (sharing > 1 && have < needed) {
     throw Error(ErrorCode::kUnsupported,
                 std::to_string(sharing) + " ranks of this process share GPU " +
                     std::to_string(device) + " but CUDA_DEVICE_MAX_CONNECTIONS is " +
                     std::to_string(have) + ": set it to at least " + std::to_string(needed) +
-                    " (at most 32) before the first CUDA call, or run one rank per process");
+                    " before the first CUDA call, or run one rank per process");
   }
 }
 
@@ -77,13 +120,12 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
                                              std::to_string(num_ranks_));
   }
   check_hardware_queues(*bootstrap_, device_);
-  if (config_.algorithm != Algorithm::kFlat) {
-    throw Error(ErrorCode::kUnsupported, "the CUDA ring path is not built yet");
-  }
   int sms = 0;
   EPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
   check_sms("dispatch_sms", config_.dispatch_sms, sms, device_);
   check_sms("combine_sms", config_.combine_sms, sms, device_);
+  EPCOMM_CUDA_CHECK(kernels::load_all_kernels());
+  check_ring(*bootstrap_, config_, device_, sms);
   if (kernels::layout_shared_bytes(config_.num_experts, num_ranks_) > kDefaultSharedLimit ||
       kernels::notify_shared_bytes(num_ranks_, experts_per_rank_) > kDefaultSharedLimit) {
     throw Error(ErrorCode::kUnsupported,
@@ -92,9 +134,9 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   }
   layout_ = RegionLayout::make(num_ranks_, experts_per_rank_, config_.recv_capacity(num_ranks_),
                                config_.row_bytes(), static_cast<size_t>(config_.hidden) * 2,
-                               config_.max_topk, config_.num_scales(), 0);
+                               config_.max_topk, config_.num_scales(), ring_channels(config_),
+                               config_.ring_slots);
 
-  EPCOMM_CUDA_CHECK(kernels::load_all_kernels());
   EPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
   stream_ = own_stream_;
   EPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&counts_known_, cudaEventDisableTiming));
@@ -113,7 +155,13 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   d_recv_src_ = device_alloc<RecvSource>(cap);
   d_recv_scales_ = device_alloc<float>(cap * config_.num_scales());
   d_num_recv_per_expert_ = device_alloc<int>(experts_per_rank_);
-  routing_pool_ = std::make_shared<RoutingPool>(device_, config_.max_tokens_per_rank, num_ranks_, 2);
+  const size_t ring_counters = static_cast<size_t>(layout_.ring.channels) * num_ranks_;
+  d_ring_sent_ = device_alloc<uint64_t>(ring_counters);
+  d_ring_received_ = device_alloc<uint64_t>(ring_counters);
+  EPCOMM_CUDA_CHECK(cudaMemset(d_ring_sent_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
+  EPCOMM_CUDA_CHECK(cudaMemset(d_ring_received_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
+  routing_pool_ = std::make_shared<RoutingPool>(device_, config_.max_tokens_per_rank, num_ranks_,
+                                                layout_.ring.channels, 2);
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
   domain_ = std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes);
 }
@@ -136,6 +184,8 @@ CudaBackend::~CudaBackend() {
   cudaFree(d_recv_src_);
   cudaFree(d_recv_scales_);
   cudaFree(d_num_recv_per_expert_);
+  cudaFree(d_ring_sent_);
+  cudaFree(d_ring_received_);
   cudaFree(d_state_);
   cudaFreeHost(h_mapped_);
   cudaEventDestroy(counts_known_);
@@ -305,6 +355,7 @@ DispatchResult CudaBackend::dispatch_cached(const detail::HandleState& handle_st
   np.experts_per_rank = experts_per_rank_;
   np.num_topk = handle->num_topk;
   np.cached = true;
+  np.handle_epoch = static_cast<uint32_t>(old.epoch);
   np.routing = handle->routing->tables;
   np.mapped_num_recv = options.wait_num_recv ? &d_mapped_->num_recv : nullptr;
   np.wait = wait_context();
@@ -336,12 +387,24 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
   sp.slot = routing.slot;
   sp.chunk_offsets = fresh ? d_chunk_counts_ : nullptr;
   sp.state = d_state_;
-  kernels::launch_flat_send(sp, config_.dispatch_sms, stream_);
-  EPCOMM_LAUNCH_CHECK("flat_send_kernel");
-
-  ArrivalWaitParams wp{layout_, domain_->local(), num_ranks_, wait_context()};
-  kernels::launch_wait_arrivals(wp, stream_);
-  EPCOMM_LAUNCH_CHECK("wait_arrivals_kernel");
+  if (config_.algorithm == Algorithm::kRing) {
+    RingParams rp = ring_params(handle);
+    rp.cached = sp.cached;
+    rp.x = x;
+    rp.x_scales = x_scales;
+    rp.topk_idx = sp.topk_idx;
+    rp.idx_int64 = sp.idx_int64;
+    rp.topk_weights = sp.topk_weights;
+    rp.chunk_offsets = sp.chunk_offsets;
+    kernels::launch_ring_dispatch(rp, stream_);
+    EPCOMM_LAUNCH_CHECK("ring_dispatch_kernel");
+  } else {
+    kernels::launch_flat_send(sp, config_.dispatch_sms, stream_);
+    EPCOMM_LAUNCH_CHECK("flat_send_kernel");
+    ArrivalWaitParams wp{layout_, domain_->local(), num_ranks_, wait_context()};
+    kernels::launch_wait_arrivals(wp, stream_);
+    EPCOMM_LAUNCH_CHECK("wait_arrivals_kernel");
+  }
 
   if (fresh || outs.recv_scales) {
     DrainParams dp{};
@@ -396,6 +459,26 @@ DispatchResult CudaBackend::finish_dispatch(std::shared_ptr<CudaHandle> handle,
   return r;
 }
 
+RingParams CudaBackend::ring_params(const CudaHandle& handle) const {
+  RingParams p{};
+  p.layout = layout_;
+  p.peers = domain_->device_peers();
+  p.rank = rank_;
+  p.num_ranks = num_ranks_;
+  p.experts_per_rank = experts_per_rank_;
+  p.num_tokens = handle.num_tokens;
+  p.num_topk = handle.num_topk;
+  p.num_chunks = (handle.num_tokens + kLayoutChunkTokens - 1) / kLayoutChunkTokens;
+  p.hidden = config_.hidden;
+  p.chunk_rows = config_.ring_chunk;
+  p.slot = handle.routing->tables.slot;
+  p.routing = handle.routing->tables;
+  p.sent = d_ring_sent_;
+  p.received = d_ring_received_;
+  p.wait = wait_context();
+  return p;
+}
+
 void CudaBackend::combine(const void* y, const detail::HandleState& handle_state, void* out) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   const auto& handle = static_cast<const CudaHandle&>(handle_state);
@@ -410,6 +493,13 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
     cp.state = d_state_;
     kernels::launch_copy_rows(cp, config_.combine_sms, stream_);
     EPCOMM_LAUNCH_CHECK("copy_rows_kernel (stage y)");
+  }
+  if (config_.algorithm == Algorithm::kRing) {
+    RingParams ring = ring_params(handle);
+    ring.out = static_cast<uint16_t*>(out);
+    kernels::launch_ring_combine(ring, stream_);
+    EPCOMM_LAUNCH_CHECK("ring_combine_kernel");
+    return;
   }
   CombineReadyParams rp{layout_, domain_->device_peers(), rank_, num_ranks_, wait_context()};
   kernels::launch_combine_ready(rp, stream_);

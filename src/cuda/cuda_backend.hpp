@@ -58,6 +58,7 @@ class CudaBackend final : public detail::CommBackend {
   // Sends rows (and meta), waits for arrivals, drains meta, copies recv_x when asked.
   void send_and_receive(const CudaHandle& handle, const void* x, const float* x_scales,
                         const DispatchInputs* fresh, const OutputPointers& outs);
+  RingParams ring_params(const CudaHandle& handle) const;
   DispatchResult finish_dispatch(std::shared_ptr<CudaHandle> handle, const DispatchOptions& opts,
                                  const OutputPointers& outs, bool with_meta);
   void check_not_capturing_exact(const DispatchOptions& options, const char* caller);
@@ -85,6 +86,8 @@ class CudaBackend final : public detail::CommBackend {
   RecvSource* d_recv_src_ = nullptr;
   float* d_recv_scales_ = nullptr;
   int* d_num_recv_per_expert_ = nullptr;
+  uint64_t* d_ring_sent_ = nullptr;      // [channels][R] ring path: rows pushed per ring
+  uint64_t* d_ring_received_ = nullptr;  // [channels][R] ring path: rows consumed per ring
 };
 
 }  // namespace epcomm::cuda

@@ -41,6 +41,11 @@ Error error_from_record(const ErrorRecord& rec, int wait_timeout_ms) {
       os << "peer rank " << rec.peer << " dispatched with num_topk " << rec.seen
          << " but this rank with " << rec.expected << "; no rank dispatched";
       return Error(ErrorCode::kInvalidArgument, os.str());
+    case kDevStaleHandle:
+      os << "dispatch_cached: peer rank " << rec.peer << " replayed the handle of dispatch #"
+         << rec.seen << " but this rank the one of dispatch #" << rec.expected
+         << "; no rank dispatched";
+      return Error(ErrorCode::kStaleHandle, os.str());
     default:
       os << "unknown device error code " << rec.code;
       return Error(ErrorCode::kCuda, os.str());

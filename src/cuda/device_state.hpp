@@ -9,7 +9,10 @@ namespace epcomm::cuda {
 
 constexpr int kMaxCudaRanks = 128;
 
-// In device memory, written only by the single-block kernels (notify, waits), read by the rest.
+// In device memory. The counters (epoch, combine_seq, expected_arrived) and the verdict are
+// written only by single-block kernels (notify, combine ready) and read by later kernels;
+// invalid_input is set by the layout kernel and error_claimed by whichever kernel records
+// the first error.
 struct DeviceState {
   uint32_t epoch;        // dispatches whose count exchange completed
   uint32_t combine_seq;  // combines whose ready signal was raised
@@ -27,6 +30,7 @@ enum DeviceErrorCode : int32_t {
   kDevPeerInvalidInput = 3,   // peer rank that had a bad id
   kDevCapacity = 4,           // peer = rank that would overflow, seen = rows, expected = capacity
   kDevTopkMismatch = 5,       // peer dispatched with another top-k (seen), expected = ours
+  kDevStaleHandle = 6,        // cached: peer replayed dispatch #seen, this rank #expected
 };
 
 enum WaitPhase : int32_t {

@@ -27,6 +27,16 @@ struct MetaLayout {
   EPCOMM_HD size_t stride() const { return align_up(scales_offset() + 4 * num_scales, 16); }
 };
 
+// Ring path (DESIGN section 7): one ring of `slots` entries per (channel, peer) in the
+// receiving rank's region. An entry = 16-byte header (final row) | row | meta row. The tail of
+// ring (c, s -> this rank) lives here; the head of ring (c, this rank -> d) lives here too,
+// written by d as it consumes.
+struct RingLayout {
+  int channels = 0;  // 0: flat path, no rings
+  int slots = 0;
+  size_t entry_bytes = 0;
+};
+
 // signals | count matrix (2 epoch slots) | received hidden rows | received meta rows | rings
 struct RegionLayout {
   int num_ranks = 0;
@@ -35,14 +45,15 @@ struct RegionLayout {
   size_t row_bytes = 0;     // a dispatched row (H x dispatch element size)
   size_t combine_row_bytes = 0;  // a combine row (H x 2, bf16)
   MetaLayout meta;
-  size_t ring_bytes = 0;    // ring path buffers; 0 for the flat path
+  RingLayout ring;
 
   size_t arrived_offset = 0, ready_offset = 0, counts_offset = 0, rows_offset = 0;
   size_t meta_offset = 0, ring_offset = 0, total_bytes = 0;
 
+  // ring_channels = 0 for the flat path.
   static RegionLayout make(int num_ranks, int experts_per_rank, int capacity, size_t row_bytes,
                            size_t combine_row_bytes, int max_topk, int num_scales,
-                           size_t ring_bytes) {
+                           int ring_channels, int ring_slots) {
     RegionLayout l;
     l.num_ranks = num_ranks;
     l.experts_per_rank = experts_per_rank;
@@ -51,7 +62,15 @@ struct RegionLayout {
     l.combine_row_bytes = combine_row_bytes;
     l.meta.max_topk = max_topk;
     l.meta.num_scales = num_scales;
-    l.ring_bytes = ring_bytes;
+    l.ring.channels = ring_channels;
+    l.ring.slots = ring_channels > 0 ? ring_slots : 0;
+    const size_t widest = row_bytes > combine_row_bytes ? row_bytes : combine_row_bytes;
+    l.ring.entry_bytes = 16 + align_up(widest, 16) + l.meta.stride();
+    const size_t ring_bytes =
+        ring_channels > 0
+            ? 2 * 8 * static_cast<size_t>(ring_channels) * num_ranks +
+                  l.ring.entry_bytes * l.ring.slots * static_cast<size_t>(ring_channels) * num_ranks
+            : 0;
     size_t off = 0;
     l.arrived_offset = off;
     off = align_up(off + 8 * static_cast<size_t>(num_ranks), 128);
@@ -70,11 +89,17 @@ struct RegionLayout {
     return l;
   }
 
-  // A count row from one source: R token counts (one per destination), one status word, and
-  // the source's per-expert counts for the receiving rank's experts.
-  EPCOMM_HD int count_row_words() const { return num_ranks + 1 + experts_per_rank; }
+  // A count row from one source: R token counts (one per destination), one status word, the
+  // source's per-expert counts for the receiving rank's experts, and (ring path) the rows each
+  // of the source's channels sends to the receiving rank.
+  EPCOMM_HD int count_row_words() const {
+    return num_ranks + 1 + experts_per_rank + ring.channels;
+  }
   EPCOMM_HD int status_word() const { return num_ranks; }
   EPCOMM_HD int expert_word(int local_expert) const { return num_ranks + 1 + local_expert; }
+  EPCOMM_HD int channel_word(int channel) const {
+    return num_ranks + 1 + experts_per_rank + channel;
+  }
 
   // Rows delivered so far by each source (cumulative, only grows).
   EPCOMM_HD uint64_t* arrived(char* base) const {
@@ -99,7 +124,27 @@ struct RegionLayout {
   EPCOMM_HD char* meta_row(char* base, int i) const {
     return base + meta_offset + meta.stride() * static_cast<size_t>(i);
   }
-  EPCOMM_HD char* rings(char* base) const { return base + ring_offset; }
+  // Rows written into ring (channel, peer -> this rank) so far (cumulative).
+  EPCOMM_HD uint64_t* ring_tail(char* base, int channel, int peer) const {
+    return reinterpret_cast<uint64_t*>(base + ring_offset) +
+           static_cast<size_t>(channel) * num_ranks + peer;
+  }
+  // Rows of ring (channel, this rank -> peer) the peer has consumed so far (cumulative).
+  EPCOMM_HD uint64_t* ring_head(char* base, int channel, int peer) const {
+    return ring_tail(base, channel, peer) + static_cast<size_t>(ring.channels) * num_ranks;
+  }
+  // Entry `index` (a cumulative count; taken modulo the ring size) of ring (channel, peer ->
+  // this rank).
+  EPCOMM_HD char* ring_entry(char* base, int channel, int peer, uint64_t index) const {
+    const size_t ring_idx = static_cast<size_t>(channel) * num_ranks + peer;
+    return base + ring_offset + 2 * 8 * static_cast<size_t>(ring.channels) * num_ranks +
+           (ring_idx * ring.slots + index % static_cast<uint64_t>(ring.slots)) * ring.entry_bytes;
+  }
+  EPCOMM_HD char* entry_row(char* entry) const { return entry + 16; }
+  EPCOMM_HD char* entry_meta(char* entry) const {
+    const size_t widest = row_bytes > combine_row_bytes ? row_bytes : combine_row_bytes;
+    return entry + 16 + align_up(widest, 16);
+  }
 };
 
 }  // namespace epcomm::cuda

@@ -5,10 +5,12 @@
 
 namespace epcomm::cuda {
 
-RoutingPool::RoutingPool(int device, int max_tokens, int num_ranks, int initial_buffers)
+RoutingPool::RoutingPool(int device, int max_tokens, int num_ranks, int ring_channels,
+                         int initial_buffers)
     : device_(device),
       slot_elems_(static_cast<size_t>(max_tokens) * num_ranks),
-      num_ranks_(num_ranks) {
+      num_ranks_(num_ranks),
+      ring_channels_(ring_channels) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   EPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&alloc_stream_, cudaStreamNonBlocking));
   for (int i = 0; i < initial_buffers; ++i) free_.push_back(allocate());
@@ -22,7 +24,8 @@ RoutingPool::~RoutingPool() {
 }
 
 RoutingBuffer* RoutingPool::allocate() {
-  const size_t ints = slot_elems_ + 2 * static_cast<size_t>(num_ranks_) + 1;
+  const size_t ring_ints = static_cast<size_t>(ring_channels_) * num_ranks_;
+  const size_t ints = slot_elems_ + 2 * static_cast<size_t>(num_ranks_) + 1 + 2 * ring_ints;
   auto buffer = std::make_unique<RoutingBuffer>();
   EPCOMM_CUDA_CHECK(cudaMallocAsync(&buffer->allocation, ints * sizeof(int), alloc_stream_));
   EPCOMM_CUDA_CHECK(cudaStreamSynchronize(alloc_stream_));
@@ -31,6 +34,8 @@ RoutingBuffer* RoutingPool::allocate() {
   buffer->tables.send_counts = base + slot_elems_;
   buffer->tables.recv_counts = buffer->tables.send_counts + num_ranks_;
   buffer->tables.num_recv = buffer->tables.recv_counts + num_ranks_;
+  buffer->tables.ring_send_counts = buffer->tables.num_recv + 1;
+  buffer->tables.ring_recv_counts = buffer->tables.ring_send_counts + ring_ints;
   all_.push_back(std::move(buffer));
   return all_.back().get();
 }

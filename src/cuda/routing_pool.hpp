@@ -21,7 +21,7 @@ struct RoutingBuffer {
 // stream order: the communicator issues all work on one stream (set_stream chains streams).
 class RoutingPool : public std::enable_shared_from_this<RoutingPool> {
  public:
-  RoutingPool(int device, int max_tokens, int num_ranks, int initial_buffers);
+  RoutingPool(int device, int max_tokens, int num_ranks, int ring_channels, int initial_buffers);
   ~RoutingPool();
   // Throws kUnsupported when none is free while `stream` is being captured into a graph.
   std::shared_ptr<RoutingBuffer> acquire(cudaStream_t stream);
@@ -33,6 +33,7 @@ class RoutingPool : public std::enable_shared_from_this<RoutingPool> {
   int device_;
   size_t slot_elems_;
   int num_ranks_;
+  int ring_channels_;
   cudaStream_t alloc_stream_ = nullptr;  // private: allocation never waits for peers' work
   std::mutex mutex_;
   std::vector<std::unique_ptr<RoutingBuffer>> all_;

@@ -141,7 +141,6 @@ void HostBackend::copy_row(const Published& from, int token, int row, const Disp
 DispatchResult HostBackend::result_views(const DispatchOutputs& outs, bool with_meta) {
   DispatchResult r;
   r.num_recv = num_recv_;
-  r.num_recv_device = &num_recv_;
   r.recv_x = outs.recv_x ? outs.recv_x : pool_.data();
   if (config_.num_scales() > 0) r.recv_scales = outs.recv_scales ? outs.recv_scales : recv_scales_.data();
   if (!with_meta) return r;
@@ -228,6 +227,7 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   bootstrap_->barrier();  // peers may reuse their inputs once everyone has read them
 
   DispatchResult result = result_views(outs, true);
+  result.num_recv_device = &handle->rows;  // lives as long as the handle
   if (!options.wait_num_recv) result.num_recv = -1;  // the contract of worst-case mode
   result.handle = DispatchHandle(std::move(handle));
   return result;
@@ -260,6 +260,7 @@ DispatchResult HostBackend::dispatch_cached(const detail::HandleState& handle_st
   next->comm_id = comm_id;
   next->epoch = epoch;
   DispatchResult result = result_views(outs, false);
+  result.num_recv_device = &next->rows;
   next->num_recv = options.wait_num_recv ? handle.rows : -1;
   if (!options.wait_num_recv) result.num_recv = -1;
   result.handle = DispatchHandle(std::move(next));

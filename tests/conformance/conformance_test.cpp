@@ -118,6 +118,9 @@ TEST_P(CudaConformance, MatchesHostReference) { run_case(Backend::kCuda, GetPara
 INSTANTIATE_TEST_SUITE_P(Flat, CudaConformance,
                          ::testing::ValuesIn(make_cases(Algorithm::kFlat)),
                          [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Ring, CudaConformance,
+                         ::testing::ValuesIn(make_cases(Algorithm::kRing)),
+                         [](const auto& info) { return info.param.name; });
 
 // Buffer reuse across many calls: fresh random routing and rows every round.
 TEST(CudaConformanceRounds, HundredFlatRoundsOnFreshData) {
@@ -133,6 +136,27 @@ TEST(CudaConformanceRounds, HundredFlatRoundsOnFreshData) {
     c.sms = 8;
     c.seed = 9000 + R;
     c.options.wait_num_recv = R == 8;
+    c.name = case_name(c);
+    run_case(Backend::kCuda, c);
+  }
+}
+
+TEST(CudaConformanceRounds, HundredRingRoundsOnFreshData) {
+  if (testing::cuda_device_count() == 0) GTEST_SKIP() << "no GPU present";
+  for (int slots : {2, 16}) {
+    Case c;
+    c.algorithm = Algorithm::kRing;
+    c.shape.num_ranks = 8;
+    c.shape.num_tokens = 64;
+    c.shape.num_experts = 32;
+    c.shape.num_topk = 4;
+    c.shape.hidden = 512;
+    c.shape.dtype = slots == 2 ? DType::kFP8E4M3 : DType::kBF16;
+    c.rounds = 100;
+    c.sms = 6;
+    c.ring_slots = slots;
+    c.ring_chunk = slots == 2 ? 1 : 5;
+    c.seed = 9100 + slots;
     c.name = case_name(c);
     run_case(Backend::kCuda, c);
   }

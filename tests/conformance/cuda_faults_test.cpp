@@ -158,6 +158,45 @@ TEST_F(CudaFaults, CapacityExceededFailsEveryRankWithoutWriting) {
   EXPECT_EQ(errors.load(), 2);
 }
 
+TEST_F(CudaFaults, CachedDispatchOfDifferentHandlesFailsEveryRank) {
+  auto bs = bootstraps(2);
+  const Config cfg = small_config();
+  std::atomic<int> errors{0};
+  testing::run_on_ranks(2, [&](int r) {
+    auto memory = testing::make_memory(Backend::kCuda, 0);
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    Inputs in(*memory, {0, 4, 1, 5}, cfg.hidden);
+    const DispatchResult first = comm->dispatch(in.get());
+    const DispatchResult second = comm->dispatch(in.get());
+    // Rank 0 replays dispatch #1, rank 1 dispatch #2: every rank must refuse.
+    const DispatchHandle& replay = r == 0 ? first.handle : second.handle;
+    try {
+      comm->dispatch_cached(replay, in.x.get(), nullptr);
+      ADD_FAILURE() << "rank " << r << " replayed a handle its peer did not";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kStaleHandle) << e.what();
+      EXPECT_NE(std::string(e.what()).find("peer rank " + std::to_string(1 - r)),
+                std::string::npos) << e.what();
+      errors.fetch_add(1);
+    }
+  });
+  EXPECT_EQ(errors.load(), 2);
+}
+
+TEST_F(CudaFaults, RingNeedsEqualSmKnobs) {
+  auto bs = bootstraps(1);
+  Config cfg = small_config();
+  cfg.algorithm = Algorithm::kRing;
+  cfg.combine_sms = cfg.dispatch_sms + 2;
+  try {
+    Communicator::create(bs[0], cfg, Backend::kCuda, 0);
+    ADD_FAILURE() << "ring accepted different dispatch and combine SMs";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("Config.combine_sms = 4"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(CudaFaults, SmCountsBeyondTheDeviceAreRejected) {
   auto bs = bootstraps(1);
   Config cfg = small_config();

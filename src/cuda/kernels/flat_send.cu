@@ -2,6 +2,7 @@
 // range of tokens. A warp reads each token's row once, in 16-byte vectors, and writes it and a
 // meta row straight into every destination's receive pool at the token's final slot. After
 // its writes, a block publishes the number of rows it delivered to each destination.
+#include "common/meta_row.cuh"
 #include "common/wait.cuh"
 #include "launch.hpp"
 
@@ -40,43 +41,18 @@ __device__ __forceinline__ void send_row(const SendParams& p, char* const* peers
   }
 }
 
-// Writes the meta row of token t for each destination in `mask`: source, top-k slots as the
-// destination sees them (local id or -1, weight or 0), fp8 scales.
+// Writes the meta row of token t for each destination in `mask`.
 __device__ __forceinline__ void send_meta(const SendParams& p, char* const* peers, int t,
                                           int dest_base, uint32_t mask, int my_slot, int lane) {
-  const cuda::MetaLayout& meta = p.layout.meta;
-  int64_t expert = -1;
-  float weight = 0.f;
-  if (!p.cached && lane < p.num_topk) {
-    const size_t i = static_cast<size_t>(t) * p.num_topk + lane;
-    expert = p.idx_int64 ? static_cast<const int64_t*>(p.topk_idx)[i]
-                         : static_cast<const int32_t*>(p.topk_idx)[i];
-    if (expert < -1 || expert >= static_cast<int64_t>(p.num_ranks) * p.experts_per_rank) {
-      expert = -1;  // the layout step already reported it
-    }
-    if (p.topk_weights) weight = p.topk_weights[i];
-  }
+  const TokenSlots slots =
+      p.cached ? TokenSlots{}
+               : load_token_slots(p.topk_idx, p.idx_int64, p.topk_weights, t, p.num_topk,
+                                  p.num_ranks * p.experts_per_rank, lane);
   for (uint32_t m = mask; m; m &= m - 1) {
     const int j = __ffs(m) - 1, d = dest_base + j;
     const int row = __shfl_sync(0xffffffffu, my_slot, j);
-    char* out = p.layout.meta_row(peers[d], row);
-    if (!p.cached) {
-      if (lane == 0) {
-        reinterpret_cast<int32_t*>(out)[0] = p.rank;
-        reinterpret_cast<int32_t*>(out)[1] = t;
-      }
-      if (lane < p.num_topk) {
-        const bool local = expert >= 0 && expert / p.experts_per_rank == d;
-        reinterpret_cast<int32_t*>(out + meta.ids_offset())[lane] =
-            local ? static_cast<int32_t>(expert - static_cast<int64_t>(d) * p.experts_per_rank)
-                  : -1;
-        reinterpret_cast<float*>(out + meta.weights_offset())[lane] = local ? weight : 0.f;
-      }
-    }
-    auto* scales = reinterpret_cast<float*>(out + meta.scales_offset());
-    for (int i = lane; i < meta.num_scales; i += 32) {
-      scales[i] = p.x_scales[static_cast<size_t>(t) * meta.num_scales + i];
-    }
+    write_meta_row(p.layout.meta_row(peers[d], row), p.layout.meta, slots, p.cached, p.rank, t, d,
+                   p.num_topk, p.experts_per_rank, p.x_scales, lane);
   }
 }
 

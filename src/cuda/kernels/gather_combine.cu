@@ -2,9 +2,8 @@
 // every peer and waits for every peer's; then a wide kernel with no waits gathers, for each
 // local token, the expert outputs from the ranks it was sent to, in ascending rank order,
 // accumulates in fp32 and rounds once to bf16.
-#include <cuda_bf16.h>
-
 #include "common/wait.cuh"
+#include "common/warp_copy.cuh"
 #include "launch.hpp"
 
 namespace epcomm::kernels {
@@ -14,9 +13,11 @@ constexpr int kGatherThreads = 1024;
 constexpr int kGatherUnroll = 2;  // 16-byte vectors per lane per pass
 constexpr int kGatherBatch = 4;   // source ranks whose loads are in flight together
 
+// NOTE: after a rejected dispatch (every rank reached the same verdict) the routing is not
+// final; every rank skips the combine and the error surfaces at synchronize().
 __global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyParams p) {
   cuda::DeviceState* state = p.wait.state;
-  if (rank_failed(state)) return;
+  if (rank_failed(state) || !state->dispatch_ok) return;
   const uint64_t seq = state->combine_seq + 1ull;
   // y was written by earlier work in this stream; make it visible system-wide, then signal.
   __threadfence_system();
@@ -31,24 +32,6 @@ __global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyPa
   }
   if (!__syncthreads_and(ok)) return;
   if (threadIdx.x == 0) state->combine_seq = static_cast<uint32_t>(seq);
-}
-
-__device__ __forceinline__ void accumulate(float (&acc)[8], const uint4& v) {
-  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    acc[2 * i] += f.x;
-    acc[2 * i + 1] += f.y;
-  }
-}
-
-__device__ __forceinline__ uint4 to_bf16(const float (&acc)[8]) {
-  uint4 out;
-  auto* h = reinterpret_cast<__nv_bfloat162*>(&out);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(acc[2 * i], acc[2 * i + 1]);
-  return out;
 }
 
 // One warp gathers token t from `n` source rows (ascending rank order) listed in `rows`.
@@ -76,19 +59,19 @@ __device__ __forceinline__ void gather_token(const cuda::GatherParams& p, const 
       for (int b = 0; b < kGatherBatch; ++b) {
 #pragma unroll
         for (int u = 0; u < kGatherUnroll; ++u) {
-          if (j0 + b < n && v0 + 32 * u < num_vec) accumulate(acc[u], vec[b][u]);
+          if (j0 + b < n && v0 + 32 * u < num_vec) accumulate_bf16x8(acc[u], vec[b][u]);
         }
       }
     }
 #pragma unroll
     for (int u = 0; u < kGatherUnroll; ++u) {
-      if (v0 + 32 * u < num_vec) st_na(out + v0 + 32 * u, to_bf16(acc[u]));
+      if (v0 + 32 * u < num_vec) st_na(out + v0 + 32 * u, to_bf16x8(acc[u]));
     }
   }
 }
 
 __global__ void __launch_bounds__(kGatherThreads) gather_kernel(cuda::GatherParams p) {
-  if (rank_failed(p.state)) return;
+  if (rank_failed(p.state) || !p.state->dispatch_ok) return;
   extern __shared__ const uint4* s_rows[];  // [warps][R]: this warp's token's source rows
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
   const int R = p.num_ranks;

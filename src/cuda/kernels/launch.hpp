@@ -14,13 +14,14 @@ cudaError_t load_notify_kernels();
 cudaError_t load_flat_send_kernels();
 cudaError_t load_drain_kernels();
 cudaError_t load_gather_combine_kernels();
+cudaError_t load_ring_kernels();
 
 // Loads every kernel of the library. Called while creating a communicator: under lazy loading
 // a kernel's first launch can wait for the whole context, and so for a peer's kernel that is
 // itself waiting for this rank.
 inline cudaError_t load_all_kernels() {
   for (auto load : {load_layout_kernels, load_notify_kernels, load_flat_send_kernels,
-                    load_drain_kernels, load_gather_combine_kernels}) {
+                    load_drain_kernels, load_gather_combine_kernels, load_ring_kernels}) {
     const cudaError_t err = load();
     if (err != cudaSuccess) return err;
   }
@@ -38,5 +39,11 @@ void launch_drain(const cuda::DrainParams& p, int num_blocks, cudaStream_t strea
 void launch_copy_rows(const cuda::RowCopyParams& p, int num_blocks, cudaStream_t stream);
 void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream);
 void launch_gather(const cuda::GatherParams& p, int num_blocks, cudaStream_t stream);
+// Ring path: 2 x channels blocks of kRingThreads.
+constexpr int kRingThreads = 1024;
+void launch_ring_dispatch(const cuda::RingParams& p, cudaStream_t stream);
+void launch_ring_combine(const cuda::RingParams& p, cudaStream_t stream);
+// Blocks of one ring kernel that fit on an SM (the ring kernels wait inside wide grids).
+int ring_blocks_per_sm();
 
 }  // namespace epcomm::kernels

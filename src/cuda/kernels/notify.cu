@@ -8,6 +8,7 @@
 namespace epcomm::kernels {
 namespace {
 
+using cuda::channel_first_chunk;
 using cuda::NotifyParams;
 
 __device__ __forceinline__ uint64_t tag(uint32_t epoch, uint32_t value) {
@@ -21,10 +22,17 @@ struct NotifyShared {
   int* experts;
 };
 
+// Status word: (top-k << 1) | bad-id flag for a fresh dispatch; (handle epoch << 1) for a
+// cached one, so that ranks replaying different dispatches notice.
+__device__ __forceinline__ int32_t my_status(const NotifyParams& p) {
+  if (p.cached) return static_cast<int32_t>((p.handle_epoch & 0x3fffffffu) << 1);
+  return (p.num_topk << 1) | (p.wait.state->invalid_input ? 1 : 0);
+}
+
 __device__ void post_row(const NotifyParams& p, const NotifyShared& s, uint32_t epoch) {
   const int R = p.num_ranks, W = p.layout.count_row_words(), Le = p.experts_per_rank;
   const int slot = epoch & 1;
-  const int32_t status = p.cached ? 0 : (p.num_topk << 1) | (p.wait.state->invalid_input ? 1 : 0);
+  const int32_t status = my_status(p);
   for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
     const int peer = i / W, w = i % W;
     uint32_t value;
@@ -32,8 +40,10 @@ __device__ void post_row(const NotifyParams& p, const NotifyShared& s, uint32_t 
       value = s.counts[p.rank * R + w];
     } else if (w == p.layout.status_word()) {
       value = static_cast<uint32_t>(status);
-    } else {
+    } else if (w < p.layout.channel_word(0)) {
       value = p.cached ? 0 : p.expert_counts[peer * Le + (w - R - 1)];
+    } else {
+      value = p.routing.ring_send_counts[(w - p.layout.channel_word(0)) * R + peer];
     }
     st_relaxed_sys(p.layout.count_row(p.peers[peer], slot, p.rank) + w, tag(epoch, value));
   }
@@ -55,8 +65,10 @@ __device__ bool collect_rows(const NotifyParams& p, const NotifyShared& s, uint3
       s.counts[source * R + w] = value;
     } else if (w == p.layout.status_word()) {
       s.status[source] = value;
-    } else {
+    } else if (w < p.layout.channel_word(0)) {
       atomicAdd(&s.experts[w - R - 1], value);
+    } else {
+      p.routing.ring_recv_counts[(w - p.layout.channel_word(0)) * R + source] = value;
     }
   }
   return ok;
@@ -67,6 +79,14 @@ __device__ bool agree(const NotifyParams& p, const NotifyShared& s) {
   const int R = p.num_ranks;
   bool ok = true;
   if (threadIdx.x == 0) {
+    for (int src = 0; src < R && p.cached; ++src) {
+      if (s.status[src] != my_status(p)) {
+        record_error(p.wait.errors, cuda::kDevStaleHandle, cuda::kPhaseCountExchange, p.rank,
+                     src, static_cast<uint32_t>(my_status(p)) >> 1,
+                     static_cast<uint32_t>(s.status[src]) >> 1);
+        ok = false;
+      }
+    }
     for (int src = 0; src < R && !p.cached; ++src) {
       if (s.status[src] & 1) {
         record_error(p.wait.errors, cuda::kDevPeerInvalidInput, cuda::kPhaseCountExchange,
@@ -143,6 +163,15 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
     if (p.cached) {
       n = p.routing.send_counts[d];
     } else {
+      const int channels = p.layout.ring.channels;
+      for (int ch = 0; ch < channels; ++ch) {  // ring path: rows per channel
+        int rows = 0;
+        const int end = channel_first_chunk(ch + 1, p.num_chunks, channels);
+        for (int c = channel_first_chunk(ch, p.num_chunks, channels); c < end; ++c) {
+          rows += p.chunk_counts[c * R + d];
+        }
+        p.routing.ring_send_counts[ch * R + d] = rows;
+      }
       for (int c = 0; c < p.num_chunks; ++c) n += p.chunk_counts[c * R + d];
       p.routing.send_counts[d] = n;
     }

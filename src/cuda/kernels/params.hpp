@@ -26,12 +26,19 @@ struct WaitContext {
   int rank;
 };
 
+// Ring path: channel c covers layout chunks [first_chunk(c), first_chunk(c + 1)).
+EPCOMM_HD int channel_first_chunk(int channel, int num_chunks, int channels) {
+  return static_cast<int>(static_cast<long long>(num_chunks) * channel / channels);
+}
+
 // A dispatch's routing tables in device memory (owned by its handle).
 struct Routing {
-  int* slot;          // [T][R]: row of token t on rank d, or -1 (position in chunk before notify)
-  int* send_counts;   // [R]: rows this rank sends to each rank
-  int* recv_counts;   // [R]: rows this rank receives from each rank
-  int* num_recv;      // [1]
+  int* slot;              // [T][R]: row of token t on rank d, or -1 (position in chunk at first)
+  int* send_counts;       // [R]: rows this rank sends to each rank
+  int* recv_counts;       // [R]: rows this rank receives from each rank
+  int* num_recv;          // [1]
+  int* ring_send_counts;  // [channels][R]: rows channel c of this rank sends to each rank
+  int* ring_recv_counts;  // [channels][R]: rows channel c of each rank sends to this rank
 };
 
 struct LayoutParams {
@@ -53,6 +60,7 @@ struct NotifyParams {
   char* const* peers;    // [R] region bases, this rank's included
   int rank, num_ranks, experts_per_rank, num_topk;
   bool cached;           // replay the handle's counts: no layout, no chunk offsets
+  uint32_t handle_epoch; // cached: the replayed dispatch's sequence number; ranks must agree
   int* chunk_counts;     // [chunks][R]; turned into each chunk's first row per destination
   int num_chunks;
   const int* expert_counts;  // [E] this rank's tokens per expert (fresh only)
@@ -124,6 +132,31 @@ struct GatherParams {
   const int* slot;  // [T][R]
   uint16_t* out;    // [T][H] bf16
   const DeviceState* state;
+};
+
+// Ring dispatch and combine (DESIGN section 7): blocks [0, C) send, blocks [C, 2C) receive,
+// block c handling channel c. Both directions use the same rings, as FIFOs whose counters
+// only grow.
+struct RingParams {
+  RegionLayout layout;
+  char* const* peers;
+  int rank, num_ranks, experts_per_rank, num_tokens, num_topk, num_chunks, hidden;
+  int chunk_rows;      // most rows a sender publishes at once
+  bool cached;
+  // Dispatch.
+  const void* x;
+  const float* x_scales;
+  const void* topk_idx;
+  bool idx_int64;
+  const float* topk_weights;
+  int* slot;                  // as SendParams::slot
+  const int* chunk_offsets;   // as SendParams::chunk_offsets
+  Routing routing;
+  uint64_t* sent;      // [C][R] rows pushed into ring (c, this rank -> d) so far (local memory)
+  uint64_t* received;  // [C][R] rows consumed from ring (c, s -> this rank) so far
+  // Combine.
+  uint16_t* out;       // [T][H]
+  WaitContext wait;
 };
 
 }  // namespace epcomm::cuda

@@ -70,6 +70,14 @@ __device__ __forceinline__ bool bounded_wait(const WaitContext& ctx, const uint6
   }
 }
 
+// Waits until *addr >= expected (a monotonic counter); *seen gets the value that satisfied it.
+__device__ __forceinline__ bool wait_at_least(const WaitContext& ctx, const uint64_t* addr,
+                                              uint64_t expected, int32_t phase, int32_t peer,
+                                              uint64_t* seen) {
+  return bounded_wait(
+      ctx, addr, [&](uint64_t v) { return v >= expected; }, expected, phase, peer, seen);
+}
+
 // Waits until *addr >= expected (a monotonic counter).
 __device__ __forceinline__ bool wait_at_least(const WaitContext& ctx, const uint64_t* addr,
                                               uint64_t expected, int32_t phase, int32_t peer) {
