@@ -1,0 +1,70 @@
+// Checks, the agreed exit code, and the GPU choice shared by the multi-process (mpirun) tests.
+#pragma once
+
+#include <mpi.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "memory.hpp"
+
+namespace epcomm::testing {
+
+// Counts failed checks of this rank and prints each with the rank, so that mpirun's merged
+// output says who failed.
+class Checks {
+ public:
+  explicit Checks(int rank) : rank_(rank) {}
+  void expect(bool ok, const std::string& what) {
+    ++num_checks_;
+    if (ok) return;
+    ++num_failures_;
+    std::fprintf(stderr, "FAILED rank %d: %s\n", rank_, what.c_str());
+    std::fflush(stderr);
+  }
+  int num_checks() const { return num_checks_; }
+  int num_failures() const { return num_failures_; }
+
+  // Collective over MPI_COMM_WORLD: 1 on every rank when any rank failed a check, else 0.
+  int agreed_exit_code(const char* program) const {
+    int mine = num_failures_, total = 0, checks = 0;
+    MPI_Allreduce(&mine, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(&num_checks_, &checks, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (rank_ == 0) {
+      std::printf("%s: %s: %d failed of %d checks on all ranks\n", program,
+                  total ? "FAILED" : "PASSED", total, checks);
+    }
+    return total ? 1 : 0;
+  }
+
+ private:
+  int rank_;
+  int num_checks_ = 0;
+  int num_failures_ = 0;
+};
+
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Collective over MPI_COMM_WORLD. The GPU of this rank (local rank % device count, the local
+// rank taken among the ranks sharing this host), or -1 on every rank when some rank sees no
+// GPU; rank 0 then prints the marker ctest's SKIP_REGULAR_EXPRESSION looks for.
+inline int pick_gpu(const char* program) {
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local_rank = 0;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  const int devices = cuda_device_count();
+  int fewest = 0;
+  MPI_Allreduce(&devices, &fewest, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (fewest > 0) return local_rank % devices;
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  if (world_rank == 0) std::printf("[  SKIPPED ] %s: no GPU present\n", program);
+  return -1;
+}
+
+}  // namespace epcomm::testing

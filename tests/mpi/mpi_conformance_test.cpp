@@ -1,0 +1,149 @@
+// CUDA conformance with one rank per process (mpirun, CUDA IPC): every rank's outputs against
+// the host reference, which each process computes for all ranks on threads of its own.
+#include <mpi.h>
+
+#include <sstream>
+#include <vector>
+
+#include "epcomm/epcomm.hpp"
+#include "epcomm/mpi_bootstrap.hpp"
+#include "harness.hpp"
+#include "mpi_check.hpp"
+
+namespace epcomm {
+namespace {
+
+using testing::Checks;
+using testing::RoundOptions;
+using testing::Routing;
+using testing::Shape;
+
+constexpr int kBootstrapTimeoutMs = 120000;  // 8 processes may share one GPU without MPS
+
+struct Case {
+  Shape shape;
+  Routing routing = Routing::kUniform;
+  RoundOptions options;
+  int sms = 4;
+  int rounds = 2;
+  uint64_t seed = 1;
+};
+
+std::string case_name(const Case& c) {
+  std::ostringstream os;
+  os << c.shape.name() << "_" << testing::to_string(c.routing) << "_sms" << c.sms
+     << (c.options.copy_recv_x ? "_copyx" : "_viewx")
+     << (c.options.stage_y ? "_stagey" : "_inplacey")
+     << (c.options.wait_num_recv ? "_exact" : "_worstcase")
+     << (c.options.caller_meta ? "_callermeta" : "_ownmeta") << "_rounds" << c.rounds;
+  return os.str();
+}
+
+// Every (routing, T, dtype) on R ranks; index type, K, hidden, weights and output modes vary
+// with the case index so that each meets several shapes.
+std::vector<Case> make_cases(int num_ranks) {
+  std::vector<Case> cases;
+  int i = 0;
+  for (Routing routing : {Routing::kUniform, Routing::kSkewed, Routing::kAllToOne,
+                          Routing::kOneRankEmpty, Routing::kWithHoles}) {
+    for (int T : {0, 1, 13, 96}) {
+      for (DType dtype : {DType::kBF16, DType::kFP8E4M3}) {
+        Case c;
+        c.routing = routing;
+        c.shape.num_ranks = num_ranks;
+        c.shape.num_tokens = T;
+        c.shape.num_experts = 8 * num_ranks;
+        c.shape.num_topk = i % 3 == 0 ? 8 : 4;
+        c.shape.hidden = i % 9 == 4 ? 7168 : (i % 2 ? 256 : 128);
+        c.shape.dtype = dtype;
+        c.shape.index_type = (i / 2) % 2 ? IndexType::kInt32 : IndexType::kInt64;
+        c.shape.with_weights = i % 5 != 3;
+        c.sms = 1 + (i * 5) % 12;
+        c.options.copy_recv_x = i % 4 == 1;
+        c.options.stage_y = i % 3 == 2;
+        c.options.wait_num_recv = i % 4 != 3;
+        c.options.caller_meta = i % 2 == 0;
+        c.seed = 7000 + 10 * i;
+        cases.push_back(c);
+        ++i;
+      }
+    }
+  }
+  // Buffer reuse across many calls on one communicator: fresh routing and rows every round.
+  Case many;
+  many.shape.num_ranks = num_ranks;
+  many.shape.num_tokens = 64;
+  many.shape.num_experts = 4 * num_ranks;
+  many.shape.num_topk = 4;
+  many.shape.hidden = 512;
+  many.sms = 8;
+  many.rounds = 50;
+  many.seed = 9100;
+  cases.push_back(many);
+  return cases;
+}
+
+Config config_of(const Case& c) {
+  Config cfg = testing::config_for(c.shape);
+  cfg.dispatch_sms = c.sms;
+  cfg.combine_sms = c.sms;
+  cfg.expert_alignment = 1 + c.seed % 3;
+  return cfg;
+}
+
+// Collective: runs one case on this rank; returns false when it could not finish, after which
+// the communicators of the ranks no longer agree and later cases would only time out.
+bool run_case(Checks& checks, const std::shared_ptr<MpiBootstrap>& bootstrap,
+              testing::Memory& memory, int device, const Case& c) {
+  const int rank = bootstrap->rank();
+  const std::string name = case_name(c);
+  if (rank == 0) {
+    std::printf("case %s seed %llu\n", name.c_str(), static_cast<unsigned long long>(c.seed));
+    std::fflush(stdout);
+  }
+  const Config cfg = config_of(c);
+  try {
+    const auto want =
+        testing::run_cluster(Backend::kHost, cfg, c.shape, c.routing, c.seed, c.options, c.rounds);
+    auto comm = Communicator::create(bootstrap, cfg, Backend::kCuda, device);
+    for (int round = 0; round < c.rounds; ++round) {
+      const testing::RankOutputs got = testing::run_round(*comm, *bootstrap, memory, c.shape,
+                                                          c.routing, c.seed + round, c.options);
+      const std::string diff = testing::first_difference(want[round][rank], got);
+      checks.expect(diff.empty(), name + " seed " + std::to_string(c.seed) + " round " +
+                                      std::to_string(round) + ": " + diff);
+    }
+    bootstrap->barrier();  // no rank tears down while a peer still reads its pool
+    return true;
+  } catch (const std::exception& e) {
+    checks.expect(false, name + " seed " + std::to_string(c.seed) + ": " + e.what());
+    return false;
+  }
+}
+
+}  // namespace
+}  // namespace epcomm
+
+int main(int argc, char** argv) {
+  using namespace epcomm;
+  MPI_Init(&argc, &argv);
+  int world_rank = 0, world_size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  const int device = testing::pick_gpu("mpi_conformance_test");
+  if (device < 0) {
+    MPI_Finalize();
+    return 0;
+  }
+  Checks checks(world_rank);
+  {
+    auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, kBootstrapTimeoutMs);
+    auto memory = testing::make_memory(Backend::kCuda, device);
+    for (const Case& c : make_cases(world_size)) {
+      if (!run_case(checks, bootstrap, *memory, device, c)) break;
+    }
+  }
+  const int code = checks.agreed_exit_code("mpi_conformance_test");
+  MPI_Finalize();
+  return code;
+}

@@ -1,0 +1,114 @@
+// CUDA faults across processes: the last rank leaves (--mode=exit) or stalls (--mode=sleep)
+// after creating its communicator; every other rank's dispatch must end in a timeout that
+// names it, within the configured wait, and every process must still reach MPI_Finalize.
+#include <mpi.h>
+
+#include <cstring>
+#include <thread>
+
+#include "epcomm/epcomm.hpp"
+#include "epcomm/mpi_bootstrap.hpp"
+#include "harness.hpp"
+#include "mpi_check.hpp"
+
+namespace epcomm {
+namespace {
+
+using testing::Buffer;
+using testing::Checks;
+
+constexpr int kWaitTimeoutMs = 1000;
+// Without MPS, processes sharing a GPU time-slice; a failing wait may take a while to be seen.
+constexpr double kMaxFailSeconds = 10.0 * kWaitTimeoutMs / 1000.0;
+// Longer than the dispatch wait, so that teardown barriers outlast the others' failure.
+constexpr int kBootstrapTimeoutMs = 60000;
+
+enum class Mode { kExit, kSleep };
+
+void run_fault(Checks& checks, Mode mode, int device) {
+  auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, kBootstrapTimeoutMs);
+  const int rank = bootstrap->rank(), R = bootstrap->size(), absent = R - 1;
+  testing::Shape shape;
+  shape.num_ranks = R;
+  shape.num_tokens = 8;
+  shape.hidden = 64;
+  shape.num_experts = 2 * R;
+  shape.num_topk = 2;
+  Config cfg = testing::config_for(shape);
+  cfg.dispatch_sms = 2;
+  cfg.combine_sms = 2;
+  cfg.wait_timeout_ms = kWaitTimeoutMs;
+  auto memory = testing::make_memory(Backend::kCuda, device);
+  auto comm = Communicator::create(bootstrap, cfg, Backend::kCuda, device);
+  if (rank == absent) {
+    // kExit: drop the communicator at once; its teardown barrier waits for the others' (the
+    // process leaves the job's dispatches, but cannot leave MPI without ending the job).
+    // kSleep: stall outside MPI and CUDA well past the others' timeout.
+    if (mode == Mode::kSleep) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(3 * kWaitTimeoutMs));
+    }
+    return;
+  }
+  const testing::RankData data =
+      testing::make_rank_data(shape, testing::Routing::kUniform, 11, rank);
+  Buffer x(*memory, data.x.size()), topk(*memory, data.topk_idx.size());
+  memory->upload(x.get(), data.x.data(), data.x.size());
+  memory->upload(topk.get(), data.topk_idx.data(), data.topk_idx.size());
+  DispatchInputs in;
+  in.x = x.get();
+  in.topk_idx = topk.get();
+  in.num_tokens = shape.num_tokens;
+  in.num_topk = shape.num_topk;
+
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    comm->dispatch(in);
+    comm->synchronize();
+    checks.expect(false, "dispatch returned without rank " + std::to_string(absent));
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    checks.expect(e.code() == ErrorCode::kTimeout, "dispatch threw " + what);
+    checks.expect(what.find("peer rank " + std::to_string(absent)) != std::string::npos,
+                  "the timeout does not name rank " + std::to_string(absent) + ": " + what);
+  }
+  const double seconds = testing::seconds_since(start);
+  checks.expect(seconds < kMaxFailSeconds, "failed after " + std::to_string(seconds) +
+                                               " s; the wait timeout is " +
+                                               std::to_string(kWaitTimeoutMs) + " ms");
+  try {
+    comm->dispatch(in);
+    checks.expect(false, "a timed-out communicator accepted more work");
+  } catch (const Error& e) {
+    checks.expect(e.code() == ErrorCode::kBroken, std::string("second dispatch threw ") + e.what());
+  }
+}
+
+}  // namespace
+}  // namespace epcomm
+
+int main(int argc, char** argv) {
+  using namespace epcomm;
+  MPI_Init(&argc, &argv);
+  int world_rank = 0, world_size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  Checks checks(world_rank);
+  const char* mode_arg = argc > 1 ? argv[1] : "";
+  const bool exit_mode = std::strcmp(mode_arg, "--mode=exit") == 0;
+  const bool sleep_mode = std::strcmp(mode_arg, "--mode=sleep") == 0;
+  checks.expect(exit_mode || sleep_mode,
+                std::string("usage: --mode=exit|sleep, not '") + mode_arg + "'");
+  checks.expect(world_size >= 2, "needs 2 or more ranks, not " + std::to_string(world_size));
+  // Every rank has the same arguments, so all or none call the collective pick_gpu.
+  const int device = checks.num_failures() == 0 ? testing::pick_gpu("mpi_faults_test") : -1;
+  if (device >= 0) {
+    try {
+      run_fault(checks, exit_mode ? Mode::kExit : Mode::kSleep, device);
+    } catch (const std::exception& e) {
+      checks.expect(false, std::string("unexpected exception: ") + e.what());
+    }
+  }
+  const int code = checks.agreed_exit_code("mpi_faults_test");
+  MPI_Finalize();
+  return code;
+}
