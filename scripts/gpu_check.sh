@@ -3,7 +3,8 @@
 # subset, and epcomm-bench; logs go to $OUT (default /tmp/epcomm-gpu-check).
 # Usage: scripts/gpu_check.sh [build] [sanitize] [test] [bench]   (default: all; run in that
 # order; the test stage starts an MPS server for the multi-process tests and stops it after)
-# Extra bench flags: BENCH_ARGS="--sms 4,8,16 --algorithms flat"
+# Extra bench flags: BENCH_ARGS="--sms 4,8,16 --algorithms flat"; a test subset: CTEST_ARGS="-R Ring"
+# The caller passes COMMIT (the device machine gets the tree without .git).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -65,7 +66,7 @@ if has test; then
   start=$SECONDS
   mps_start
   # One test process at a time: processes sharing a GPU without MPS only time-slice.
-  (cd "$BUILD" && timeout 440 ctest -j 1 --timeout 240 --output-on-failure) >"$OUT/ctest.log" 2>&1
+  (cd "$BUILD" && timeout 440 ctest -j 1 --timeout 240 --output-on-failure ${CTEST_ARGS:-}) >"$OUT/ctest.log" 2>&1
   rc=$?
   note "ctest: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed' "$OUT/ctest.log" | tail -1)"
   grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest.log" | head -20 | tee -a "$summary"

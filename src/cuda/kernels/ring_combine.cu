@@ -24,11 +24,14 @@ __device__ bool combine_send(const RingParams& p, int channel, int* s_counts) {
     for (int s = 0; s < src; ++s) first += p.routing.recv_counts[s];
     for (int c = 0; c < channel; ++c) first += p.routing.ring_recv_counts[c * R + src];
     const int total = p.routing.ring_recv_counts[channel * R + src];
-    const bool ok = ring_push(p, g, channel, src, total, &s_counts[g.index], [&](int j, char* entry) {
+    uint64_t sent = p.sent[channel * R + src];
+    const bool ok = ring_push(p, g, channel, src, total, &s_counts[g.index], sent,
+                              [&](int j, char* entry) {
       warp_copy(p.layout.entry_row(entry), p.layout.combine_row(local, first + j),
                 p.layout.combine_row_bytes, lane);
     });
     if (!ok) return false;
+    if (g.leader) p.sent[channel * R + src] = sent;
   }
   return true;
 }

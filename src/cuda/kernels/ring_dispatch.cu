@@ -34,12 +34,13 @@ __device__ bool dispatch_send(const RingParams& p, int channel, int* s_counts) {
   if (g.index < 0) return true;
   const size_t row_bytes = p.layout.row_bytes;
   for (int d = g.index; d < R; d += g.count) {
+    uint64_t sent = p.sent[channel * R + d];
     for (int base = range.x; base < range.y; base += 32) {
       const int t = base + lane;
       const int slot = t < range.y ? p.slot[static_cast<size_t>(t) * R + d] : -1;
       const uint32_t mask = __ballot_sync(0xffffffffu, slot >= 0);
       if (!mask) continue;
-      const bool ok = ring_push(p, g, channel, d, __popc(mask), &s_counts[g.index],
+      const bool ok = ring_push(p, g, channel, d, __popc(mask), &s_counts[g.index], sent,
                                 [&](int j, char* entry) {
         uint32_t rest = mask;  // drop the j lowest set bits: the lowest left is the j-th token
         for (int i = 0; i < j; ++i) rest &= rest - 1;
@@ -58,6 +59,7 @@ __device__ bool dispatch_send(const RingParams& p, int channel, int* s_counts) {
       });
       if (!ok) return false;
     }
+    if (g.leader) p.sent[channel * R + d] = sent;
   }
   return true;
 }

@@ -34,13 +34,14 @@ __device__ __forceinline__ void group_sync(const WarpGroup& g) {
 
 // Pushes `total` entries into ring (channel, this rank -> peer), which lives in the peer's
 // region. write(j, entry) fills the j-th entry; warp w of the group writes j = w, w + warps...
+// `sent` counts the ring's entries so far; every thread of the group carries it in a register
+// from one call to the next (the caller loads it from, and stores it back to, RingParams::sent).
 // Returns false if a wait timed out (the error is recorded).
 template <typename Write>
 __device__ bool ring_push(const cuda::RingParams& p, const WarpGroup& g, int channel, int peer,
-                          int total, int* s_count, Write write) {
+                          int total, int* s_count, uint64_t& sent, Write write) {
   const cuda::RegionLayout& l = p.layout;
   const uint64_t slots = l.ring.slots;
-  uint64_t sent = p.sent[channel * p.num_ranks + peer];
   const uint64_t* head = l.ring_head(p.peers[p.rank], channel, peer);
   uint64_t* tail = l.ring_tail(p.peers[peer], channel, p.rank);
   for (int done = 0; done < total;) {
@@ -65,17 +66,18 @@ __device__ bool ring_push(const cuda::RingParams& p, const WarpGroup& g, int cha
     sent += n;
     done += n;
   }
-  if (g.leader) p.sent[channel * p.num_ranks + peer] = sent;
   return true;
 }
 
-// Pops `total` entries from ring (channel, peer -> this rank), in this rank's region.
-// read(j, entry) consumes the j-th entry. Returns false if a wait timed out.
+// Pops `total` entries from ring (channel, peer -> this rank), in this rank's region, and
+// stores the ring's new consumed count in RingParams::received. read(j, entry) consumes the
+// j-th entry. Returns false if a wait timed out.
 template <typename Read>
 __device__ bool ring_pop(const cuda::RingParams& p, const WarpGroup& g, int channel, int peer,
                          int total, int* s_count, Read read) {
   const cuda::RegionLayout& l = p.layout;
   char* local = p.peers[p.rank];
+  // NOTE: read once per ring and kept in registers; only the leader stores it back, at the end.
   uint64_t received = p.received[channel * p.num_ranks + peer];
   const uint64_t* tail = l.ring_tail(local, channel, peer);
   uint64_t* head = l.ring_head(p.peers[peer], channel, p.rank);
