@@ -14,6 +14,8 @@ void usage() {
   std::printf(
       "epcomm-bench: dispatch/combine time, bandwidth and roofline fraction.\n"
       "  --backend host|cuda     default: cuda when a GPU is present, else host\n"
+      "  --launcher inprocess|mpi   ranks as threads of this process (default), or one rank\n"
+      "                          per process under mpirun (--ranks is then the job's size)\n"
       "  --ranks R               ranks (threads); on GPUs rank r uses GPU r %% count (8)\n"
       "  --tokens T              tokens per rank (4096 on GPUs, 512 on host)\n"
       "  --hidden H --topk K --experts E    (7168, 8, 256)\n"
@@ -64,6 +66,12 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
         const std::string v = value();
         if (v != "host" && v != "cuda") throw Error(ErrorCode::kInvalidArgument, "--backend = " + v);
         o->backend = v == "host" ? Backend::kHost : Backend::kCuda;
+      } else if (flag == "--launcher") {
+        const std::string v = value();
+        if (v != "inprocess" && v != "mpi") {
+          throw Error(ErrorCode::kInvalidArgument, "--launcher = " + v);
+        }
+        o->mpi = v == "mpi";
       } else if (flag == "--ranks") {
         o->ranks = to_int(flag, value());
       } else if (flag == "--tokens") {
@@ -108,6 +116,10 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
       } else {
         throw Error(ErrorCode::kInvalidArgument, "unknown flag " + flag);
       }
+    }
+    if (o->mpi && o->backend != Backend::kCuda) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--launcher mpi needs --backend cuda: the host reference runs ranks as threads");
     }
     if (o->tokens == 0) o->tokens = o->backend == Backend::kCuda ? 4096 : 512;
     if (o->iters < 1) throw Error(ErrorCode::kInvalidArgument, "--iters must be at least 1");

@@ -1,6 +1,7 @@
 // epcomm-bench command line.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,13 @@ struct BenchOptions {
   bool check = true;
   std::string json_path;
   std::string plot_path;
+  bool mpi = false;  // --launcher mpi: this process is one rank of an mpirun job
+
+  // Set by main for --launcher mpi: the job's bootstrap, this process's GPU, and whether it
+  // prints (rank 0 only).
+  std::shared_ptr<Bootstrap> world;
+  int device = 0;
+  bool prints = true;
 };
 
 // Parses argv; prints usage and returns false on --help or a bad flag.

@@ -53,6 +53,21 @@ std::string check_configuration(const BenchOptions& o, Algorithm algorithm, int 
                                 const std::vector<testing::RankOutputs>& reference) {
   testing::RoundOptions round;
   round.y_is_recv_x = true;
+  if (o.world) {  // one rank per process: each checks its own outputs, then all agree
+    auto memory = testing::make_memory(o.backend, o.device);
+    auto comm = Communicator::create(o.world, bench_config(o, algorithm, sms), o.backend, o.device);
+    const testing::RankOutputs got = testing::run_round(*comm, *o.world, *memory, bench_shape(o),
+                                                        kRouting, o.seed, round);
+    const std::string mine = testing::check_rank_independently(bench_shape(o), kRouting, o.seed,
+                                                               o.world->rank(), got, true);
+    const int bad = mine.empty() ? 0 : 1;
+    std::vector<int> all(o.world->size());
+    o.world->allGather(&bad, all.data(), sizeof(int));
+    for (int r = 0; r < o.world->size(); ++r) {
+      if (all[r]) return r == o.world->rank() ? mine : "rank " + std::to_string(r) + " differs";
+    }
+    return "";
+  }
   const auto got = testing::run_cluster(o.backend, bench_config(o, algorithm, sms),
                                         bench_shape(o), kRouting, o.seed, round)[0];
   if (o.backend == Backend::kHost) {
@@ -65,67 +80,113 @@ std::string check_configuration(const BenchOptions& o, Algorithm algorithm, int 
   return "";
 }
 
+namespace {
+
+// One rank's times (ms) per timed iteration, and its received rows.
+struct RankTimes {
+  std::vector<double> fresh, combine, cached;
+  int num_recv = 0;
+};
+
+RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bootstrap> bs,
+                    int device) {
+  const testing::Shape shape = bench_shape(o);
+  const int r = bs->rank(), total = o.warmup + o.iters;
+  RankTimes times;
+  auto memory = testing::make_memory(o.backend, device);
+  auto comm = Communicator::create(bs, cfg, o.backend, device);
+  auto timeline = o.backend == Backend::kCuda
+                      ? make_cuda_timeline(comm->stream(), device, 3 * total + 1)
+                      : make_host_timeline(3 * total + 1);
+  const testing::RankData data = testing::make_rank_data(shape, kRouting, o.seed, r);
+  testing::Buffer x(*memory, std::max<size_t>(data.x.size(), 16));
+  testing::Buffer scales(*memory, std::max<size_t>(data.scales.size() * 4, 16));
+  testing::Buffer topk(*memory, std::max<size_t>(data.topk_idx.size(), 16));
+  testing::Buffer weights(*memory, std::max<size_t>(data.topk_weights.size() * 4, 16));
+  testing::Buffer out(*memory, std::max<size_t>(static_cast<size_t>(o.tokens) * o.hidden * 2, 16));
+  if (!data.x.empty()) memory->upload(x.get(), data.x.data(), data.x.size());
+  if (!data.scales.empty()) memory->upload(scales.get(), data.scales.data(), data.scales.size() * 4);
+  if (!data.topk_idx.empty()) memory->upload(topk.get(), data.topk_idx.data(), data.topk_idx.size());
+  memory->upload(weights.get(), data.topk_weights.data(), data.topk_weights.size() * 4);
+  DispatchInputs in;
+  in.x = x.get();
+  in.x_scales = cfg.num_scales() ? scales.as<float>() : nullptr;
+  in.topk_idx = topk.get();
+  in.topk_weights = weights.as<float>();
+  in.num_tokens = o.tokens;
+  in.num_topk = o.topk;
+  DispatchOptions worst_case;
+  worst_case.wait_num_recv = false;  // no host turnaround inside the timed region
+
+  // Calls are issued back to back, without host barriers: the ranks pace each other on the
+  // device through the count exchange and the combine's ready signal, so thread wake-up skew
+  // stays out of the times. Marks: before dispatch, combine, cached dispatch, and after it.
+  bs->barrier();
+  timeline->mark();
+  for (int it = 0; it < total; ++it) {
+    const DispatchResult res = comm->dispatch(in, worst_case);
+    timeline->mark();
+    comm->combine(comm->combine_input(), res.handle, out.get());  // identity expert, in place
+    timeline->mark();
+    comm->dispatch_cached(res.handle, x.get(), in.x_scales, worst_case);
+    timeline->mark();
+    if (it + 1 == total) memory->download(&times.num_recv, res.num_recv_device, sizeof(int));
+  }
+  timeline->finish();
+  for (int it = o.warmup; it < total; ++it) {
+    times.fresh.push_back(timeline->ms_between(3 * it, 3 * it + 1));
+    times.combine.push_back(timeline->ms_between(3 * it + 1, 3 * it + 2));
+    times.cached.push_back(timeline->ms_between(3 * it + 2, 3 * it + 3));
+  }
+  comm->synchronize();
+  bs->barrier();
+  return times;
+}
+
+// Every rank's times, on every rank of an mpirun job.
+std::vector<RankTimes> gather_times(Bootstrap& bs, const RankTimes& mine, int iters) {
+  const size_t n = 3 * static_cast<size_t>(iters) + 1;
+  std::vector<double> packed(mine.fresh);
+  packed.insert(packed.end(), mine.combine.begin(), mine.combine.end());
+  packed.insert(packed.end(), mine.cached.begin(), mine.cached.end());
+  packed.push_back(mine.num_recv);
+  std::vector<double> all(n * bs.size());
+  bs.allGather(packed.data(), all.data(), n * sizeof(double));
+  std::vector<RankTimes> out(bs.size());
+  for (int r = 0; r < bs.size(); ++r) {
+    const double* p = all.data() + n * r;
+    out[r].fresh.assign(p, p + iters);
+    out[r].combine.assign(p + iters, p + 2 * iters);
+    out[r].cached.assign(p + 2 * iters, p + 3 * iters);
+    out[r].num_recv = static_cast<int>(p[3 * iters]);
+  }
+  return out;
+}
+
+}  // namespace
+
 Measurement measure(const BenchOptions& o, Algorithm algorithm, int sms) {
   const Config cfg = bench_config(o, algorithm, sms);
-  const testing::Shape shape = bench_shape(o);
-  const int R = o.ranks, total = o.warmup + o.iters;
+  const int R = o.ranks;
+  std::vector<RankTimes> times(R);
+  if (o.world) {
+    times = gather_times(*o.world, time_rank(o, cfg, o.world, o.device), o.iters);
+  } else {
+    std::vector<std::shared_ptr<Bootstrap>> bs;
+    for (auto& b : make_in_process_bootstraps(R, 600000)) bs.push_back(std::move(b));
+    const int devices = o.backend == Backend::kCuda ? testing::cuda_device_count() : 1;
+    testing::run_on_ranks(R, [&](int r) {
+      times[r] = time_rank(o, cfg, bs[r], o.backend == Backend::kCuda ? r % devices : 0);
+    });
+  }
   std::vector<std::vector<double>> fresh(R), cached(R), combine(R);
-  std::vector<int> num_recv(R, 0);
-  std::vector<std::shared_ptr<Bootstrap>> bs;
-  for (auto& b : make_in_process_bootstraps(R, 600000)) bs.push_back(std::move(b));
-  const int devices = o.backend == Backend::kCuda ? testing::cuda_device_count() : 1;
-
-  testing::run_on_ranks(R, [&](int r) {
-    const int device = o.backend == Backend::kCuda ? r % devices : 0;
-    auto memory = testing::make_memory(o.backend, device);
-    auto comm = Communicator::create(bs[r], cfg, o.backend, device);
-    auto timeline = o.backend == Backend::kCuda
-                        ? make_cuda_timeline(comm->stream(), device, 3 * total + 1)
-                        : make_host_timeline(3 * total + 1);
-    const testing::RankData data = testing::make_rank_data(shape, kRouting, o.seed, r);
-    testing::Buffer x(*memory, std::max<size_t>(data.x.size(), 16));
-    testing::Buffer scales(*memory, std::max<size_t>(data.scales.size() * 4, 16));
-    testing::Buffer topk(*memory, std::max<size_t>(data.topk_idx.size(), 16));
-    testing::Buffer weights(*memory, std::max<size_t>(data.topk_weights.size() * 4, 16));
-    testing::Buffer out(*memory, std::max<size_t>(static_cast<size_t>(o.tokens) * o.hidden * 2, 16));
-    if (!data.x.empty()) memory->upload(x.get(), data.x.data(), data.x.size());
-    if (!data.scales.empty()) memory->upload(scales.get(), data.scales.data(), data.scales.size() * 4);
-    if (!data.topk_idx.empty()) memory->upload(topk.get(), data.topk_idx.data(), data.topk_idx.size());
-    memory->upload(weights.get(), data.topk_weights.data(), data.topk_weights.size() * 4);
-    DispatchInputs in;
-    in.x = x.get();
-    in.x_scales = cfg.num_scales() ? scales.as<float>() : nullptr;
-    in.topk_idx = topk.get();
-    in.topk_weights = weights.as<float>();
-    in.num_tokens = o.tokens;
-    in.num_topk = o.topk;
-    DispatchOptions worst_case;
-    worst_case.wait_num_recv = false;  // no host turnaround inside the timed region
-
-    // Calls are issued back to back, without host barriers: the ranks pace each other on the
-    // device through the count exchange and the combine's ready signal, so thread wake-up skew
-    // stays out of the times. Marks: before dispatch, combine, cached dispatch, and after it.
-    bs[r]->barrier();
-    timeline->mark();
-    for (int it = 0; it < total; ++it) {
-      const DispatchResult res = comm->dispatch(in, worst_case);
-      timeline->mark();
-      comm->combine(comm->combine_input(), res.handle, out.get());  // identity expert, in place
-      timeline->mark();
-      comm->dispatch_cached(res.handle, x.get(), in.x_scales, worst_case);
-      timeline->mark();
-      if (it + 1 == total) memory->download(&num_recv[r], res.num_recv_device, sizeof(int));
-    }
-    timeline->finish();
-    for (int it = o.warmup; it < total; ++it) {
-      fresh[r].push_back(timeline->ms_between(3 * it, 3 * it + 1));
-      combine[r].push_back(timeline->ms_between(3 * it + 1, 3 * it + 2));
-      cached[r].push_back(timeline->ms_between(3 * it + 2, 3 * it + 3));
-    }
-    comm->synchronize();
-    bs[r]->barrier();
-  });
-
+  std::vector<int> num_recv(R);
+  for (int r = 0; r < R; ++r) {
+    fresh[r] = times[r].fresh;
+    cached[r] = times[r].cached;
+    combine[r] = times[r].combine;
+    num_recv[r] = times[r].num_recv;
+  }
   auto slowest = [&](const std::vector<std::vector<double>>& per_rank) {
     std::vector<double> it_max(o.iters, 0.0);
     for (int r = 0; r < R; ++r) {

@@ -2,6 +2,12 @@
 #include <cstdio>
 #include <cstdlib>
 
+#ifdef EPCOMM_BENCH_WITH_MPI
+#include <mpi.h>
+
+#include "epcomm/mpi_bootstrap.hpp"
+#endif
+
 #include "bench_options.hpp"
 #include "bench_run.hpp"
 #include "device_support.hpp"
@@ -9,42 +15,93 @@
 
 using namespace epcomm;
 
+int run(bench::BenchOptions& o);
+
+namespace {
+
+// --launcher mpi: this process becomes one rank; its GPU is its rank on this node.
+bool join_mpi_job(int* argc, char*** argv, bench::BenchOptions* o) {
+#ifdef EPCOMM_BENCH_WITH_MPI
+  MPI_Init(argc, argv);
+  o->world = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, 600000);
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local_rank = 0;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  const int devices = testing::cuda_device_count();
+  o->device = devices > 0 ? local_rank % devices : 0;
+  o->ranks = o->world->size();
+  o->prints = o->world->rank() == 0;
+  return true;
+#else
+  (void)argc;
+  (void)argv;
+  (void)o;
+  std::fprintf(stderr, "epcomm-bench: --launcher mpi needs a build with MPI\n");
+  return false;
+#endif
+}
+
+void leave_mpi_job(bench::BenchOptions* o) {
+#ifdef EPCOMM_BENCH_WITH_MPI
+  if (!o->world) return;
+  o->world.reset();
+  MPI_Finalize();
+#else
+  (void)o;
+#endif
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   // Several ranks of this process share each GPU: give every stream its own hardware queue
   // (before the first CUDA call; see check_hardware_queues in src/cuda/cuda_backend.cpp).
   setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
   bench::BenchOptions o;
   if (!bench::parse_options(argc, argv, &o)) return 2;
+  if (o.mpi && !join_mpi_job(&argc, &argv, &o)) return 2;
+  const int rc = run(o);
+  leave_mpi_job(&o);
+  return rc;
+}
+
+int run(bench::BenchOptions& o) {
+  // Only the printing rank talks; every rank takes part in every collective step.
+  auto say = [&](const char* fmt, auto... args) {
+    if (!o.prints) return;
+    std::printf(fmt, args...);
+    std::fflush(stdout);
+  };
   try {
     bench::Report rep;
     rep.options = o;
     rep.device = o.backend == Backend::kCuda ? bench::device_description() : "host (threads)";
-    if (o.backend == Backend::kCuda) rep.copy_gbps = bench::measure_copy_gbps(0);
+    if (o.world) rep.device += ", " + std::to_string(o.ranks) + " processes (mpirun)";
+    if (o.backend == Backend::kCuda && o.prints) rep.copy_gbps = bench::measure_copy_gbps(o.device);
     std::vector<testing::RankOutputs> reference;
-    if (o.check && o.backend == Backend::kCuda) {
-      std::printf("computing the host reference...\n");
-      std::fflush(stdout);
+    if (o.check && o.backend == Backend::kCuda && !o.world) {
+      say("computing the host reference...\n");
       reference = bench::reference_outputs(o);
     }
     for (Algorithm algorithm : o.algorithms) {
       for (int sms : o.sms) {
         if (o.check) {
-          std::printf("[%s sms=%d] checking against the reference... ", to_string(algorithm), sms);
-          std::fflush(stdout);
+          say("[%s sms=%d] checking against the reference... ", to_string(algorithm), sms);
           const std::string diff = bench::check_configuration(o, algorithm, sms, reference);
           if (!diff.empty()) {
             std::printf("MISMATCH: %s\n", diff.c_str());
             return 1;
           }
-          std::printf("identical\n");
+          say("identical\n");
         }
-        std::printf("[%s sms=%d] timing %d iterations... ", to_string(algorithm), sms, o.iters);
-        std::fflush(stdout);
+        say("[%s sms=%d] timing %d iterations... ", to_string(algorithm), sms, o.iters);
         rep.rows.push_back(bench::measure(o, algorithm, sms));
-        std::printf("done\n");
-        std::fflush(stdout);
+        say("done\n");
       }
     }
+    if (!o.prints) return 0;
     bench::print_table(rep);
     if (!o.json_path.empty()) bench::write_json(rep, o.json_path);
     if (!o.plot_path.empty()) {

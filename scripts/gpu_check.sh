@@ -80,4 +80,20 @@ if has bench; then
   note "bench: rc=$? ($((SECONDS - start)) s)"
   sed -n '/^epcomm-bench/,$p' "$OUT/bench.log" | tee -a "$summary"
   grep -E 'MISMATCH|error' "$OUT/bench.log" | head -5 | tee -a "$summary"
+  if [ -n "${BENCH_EXTRA_ARGS:-}" ]; then  # a second in-process sweep, appended to bench.log
+    echo "== extra: $BENCH_EXTRA_ARGS" >>"$OUT/bench.log"
+    timeout 150 "$BUILD/bench/epcomm-bench" $BENCH_EXTRA_ARGS >>"$OUT/bench.log" 2>&1
+    note "bench extra: rc=$?"
+  fi
+  # The same table from 8 processes (one rank each) sharing the GPU through MPS.
+  if [ -x "$(command -v mpirun)" ]; then
+    start=$SECONDS
+    mps_start
+    root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
+    timeout 200 mpirun -np 8 --oversubscribe $root "$BUILD/bench/epcomm-bench" --launcher mpi \
+      ${BENCH_MPI_ARGS:---algorithms flat --sms 4,8,16} >"$OUT/bench_mpi.log" 2>&1
+    note "bench under mpirun (8 processes, MPS): rc=$? ($((SECONDS - start)) s)"
+    sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi.log" | tee -a "$summary"
+    mps_stop
+  fi
 fi

@@ -14,4 +14,8 @@ namespace epcomm::testing {
 std::string check_independently(const Shape& shape, Routing routing, uint64_t seed,
                                 const std::vector<RankOutputs>& outputs, bool y_is_recv_x);
 
+// The same check for one rank's outputs (for ranks that are separate processes).
+std::string check_rank_independently(const Shape& shape, Routing routing, uint64_t seed,
+                                     int rank, const RankOutputs& out, bool y_is_recv_x);
+
 }  // namespace epcomm::testing
