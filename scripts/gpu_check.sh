@@ -51,15 +51,21 @@ if has sanitize; then  # before MPS: the sanitizer does not run under an MPS ser
     echo "== memcheck"
     # Ranks wait on each other, and the sanitizer does not run peers' kernels side by side:
     # single-rank cases, and the fault tests that need no concurrent peer.
-    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$conf" \
+    timeout 200 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 "$conf" \
       --gtest_filter='Flat/*_R1_*:Ring/*_R1_*:CudaFaults.MissingPeer*:CudaFaults.SmCounts*'
     echo "memcheck rc=$?"
     echo "== racecheck"
     timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$conf" \
       --gtest_filter='Flat/*_R1_T96_*skewed*:Flat/*_R1_T13_*with_holes*:Ring/*_R1_T96_*uniform*'
     echo "racecheck rc=$?"
+    # Cross-process regions: CUDA IPC handles opened and closed, every allocation freed.
+    echo "== memcheck + leak check, 2 processes (CUDA IPC)"
+    root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
+    timeout 150 mpirun -np 2 --oversubscribe $root compute-sanitizer --tool memcheck \
+      --leak-check full --error-exitcode 9 "$BUILD/tests/mpi/epcomm_mpi_conformance_test" --first 3
+    echo "ipc memcheck rc=$?"
   } >"$OUT/sanitizer.log" 2>&1
-  note "sanitizer ($((SECONDS - start)) s): $(grep -E '^(memcheck|racecheck) rc=|ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tr '\n' ' ')"
+  note "sanitizer ($((SECONDS - start)) s): $(grep -E '^(memcheck|racecheck|ipc memcheck) rc=|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY' "$OUT/sanitizer.log" | tr '\n' ' ')"
 fi
 
 if has test; then
