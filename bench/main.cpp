@@ -1,6 +1,7 @@
 // epcomm-bench: checks each configuration against the reference, then times it.
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #ifdef EPCOMM_BENCH_WITH_MPI
 #include <mpi.h>
@@ -56,9 +57,17 @@ void leave_mpi_job(bench::BenchOptions* o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Several ranks of this process share each GPU: give every stream its own hardware queue
-  // (before the first CUDA call; see check_hardware_queues in src/cuda/cuda_backend.cpp).
-  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
+  // In-process ranks share each GPU: give every stream its own hardware queue (before the first
+  // CUDA call; see check_hardware_queues in src/cuda/cuda_backend.cpp). Not under mpirun: one
+  // rank per process needs no more, and under MPS 8 clients x 32 queues exceed what the server
+  // grants (clients then fail with "device busy or unavailable").
+  bool one_rank_per_process = false;
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::string(argv[i]) == "--launcher" && std::string(argv[i + 1]) == "mpi") {
+      one_rank_per_process = true;
+    }
+  }
+  if (!one_rank_per_process) setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
   bench::BenchOptions o;
   if (!bench::parse_options(argc, argv, &o)) return 2;
   if (o.mpi && !join_mpi_job(&argc, &argv, &o)) return 2;
