@@ -19,7 +19,8 @@ struct Config {
   int max_recv_rows = 0;         // receive pool rows per rank; 0 means R * max_tokens_per_rank
   int wait_timeout_ms = 5000;    // every wait on a peer gives up after this long
   int ring_slots = 8;            // ring path: slots per (channel, source, destination) ring
-  int ring_chunk = 4;            // ring path: rows a sender publishes at once (< ring_slots)
+  int ring_chunk = 4;            // ring path: most rows a sender publishes at once (< ring_slots;
+                                 // dispatch publishes at most 32 rows at a time regardless)
 
   // Throws Error(kInvalidArgument) naming the first field that is wrong and its value.
   void validate(int num_ranks) const;

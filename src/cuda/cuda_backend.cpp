@@ -59,6 +59,8 @@ void check_ring(Bootstrap& bootstrap, const Config& config, int device, int devi
                     ": the ring path runs combine through the dispatch's channels, so it must "
                     "equal Config.dispatch_sms = " + std::to_string(config.dispatch_sms));
   }
+  // NOTE: counts ranks of this process only; ranks in other processes sharing the GPU (MPS) are
+  // not known here, and the ring has not been run across processes yet.
   int sharing = 1;
   if (bootstrap.in_process()) {
     std::vector<int> devices(R);

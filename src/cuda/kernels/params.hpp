@@ -1,4 +1,6 @@
-// Parameter structs of the flat-path kernels, each passed by value. Host and device code.
+// Parameter structs of the kernels (flat and ring paths), each passed by value. Host and device
+// code. "DESIGN section N" in kernel comments refers to the project contract, shared/DESIGN.md;
+// docs/design.md describes the same protocols as implemented.
 #pragma once
 
 #include <cstddef>
