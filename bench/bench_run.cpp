@@ -86,7 +86,22 @@ namespace {
 struct RankTimes {
   std::vector<double> fresh, combine, cached;
   int num_recv = 0;
+  int self_rows = 0;  // rows this rank sent to itself (they cross no link)
 };
+
+// Tokens of `data` with an expert on `rank` itself.
+int count_self_rows(const testing::RankData& data, int rank, int experts_per_rank) {
+  int n = 0;
+  for (int t = 0; t < data.num_tokens; ++t) {
+    bool self = false;
+    for (int k = 0; k < data.num_topk && !self; ++k) {
+      const int64_t e = data.expert(t, k);
+      self = e >= 0 && e / experts_per_rank == rank;
+    }
+    n += self ? 1 : 0;
+  }
+  return n;
+}
 
 RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bootstrap> bs,
                     int device) {
@@ -99,6 +114,7 @@ RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bo
                       ? make_cuda_timeline(comm->stream(), device, 3 * total + 1)
                       : make_host_timeline(3 * total + 1);
   const testing::RankData data = testing::make_rank_data(shape, kRouting, o.seed, r);
+  times.self_rows = count_self_rows(data, r, o.experts / o.ranks);
   testing::Buffer x(*memory, std::max<size_t>(data.x.size(), 16));
   testing::Buffer scales(*memory, std::max<size_t>(data.scales.size() * 4, 16));
   testing::Buffer topk(*memory, std::max<size_t>(data.topk_idx.size(), 16));
@@ -145,11 +161,12 @@ RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bo
 
 // Every rank's times, on every rank of an mpirun job.
 std::vector<RankTimes> gather_times(Bootstrap& bs, const RankTimes& mine, int iters) {
-  const size_t n = 3 * static_cast<size_t>(iters) + 1;
+  const size_t n = 3 * static_cast<size_t>(iters) + 2;
   std::vector<double> packed(mine.fresh);
   packed.insert(packed.end(), mine.combine.begin(), mine.combine.end());
   packed.insert(packed.end(), mine.cached.begin(), mine.cached.end());
   packed.push_back(mine.num_recv);
+  packed.push_back(mine.self_rows);
   std::vector<double> all(n * bs.size());
   bs.allGather(packed.data(), all.data(), n * sizeof(double));
   std::vector<RankTimes> out(bs.size());
@@ -159,6 +176,7 @@ std::vector<RankTimes> gather_times(Bootstrap& bs, const RankTimes& mine, int it
     out[r].combine.assign(p + iters, p + 2 * iters);
     out[r].cached.assign(p + 2 * iters, p + 3 * iters);
     out[r].num_recv = static_cast<int>(p[3 * iters]);
+    out[r].self_rows = static_cast<int>(p[3 * iters + 1]);
   }
   return out;
 }
@@ -181,7 +199,9 @@ Measurement measure(const BenchOptions& o, Algorithm algorithm, int sms) {
   }
   std::vector<std::vector<double>> fresh(R), cached(R), combine(R);
   std::vector<int> num_recv(R);
+  double peer_rows = 0;
   for (int r = 0; r < R; ++r) {
+    peer_rows += times[r].num_recv - times[r].self_rows;
     fresh[r] = times[r].fresh;
     cached[r] = times[r].cached;
     combine[r] = times[r].combine;
@@ -210,6 +230,7 @@ Measurement measure(const BenchOptions& o, Algorithm algorithm, int sms) {
     m.combine_min_bytes += (num_recv[r] + o.tokens) * 2.0 * o.hidden;
   }
   m.recv_rows_per_rank = rows / R;
+  m.peer_rows_per_rank = peer_rows / R;
   return m;
 }
 

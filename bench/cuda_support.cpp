@@ -81,6 +81,56 @@ double measure_copy_gbps(int device) {
   return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
 }
 
+double measure_p2p_gbps() {
+  int n = 0;
+  check(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
+  if (n < 2) return 0.0;
+  const size_t bytes = size_t{256} << 20;
+  std::vector<void*> buf(n);
+  std::vector<cudaStream_t> streams(n);
+  std::vector<cudaEvent_t> begin(n), end(n);
+  for (int g = 0; g < n; ++g) {
+    check(cudaSetDevice(g), "cudaSetDevice");
+    const int next = (g + 1) % n;
+    const cudaError_t peer = cudaDeviceEnablePeerAccess(next, 0);
+    if (peer != cudaErrorPeerAccessAlreadyEnabled) check(peer, "cudaDeviceEnablePeerAccess");
+    cudaGetLastError();
+    check(cudaMalloc(&buf[g], 2 * bytes), "cudaMalloc");
+    check(cudaStreamCreateWithFlags(&streams[g], cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaEventCreate(&begin[g]), "cudaEventCreate");
+    check(cudaEventCreate(&end[g]), "cudaEventCreate");
+  }
+  std::vector<double> per_gpu;
+  for (int rep = 0; rep < 6; ++rep) {
+    for (int g = 0; g < n; ++g) {  // g sends the first half of its buffer into next's second
+      const int next = (g + 1) % n;
+      check(cudaSetDevice(g), "cudaSetDevice");
+      check(cudaEventRecord(begin[g], streams[g]), "cudaEventRecord");
+      check(cudaMemcpyPeerAsync(static_cast<char*>(buf[next]) + bytes, next, buf[g], g, bytes,
+                                streams[g]),
+            "cudaMemcpyPeerAsync");
+      check(cudaEventRecord(end[g], streams[g]), "cudaEventRecord");
+    }
+    double slowest = 0;
+    for (int g = 0; g < n; ++g) {
+      check(cudaEventSynchronize(end[g]), "cudaEventSynchronize");
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, begin[g], end[g]), "cudaEventElapsedTime");
+      slowest = std::max(slowest, static_cast<double>(ms));
+    }
+    if (rep > 0) per_gpu.push_back(bytes / (slowest * 1e-3) / 1e9);
+  }
+  for (int g = 0; g < n; ++g) {
+    cudaSetDevice(g);
+    cudaFree(buf[g]);
+    cudaStreamDestroy(streams[g]);
+    cudaEventDestroy(begin[g]);
+    cudaEventDestroy(end[g]);
+  }
+  std::sort(per_gpu.begin(), per_gpu.end());
+  return per_gpu[per_gpu.size() / 2];
+}
+
 std::string device_description() {
   int count = 0;
   check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");

@@ -23,5 +23,10 @@ std::unique_ptr<Timeline> make_cuda_timeline(Stream stream, int device, int capa
 // Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written.
 double measure_copy_gbps(int device);
 std::string device_description();
+// With two or more GPUs: every GPU copies to the next one at once (cudaMemcpyPeerAsync); the
+// bytes one GPU sends per second, in GB/s. 0 with fewer than two GPUs.
+double measure_p2p_gbps();
+// The NVLink bandwidth per direction per GPU that reports compare with (GB/s).
+constexpr double kNvlinkGbpsPerDirection = 450.0;
 
 }  // namespace epcomm::bench

@@ -88,7 +88,10 @@ int run(bench::BenchOptions& o) {
     rep.options = o;
     rep.device = o.backend == Backend::kCuda ? bench::device_description() : "host (threads)";
     if (o.world) rep.device += ", " + std::to_string(o.ranks) + " processes (mpirun)";
-    if (o.backend == Backend::kCuda && o.prints) rep.copy_gbps = bench::measure_copy_gbps(o.device);
+    if (o.backend == Backend::kCuda && o.prints) {
+      rep.copy_gbps = bench::measure_copy_gbps(o.device);
+      if (!o.world) rep.p2p_gbps = bench::measure_p2p_gbps();  // several GPUs in this process
+    }
     std::vector<testing::RankOutputs> reference;
     if (o.check && o.backend == Backend::kCuda && !o.world) {
       say("computing the host reference...\n");

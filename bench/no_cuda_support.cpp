@@ -9,5 +9,6 @@ std::unique_ptr<Timeline> make_cuda_timeline(Stream, int, int) {
 }
 double measure_copy_gbps(int) { return 0.0; }
 std::string device_description() { return "no GPU (host backend)"; }
+double measure_p2p_gbps() { return 0.0; }
 
 }  // namespace epcomm::bench

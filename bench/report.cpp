@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <fstream>
 
+#include "device_support.hpp"
+
 namespace epcomm::bench {
 namespace {
 
@@ -41,8 +43,15 @@ void print_table(const Report& rep) {
   if (rep.copy_gbps > 0) {
     std::printf("device copy bandwidth (read+write): %.0f GB/s\n", rep.copy_gbps);
   }
-  std::printf("%-9s %4s  %-17s %10s %14s %11s %9s %10s\n", "algorithm", "SMs", "operation",
+  const bool links = rep.p2p_gbps > 0;
+  if (links) {
+    std::printf("peer copy bandwidth per GPU and direction (all GPUs at once): %.0f GB/s\n",
+                rep.p2p_gbps);
+  }
+  std::printf("%-9s %4s  %-17s %10s %14s %11s %9s %10s", "algorithm", "SMs", "operation",
               "time_ms", "recv_rows/rank", "GB/s/rank", "roofline", "flat/ring");
+  if (links) std::printf(" %14s %9s %8s", "link GB/s/rank", "of 450", "of p2p");
+  std::printf("\n");
   for (const auto& m : rep.rows) {
     const Measurement* ring = find(rep, Algorithm::kRing, m.sms);
     const auto ring_ops = ring ? ops_of(rep, *ring) : std::vector<OpView>{};
@@ -55,13 +64,24 @@ void print_table(const Report& rep) {
       if (m.algorithm == Algorithm::kFlat && ring) {
         std::snprintf(ratio, sizeof(ratio), "%.2fx", ring_ops[i].ms / op.ms);
       }
-      std::printf("%-9s %4d  %-17s %10.3f %14.0f %11.1f %9s %10s\n", to_string(m.algorithm), m.sms,
+      std::printf("%-9s %4d  %-17s %10.3f %14.0f %11.1f %9s %10s", to_string(m.algorithm), m.sms,
                   op.name, op.ms, m.recv_rows_per_rank, logical, roofline, ratio);
+      if (links) {  // rows that came from other ranks crossed a link once
+        const double link = gbps(m.peer_rows_per_rank * op.row_bytes, op.ms);
+        std::printf(" %14.1f %9.2f %8.2f", link, link / kNvlinkGbpsPerDirection,
+                    link / rep.p2p_gbps);
+      }
+      std::printf("\n");
     }
   }
   std::printf("time: median over iterations of the slowest rank; GB/s/rank: received rows x row "
               "bytes / time;\nroofline: least bytes moved / time / copy bandwidth; flat/ring: "
               "ring time / flat time.\n");
+  if (links) {
+    std::printf("link GB/s/rank: rows received from other ranks x row bytes / time, against "
+                "%.0f GB/s NVLink per direction and the measured peer copy.\n",
+                kNvlinkGbpsPerDirection);
+  }
 }
 
 void write_json(const Report& rep, const std::string& path) {
@@ -71,7 +91,8 @@ void write_json(const Report& rep, const std::string& path) {
     << "\",\n  \"ranks\": " << o.ranks << ", \"tokens\": " << o.tokens << ", \"hidden\": "
     << o.hidden << ", \"topk\": " << o.topk << ", \"experts\": " << o.experts
     << ", \"dtype\": \"" << to_string(o.dtype) << "\", \"iters\": " << o.iters
-    << ",\n  \"copy_gbps\": " << rep.copy_gbps << ",\n  \"results\": [\n";
+    << ",\n  \"copy_gbps\": " << rep.copy_gbps << ", \"p2p_gbps\": " << rep.p2p_gbps
+    << ",\n  \"results\": [\n";
   for (size_t i = 0; i < rep.rows.size(); ++i) {
     const Measurement& m = rep.rows[i];
     f << "    {\"algorithm\": \"" << to_string(m.algorithm) << "\", \"sms\": " << m.sms;
@@ -81,7 +102,8 @@ void write_json(const Report& rep, const std::string& path) {
       f << ", \"" << op.name << "\": {\"ms\": " << op.ms << ", \"gbps_per_rank\": " << logical
         << ", \"roofline\": " << roof << "}";
     }
-    f << ", \"recv_rows_per_rank\": " << m.recv_rows_per_rank << "}"
+    f << ", \"recv_rows_per_rank\": " << m.recv_rows_per_rank
+      << ", \"peer_rows_per_rank\": " << m.peer_rows_per_rank << "}"
       << (i + 1 < rep.rows.size() ? "," : "") << "\n";
   }
   f << "  ]\n}\n";

@@ -13,6 +13,7 @@ struct Report {
   BenchOptions options;
   std::string device;
   double copy_gbps = 0;  // 0 on the host backend
+  double p2p_gbps = 0;   // with several GPUs: measured peer copy bandwidth per GPU and direction
   std::vector<Measurement> rows;
 };
 
