@@ -46,9 +46,9 @@ int ring_channels(const Config& config) {
 // The ring kernels wait inside wide grids: every rank's grid must be resident at once, and each
 // peer needs its own warp group (with groups shared by peers, rings could wait on each other in
 // a cycle). Collective among in-process ranks, like check_hardware_queues.
-void check_ring(Bootstrap& bootstrap, const Config& config, int device, int device_sms) {
+void check_ring(const Config& config, int num_ranks, int sharing, int device, int device_sms) {
   if (config.algorithm != Algorithm::kRing) return;
-  const int R = bootstrap.size();
+  const int R = num_ranks;
   if (R > 15) {
     throw Error(ErrorCode::kUnsupported,
                 "the ring path supports up to 15 ranks, not " + std::to_string(R));
@@ -59,14 +59,8 @@ void check_ring(Bootstrap& bootstrap, const Config& config, int device, int devi
                     ": the ring path runs combine through the dispatch's channels, so it must "
                     "equal Config.dispatch_sms = " + std::to_string(config.dispatch_sms));
   }
-  // NOTE: counts ranks of this process only; ranks in other processes sharing the GPU (MPS) are
-  // not known here, and the ring has not been run across processes yet.
-  int sharing = 1;
-  if (bootstrap.in_process()) {
-    std::vector<int> devices(R);
-    bootstrap.allGather(&device, devices.data(), sizeof(int));
-    sharing = static_cast<int>(std::count(devices.begin(), devices.end(), device));
-  }
+  // NOTE: `sharing` counts ranks of this process only; ranks in other processes sharing the GPU
+  // (MPS) are not known here, and the ring has not been run across processes yet.
   const int blocks = sharing * 2 * ring_channels(config);
   const int fit = device_sms * kernels::ring_blocks_per_sm();
   if (blocks > fit) {
@@ -78,16 +72,19 @@ void check_ring(Bootstrap& bootstrap, const Config& config, int device, int devi
   }
 }
 
+// Ranks of this process on `device`, this one included (1 when ranks are separate processes,
+// which have their own queues and contexts). Collective among in-process ranks.
+int ranks_sharing_device(Bootstrap& bootstrap, int device) {
+  if (!bootstrap.in_process()) return 1;
+  std::vector<int> devices(bootstrap.size());
+  bootstrap.allGather(&device, devices.data(), sizeof(int));
+  return static_cast<int>(std::count(devices.begin(), devices.end(), device));
+}
+
 // Ranks of one process that share a GPU issue waiting kernels on their own streams. CUDA maps
 // streams onto CUDA_DEVICE_MAX_CONNECTIONS hardware queues; two ranks on one queue deadlock
 // (a rank's next kernel waits behind its spinning notify, and a peer's notify behind that).
-// Collective among in-process ranks.
-void check_hardware_queues(Bootstrap& bootstrap, int device) {
-  if (!bootstrap.in_process()) return;  // each process has its own queues (MPS or not)
-  std::vector<int> devices(bootstrap.size());
-  bootstrap.allGather(&device, devices.data(), sizeof(int));
-  int sharing = 0;
-  for (int d : devices) sharing += d == device ? 1 : 0;
+void check_hardware_queues(int sharing, int device) {
   const int needed = 4 * sharing;  // a rank's own stream, and room for the caller's streams
   const int have = env::cuda_device_max_connections();
   if (sharing > 8) {
@@ -121,13 +118,14 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
                                              std::to_string(kMaxCudaRanks) + " ranks, not " +
                                              std::to_string(num_ranks_));
   }
-  check_hardware_queues(*bootstrap_, device_);
+  const int sharing = ranks_sharing_device(*bootstrap_, device_);
+  check_hardware_queues(sharing, device_);
   int sms = 0;
   EPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
   check_sms("dispatch_sms", config_.dispatch_sms, sms, device_);
   check_sms("combine_sms", config_.combine_sms, sms, device_);
   EPCOMM_CUDA_CHECK(kernels::load_all_kernels());
-  check_ring(*bootstrap_, config_, device_, sms);
+  check_ring(config_, num_ranks_, sharing, device_, sms);
   if (kernels::layout_shared_bytes(config_.num_experts, num_ranks_) > kDefaultSharedLimit ||
       kernels::notify_shared_bytes(num_ranks_, experts_per_rank_) > kDefaultSharedLimit) {
     throw Error(ErrorCode::kUnsupported,
@@ -250,19 +248,10 @@ void CudaBackend::get_dispatch_layout(const void* topk_idx, int num_tokens, int 
   EPCOMM_CUDA_CHECK(cudaMemsetAsync(out.num_tokens_per_rank, 0, sizeof(int) * num_ranks_, stream_));
   EPCOMM_CUDA_CHECK(
       cudaMemsetAsync(out.num_tokens_per_expert, 0, sizeof(int) * config_.num_experts, stream_));
-  LayoutParams p{};
-  p.topk_idx = topk_idx;
-  p.idx_int64 = config_.index_type == IndexType::kInt64;
-  p.num_tokens = num_tokens;
-  p.num_topk = num_topk;
-  p.num_experts = config_.num_experts;
-  p.num_ranks = num_ranks_;
-  p.experts_per_rank = experts_per_rank_;
+  LayoutParams p = layout_params(topk_idx, num_tokens, num_topk);
   p.expert_counts = out.num_tokens_per_expert;
   p.tokens_per_rank = out.num_tokens_per_rank;
   p.is_token_in_rank = out.is_token_in_rank;
-  p.errors = error_sink();
-  p.rank = rank_;
   kernels::launch_layout(p, stream_);
   EPCOMM_LAUNCH_CHECK("layout_kernel");
   synchronize();
@@ -295,40 +284,22 @@ DispatchResult CudaBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   // 1. Layout: positions within chunks, per-chunk and per-expert counts.
   EPCOMM_CUDA_CHECK(
       cudaMemsetAsync(d_expert_counts_, 0, sizeof(int) * config_.num_experts, stream_));
-  LayoutParams lp{};
-  lp.topk_idx = in.topk_idx;
-  lp.idx_int64 = config_.index_type == IndexType::kInt64;
-  lp.num_tokens = in.num_tokens;
-  lp.num_topk = in.num_topk;
-  lp.num_experts = config_.num_experts;
-  lp.num_ranks = num_ranks_;
-  lp.experts_per_rank = experts_per_rank_;
+  LayoutParams lp = layout_params(in.topk_idx, in.num_tokens, in.num_topk);
   lp.slot = routing.slot;
   lp.chunk_counts = d_chunk_counts_;
   lp.expert_counts = d_expert_counts_;
   lp.invalid_flag = &d_state_->invalid_input;
-  lp.errors = error_sink();
-  lp.rank = rank_;
   kernels::launch_layout(lp, stream_);
   EPCOMM_LAUNCH_CHECK("layout_kernel");
 
   // 2-3. Count exchange (the pool-reuse barrier) and final slots.
-  NotifyParams np{};
-  np.layout = layout_;
-  np.peers = domain_->device_peers();
-  np.rank = rank_;
-  np.num_ranks = num_ranks_;
-  np.experts_per_rank = experts_per_rank_;
-  np.num_topk = in.num_topk;
+  NotifyParams np = notify_params(*handle, options);
   np.cached = false;
   np.chunk_counts = d_chunk_counts_;
   np.num_chunks = (in.num_tokens + kLayoutChunkTokens - 1) / kLayoutChunkTokens;
   np.expert_counts = d_expert_counts_;
-  np.routing = routing;
   np.num_recv_per_expert = outs.num_recv_per_expert;
   np.expert_alignment = config_.expert_alignment;
-  np.mapped_num_recv = options.wait_num_recv ? &d_mapped_->num_recv : nullptr;
-  np.wait = wait_context();
   kernels::launch_notify(np, stream_);
   EPCOMM_LAUNCH_CHECK("notify_kernel");
   if (options.wait_num_recv) EPCOMM_CUDA_CHECK(cudaEventRecord(counts_known_, stream_));
@@ -349,18 +320,9 @@ DispatchResult CudaBackend::dispatch_cached(const detail::HandleState& handle_st
   handle->epoch = epoch;
   const OutputPointers outs = outputs_for(options.outputs);
 
-  NotifyParams np{};
-  np.layout = layout_;
-  np.peers = domain_->device_peers();
-  np.rank = rank_;
-  np.num_ranks = num_ranks_;
-  np.experts_per_rank = experts_per_rank_;
-  np.num_topk = handle->num_topk;
+  NotifyParams np = notify_params(*handle, options);
   np.cached = true;
   np.handle_epoch = static_cast<uint32_t>(old.epoch);
-  np.routing = handle->routing->tables;
-  np.mapped_num_recv = options.wait_num_recv ? &d_mapped_->num_recv : nullptr;
-  np.wait = wait_context();
   kernels::launch_notify(np, stream_);
   EPCOMM_LAUNCH_CHECK("notify_kernel (cached)");
   if (options.wait_num_recv) EPCOMM_CUDA_CHECK(cudaEventRecord(counts_known_, stream_));
@@ -425,14 +387,8 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
     EPCOMM_LAUNCH_CHECK("drain_kernel");
   }
   if (outs.recv_x) {
-    RowCopyParams cp{};
-    cp.src = layout_.row(domain_->local(), 0);
-    cp.dst = static_cast<char*>(outs.recv_x);
-    cp.src_stride = cp.dst_stride = cp.row_bytes = layout_.row_bytes;
-    cp.num_rows = routing.num_recv;
-    cp.state = d_state_;
-    kernels::launch_copy_rows(cp, config_.dispatch_sms, stream_);
-    EPCOMM_LAUNCH_CHECK("copy_rows_kernel (recv_x)");
+    copy_rows(layout_.row(domain_->local(), 0), static_cast<char*>(outs.recv_x),
+              layout_.row_bytes, routing.num_recv, config_.dispatch_sms);
   }
 }
 
@@ -461,6 +417,48 @@ DispatchResult CudaBackend::finish_dispatch(std::shared_ptr<CudaHandle> handle,
   return r;
 }
 
+LayoutParams CudaBackend::layout_params(const void* topk_idx, int num_tokens,
+                                        int num_topk) const {
+  LayoutParams p{};
+  p.topk_idx = topk_idx;
+  p.idx_int64 = config_.index_type == IndexType::kInt64;
+  p.num_tokens = num_tokens;
+  p.num_topk = num_topk;
+  p.num_experts = config_.num_experts;
+  p.num_ranks = num_ranks_;
+  p.experts_per_rank = experts_per_rank_;
+  p.errors = error_sink();
+  p.rank = rank_;
+  return p;
+}
+
+NotifyParams CudaBackend::notify_params(const CudaHandle& handle,
+                                        const DispatchOptions& options) const {
+  NotifyParams p{};
+  p.layout = layout_;
+  p.peers = domain_->device_peers();
+  p.rank = rank_;
+  p.num_ranks = num_ranks_;
+  p.experts_per_rank = experts_per_rank_;
+  p.num_topk = handle.num_topk;
+  p.routing = handle.routing->tables;
+  p.mapped_num_recv = options.wait_num_recv ? &d_mapped_->num_recv : nullptr;
+  p.wait = wait_context();
+  return p;
+}
+
+void CudaBackend::copy_rows(const char* src, char* dst, size_t row_bytes, const int* num_rows,
+                            int num_blocks) {
+  RowCopyParams p{};
+  p.src = src;
+  p.dst = dst;
+  p.src_stride = p.dst_stride = p.row_bytes = row_bytes;
+  p.num_rows = num_rows;
+  p.state = d_state_;
+  kernels::launch_copy_rows(p, num_blocks, stream_);
+  EPCOMM_LAUNCH_CHECK("copy_rows_kernel");
+}
+
 RingParams CudaBackend::ring_params(const CudaHandle& handle) const {
   RingParams p{};
   p.layout = layout_;
@@ -487,14 +485,8 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
   const Routing& routing = handle.routing->tables;
   char* pool = layout_.combine_row(domain_->local(), 0);
   if (y != pool) {
-    RowCopyParams cp{};
-    cp.src = static_cast<const char*>(y);
-    cp.dst = pool;
-    cp.src_stride = cp.dst_stride = cp.row_bytes = layout_.combine_row_bytes;
-    cp.num_rows = routing.num_recv;
-    cp.state = d_state_;
-    kernels::launch_copy_rows(cp, config_.combine_sms, stream_);
-    EPCOMM_LAUNCH_CHECK("copy_rows_kernel (stage y)");
+    copy_rows(static_cast<const char*>(y), pool, layout_.combine_row_bytes, routing.num_recv,
+              config_.combine_sms);
   }
   if (config_.algorithm == Algorithm::kRing) {
     RingParams ring = ring_params(handle);

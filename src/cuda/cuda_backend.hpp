@@ -58,7 +58,13 @@ class CudaBackend final : public detail::CommBackend {
   // Sends rows (and meta), waits for arrivals, drains meta, copies recv_x when asked.
   void send_and_receive(const CudaHandle& handle, const void* x, const float* x_scales,
                         const DispatchInputs* fresh, const OutputPointers& outs);
+  // Kernel parameters every call of that kind shares; callers add the rest.
+  LayoutParams layout_params(const void* topk_idx, int num_tokens, int num_topk) const;
+  NotifyParams notify_params(const CudaHandle& handle, const DispatchOptions& options) const;
   RingParams ring_params(const CudaHandle& handle) const;
+  // Copies num_rows (a device count) rows of row_bytes, same stride on both sides.
+  void copy_rows(const char* src, char* dst, size_t row_bytes, const int* num_rows,
+                 int num_blocks);
   DispatchResult finish_dispatch(std::shared_ptr<CudaHandle> handle, const DispatchOptions& opts,
                                  const OutputPointers& outs, bool with_meta);
   void check_not_capturing_exact(const DispatchOptions& options, const char* caller);
