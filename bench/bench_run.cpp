@@ -190,8 +190,7 @@ Measurement measure(const BenchOptions& o, Algorithm algorithm, int sms) {
   if (o.world) {
     times = gather_times(*o.world, time_rank(o, cfg, o.world, o.device), o.iters);
   } else {
-    std::vector<std::shared_ptr<Bootstrap>> bs;
-    for (auto& b : make_in_process_bootstraps(R, 600000)) bs.push_back(std::move(b));
+    const auto bs = testing::shared_bootstraps(R, 600000);
     const int devices = o.backend == Backend::kCuda ? testing::cuda_device_count() : 1;
     testing::run_on_ranks(R, [&](int r) {
       times[r] = time_rank(o, cfg, bs[r], o.backend == Backend::kCuda ? r % devices : 0);

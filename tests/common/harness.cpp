@@ -71,6 +71,12 @@ std::vector<unsigned char> run_combine(Communicator& comm, Memory& memory, const
 
 }  // namespace
 
+std::vector<std::shared_ptr<Bootstrap>> shared_bootstraps(int num_ranks, int timeout_ms) {
+  std::vector<std::shared_ptr<Bootstrap>> out;
+  for (auto& b : make_in_process_bootstraps(num_ranks, timeout_ms)) out.push_back(std::move(b));
+  return out;
+}
+
 void run_on_ranks(int num_ranks, const std::function<void(int)>& fn) {
   std::mutex mutex;
   std::exception_ptr first;
@@ -259,9 +265,7 @@ std::vector<std::vector<RankOutputs>> run_cluster(Backend backend, const Config&
                                                   uint64_t seed, const RoundOptions& options,
                                                   int rounds) {
   const int R = shape.num_ranks;
-  auto bootstraps = make_in_process_bootstraps(R, 120000);
-  std::vector<std::shared_ptr<Bootstrap>> shared(bootstraps.size());
-  for (size_t i = 0; i < shared.size(); ++i) shared[i] = std::move(bootstraps[i]);
+  const auto shared = shared_bootstraps(R, 120000);
   std::vector<std::vector<RankOutputs>> outputs(rounds, std::vector<RankOutputs>(R));
   const int devices = backend == Backend::kCuda ? cuda_device_count() : 1;
   run_on_ranks(R, [&](int rank) {

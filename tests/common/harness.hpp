@@ -11,6 +11,9 @@
 
 namespace epcomm::testing {
 
+// In-process bootstraps as shared pointers (Communicator::create shares ownership).
+std::vector<std::shared_ptr<Bootstrap>> shared_bootstraps(int num_ranks, int timeout_ms);
+
 // Runs fn(rank) on num_ranks threads; after all have ended, rethrows the first failure.
 void run_on_ranks(int num_ranks, const std::function<void(int)>& fn);
 

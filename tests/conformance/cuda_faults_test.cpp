@@ -6,12 +6,14 @@
 #include <chrono>
 
 #include "epcomm/epcomm.hpp"
+#include "expect_error.hpp"
 #include "harness.hpp"
 
 namespace epcomm {
 namespace {
 
 using testing::Buffer;
+using testing::expect_error;
 
 class CudaFaults : public ::testing::Test {
  protected:
@@ -33,9 +35,7 @@ Config small_config(int timeout_ms = 5000) {
 }
 
 std::vector<std::shared_ptr<Bootstrap>> bootstraps(int n) {
-  std::vector<std::shared_ptr<Bootstrap>> out;
-  for (auto& b : make_in_process_bootstraps(n, 60000)) out.push_back(std::move(b));
-  return out;
+  return testing::shared_bootstraps(n, 60000);
 }
 
 // Device inputs of T tokens with the given top-k ids (2 per token).
@@ -69,24 +69,14 @@ TEST_F(CudaFaults, MissingPeerTimesOutNamingIt) {
     if (r == 1) return;  // rank 1 never dispatches (its teardown still meets rank 0's)
     Inputs in(*memory, {0, 4, 1, 5}, cfg.hidden);
     const auto start = std::chrono::steady_clock::now();
-    try {
-      comm->dispatch(in.get());
-      ADD_FAILURE() << "dispatch returned without rank 1";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kTimeout) << e.what();
-      const std::string what = e.what();
-      EXPECT_NE(what.find("peer rank 1"), std::string::npos) << what;
-      EXPECT_NE(what.find("count exchange"), std::string::npos) << what;
-    }
+    const std::string what =
+        expect_error(ErrorCode::kTimeout, "peer rank 1", [&] { comm->dispatch(in.get()); });
+    EXPECT_NE(what.find("count exchange"), std::string::npos) << what;
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     EXPECT_LT(seconds, 5.0) << "the timeout is 0.5 s";
-    try {
-      comm->dispatch(in.get());
-      ADD_FAILURE() << "a timed-out communicator accepted more work";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kBroken) << e.what();
-    }
+    // A timed-out communicator accepts no more work.
+    expect_error(ErrorCode::kBroken, "unusable", [&] { comm->dispatch(in.get()); });
   });
 }
 
@@ -98,13 +88,9 @@ TEST_F(CudaFaults, BadExpertIdFailsEveryRankAndIsRecoverable) {
     auto memory = testing::make_memory(Backend::kCuda, 0);
     auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
     Inputs bad(*memory, {0, 4, 1, r == 1 ? 999 : 5}, cfg.hidden);
-    try {
-      comm->dispatch(bad.get());
-      ADD_FAILURE() << "rank " << r << " accepted a bad expert id";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kInvalidExpert) << e.what();
-      const std::string want = r == 1 ? "topk_idx[1][1] = 999" : "peer rank 1";
-      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    const std::string want = r == 1 ? "topk_idx[1][1] = 999" : "peer rank 1";
+    if (!expect_error(ErrorCode::kInvalidExpert, want, [&] { comm->dispatch(bad.get()); })
+             .empty()) {
       errors.fetch_add(1);
     }
     Inputs good(*memory, {0, 4, 1, 5}, cfg.hidden);
@@ -141,13 +127,9 @@ TEST_F(CudaFaults, CapacityExceededFailsEveryRankWithoutWriting) {
     auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
     memory->fill(comm->combine_input(), 0xA5, 3 * cfg.hidden * 2);
     Inputs in(*memory, {0, -1, 1, -1, 2, 3, 3, -1}, cfg.hidden);  // 4 tokens, all to rank 0
-    try {
-      comm->dispatch(in.get());
-      ADD_FAILURE() << "dispatch overflowed silently";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kCapacityExceeded) << e.what();
-      EXPECT_NE(std::string(e.what()).find("rank 0 would receive 8 rows"), std::string::npos)
-          << e.what();
+    if (!expect_error(ErrorCode::kCapacityExceeded, "rank 0 would receive 8 rows",
+                      [&] { comm->dispatch(in.get()); })
+             .empty()) {
       errors.fetch_add(1);
     }
     comm->synchronize();
@@ -170,13 +152,9 @@ TEST_F(CudaFaults, CachedDispatchOfDifferentHandlesFailsEveryRank) {
     const DispatchResult second = comm->dispatch(in.get());
     // Rank 0 replays dispatch #1, rank 1 dispatch #2: every rank must refuse.
     const DispatchHandle& replay = r == 0 ? first.handle : second.handle;
-    try {
-      comm->dispatch_cached(replay, in.x.get(), nullptr);
-      ADD_FAILURE() << "rank " << r << " replayed a handle its peer did not";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kStaleHandle) << e.what();
-      EXPECT_NE(std::string(e.what()).find("peer rank " + std::to_string(1 - r)),
-                std::string::npos) << e.what();
+    if (!expect_error(ErrorCode::kStaleHandle, "peer rank " + std::to_string(1 - r),
+                      [&] { comm->dispatch_cached(replay, in.x.get(), nullptr); })
+             .empty()) {
       errors.fetch_add(1);
     }
   });
@@ -188,26 +166,16 @@ TEST_F(CudaFaults, RingNeedsEqualSmKnobs) {
   Config cfg = small_config();
   cfg.algorithm = Algorithm::kRing;
   cfg.combine_sms = cfg.dispatch_sms + 2;
-  try {
-    Communicator::create(bs[0], cfg, Backend::kCuda, 0);
-    ADD_FAILURE() << "ring accepted different dispatch and combine SMs";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
-    EXPECT_NE(std::string(e.what()).find("Config.combine_sms = 4"), std::string::npos) << e.what();
-  }
+  expect_error(ErrorCode::kInvalidArgument, "Config.combine_sms = 4",
+               [&] { Communicator::create(bs[0], cfg, Backend::kCuda, 0); });
 }
 
 TEST_F(CudaFaults, SmCountsBeyondTheDeviceAreRejected) {
   auto bs = bootstraps(1);
   Config cfg = small_config();
   cfg.dispatch_sms = 100000;
-  try {
-    Communicator::create(bs[0], cfg, Backend::kCuda, 0);
-    ADD_FAILURE() << "accepted 100000 SMs";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
-    EXPECT_NE(std::string(e.what()).find("Config.dispatch_sms = 100000"), std::string::npos);
-  }
+  expect_error(ErrorCode::kInvalidArgument, "Config.dispatch_sms = 100000",
+               [&] { Communicator::create(bs[0], cfg, Backend::kCuda, 0); });
 }
 
 }  // namespace

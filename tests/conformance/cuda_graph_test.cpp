@@ -40,8 +40,7 @@ TEST(CudaGraph, CapturedFlatDispatchCombineReplaysOnFreshInputs) {
                                         ref_options)[0]);
   }
 
-  std::vector<std::shared_ptr<Bootstrap>> bs;
-  for (auto& b : make_in_process_bootstraps(shape.num_ranks, 60000)) bs.push_back(std::move(b));
+  const auto bs = testing::shared_bootstraps(shape.num_ranks, 60000);
   testing::run_on_ranks(shape.num_ranks, [&](int r) {
     auto memory = testing::make_memory(Backend::kCuda, 0);
     auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);

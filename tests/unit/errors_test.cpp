@@ -5,19 +5,20 @@
 #include <cstring>
 
 #include "epcomm/epcomm.hpp"
+#include "expect_error.hpp"
 #include "harness.hpp"
 
 namespace epcomm {
 namespace {
 
+using testing::expect_error;
+
 using testing::Routing;
 using testing::Shape;
 
 struct Ranks {
-  explicit Ranks(const Config& cfg, int n) : config(cfg) {
-    auto made = make_in_process_bootstraps(n, 5000);
-    for (auto& b : made) bootstraps.push_back(std::move(b));
-  }
+  explicit Ranks(const Config& cfg, int n)
+      : config(cfg), bootstraps(testing::shared_bootstraps(n, 5000)) {}
   Config config;
   std::vector<std::shared_ptr<Bootstrap>> bootstraps;
 };
@@ -29,17 +30,6 @@ Config small_config() {
   c.max_tokens_per_rank = 4;
   c.max_topk = 2;
   return c;
-}
-
-template <typename Fn>
-void expect_error(ErrorCode code, const std::string& needle, Fn&& fn) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected " << to_string(code) << " mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 TEST(Errors, LocalArgumentChecks) {

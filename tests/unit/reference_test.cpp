@@ -49,8 +49,7 @@ TEST(HostReference, HandComputedTwoRanks) {
   cfg.max_tokens_per_rank = 3;
   cfg.max_topk = 2;
   cfg.expert_alignment = 2;
-  auto bootstraps = make_in_process_bootstraps(2);
-  std::vector<std::shared_ptr<Bootstrap>> bs{std::move(bootstraps[0]), std::move(bootstraps[1])};
+  const auto bs = testing::shared_bootstraps(2, 30000);
   testing::run_on_ranks(2, [&](int r) {
     auto comm = Communicator::create(bs[r], cfg, Backend::kHost);
     int per_rank[2], per_expert[4];

@@ -41,7 +41,7 @@ __device__ void post_row(const NotifyParams& p, const NotifyShared& s, uint32_t 
     } else if (w == p.layout.status_word()) {
       value = static_cast<uint32_t>(status);
     } else if (w < p.layout.channel_word(0)) {
-      value = p.cached ? 0 : p.expert_counts[peer * Le + (w - R - 1)];
+      value = p.cached ? 0 : p.expert_counts[peer * Le + (w - p.layout.expert_word(0))];
     } else {
       value = p.routing.ring_send_counts[(w - p.layout.channel_word(0)) * R + peer];
     }
@@ -66,7 +66,7 @@ __device__ bool collect_rows(const NotifyParams& p, const NotifyShared& s, uint3
     } else if (w == p.layout.status_word()) {
       s.status[source] = value;
     } else if (w < p.layout.channel_word(0)) {
-      atomicAdd(&s.experts[w - R - 1], value);
+      atomicAdd(&s.experts[w - p.layout.expert_word(0)], value);
     } else {
       p.routing.ring_recv_counts[(w - p.layout.channel_word(0)) * R + source] = value;
     }
