@@ -8,6 +8,7 @@
 #include "epcomm/config.hpp"
 #include "epcomm/dispatch.hpp"
 #include "epcomm/error.hpp"
+#include "epcomm/low_latency.hpp"
 
 namespace epcomm::detail {
 
@@ -18,6 +19,23 @@ struct HandleState {
   uint64_t epoch = 0;    // its dispatch sequence number
   int num_tokens = 0;
   int num_recv = -1;     // -1 when the dispatch did not wait for it on the host
+};
+
+// What a low-latency handle carries.
+struct LowLatencyState {
+  uint64_t comm_id = 0;
+  uint64_t call = 0;  // low-latency dispatch sequence number (1, 2, ...)
+  int buffer = 0;     // (call - 1) % 2
+  int num_tokens = 0;
+  int num_topk = 0;
+  bool use_fp8 = false;
+};
+
+struct LowLatencyCombineArgs {
+  const void* y = nullptr;  // [Le][R * M][H] bf16
+  const void* topk_idx = nullptr;
+  const float* topk_weights = nullptr;
+  void* out = nullptr;  // [T][H] bf16
 };
 
 // Arguments already checked by Communicator: pointers present, T and K in range, dtype-matched
@@ -39,6 +57,15 @@ class CommBackend {
   virtual void* combine_input() = 0;
   virtual void combine(const void* y, const HandleState& handle, void* out) = 0;
   virtual void synchronize() = 0;
+
+  // Low-latency mode, one phase per call; Communicator orders the phases of each buffer
+  // (send, then receive; dispatch, then combine). The dispatch send returns the views of the
+  // buffer's outputs (its handle is filled in by Communicator).
+  virtual LowLatencyDispatchResult ll_dispatch_send(const LowLatencyDispatchInputs& in,
+                                                    int buffer) = 0;
+  virtual void ll_dispatch_receive(int buffer) = 0;
+  virtual void ll_combine_send(const LowLatencyCombineArgs& args, int buffer) = 0;
+  virtual void ll_combine_receive(int buffer) = 0;
 };
 
 std::unique_ptr<CommBackend> make_host_backend(std::shared_ptr<Bootstrap> bootstrap,

@@ -47,7 +47,24 @@ void check_scales(const char* caller, const Config& config, const float* x_scale
   }
 }
 
+// Where a low-latency buffer is in its round: dispatch (send, receive), then combine (send,
+// receive). A buffer takes a new dispatch only when idle.
+enum LowLatencyPhase {
+  kLlIdle = 0,
+  kLlDispatchSent = 1,  // send_only dispatch issued, receive pending
+  kLlDispatched = 2,    // dispatch received, combine pending
+  kLlCombineSent = 3,   // send_only combine issued, receive pending
+};
+
 }  // namespace
+
+LowLatencyHandle::LowLatencyHandle(std::shared_ptr<const detail::LowLatencyState> state)
+    : state_(std::move(state)) {}
+uint64_t LowLatencyHandle::call() const { return state_ ? state_->call : 0; }
+int LowLatencyHandle::buffer() const { return state_ ? state_->buffer : 0; }
+int LowLatencyHandle::num_tokens() const { return state_ ? state_->num_tokens : 0; }
+int LowLatencyHandle::num_topk() const { return state_ ? state_->num_topk : 0; }
+bool LowLatencyHandle::use_fp8() const { return state_ && state_->use_fp8; }
 
 DispatchHandle::DispatchHandle(std::shared_ptr<const detail::HandleState> state)
     : state_(std::move(state)) {}
@@ -111,7 +128,7 @@ auto guarded(bool& broken, Fn&& fn) -> decltype(fn()) {
     return fn();
   } catch (const Error& e) {
     if (e.code() == ErrorCode::kTimeout || e.code() == ErrorCode::kBootstrap ||
-        e.code() == ErrorCode::kCuda) {
+        e.code() == ErrorCode::kCuda || e.code() == ErrorCode::kBroken) {
       broken = true;
     }
     throw;
@@ -170,6 +187,129 @@ void Communicator::combine(const void* y, const DispatchHandle& handle, void* ou
   if (y == nullptr && handle.num_recv() != 0) invalid(caller, "y is null");
   if (out == nullptr && handle.num_tokens() > 0) invalid(caller, "out is null");
   guarded(broken_, [&] { impl_->combine(y, *handle.state(), out); });
+}
+
+LowLatencyDispatchResult Communicator::low_latency_dispatch(const LowLatencyDispatchInputs& in,
+                                                           bool send_only) {
+  const char* caller = "low_latency_dispatch";
+  check_usable();
+  const int M = config_.ll_max_tokens_per_rank;
+  if (M == 0) invalid(caller, "Config.ll_max_tokens_per_rank is 0: the low-latency mode is off");
+  if (in.num_tokens < 0 || in.num_tokens > M) {
+    invalid(caller, value_of("num_tokens", in.num_tokens) +
+                        " is outside [0, ll_max_tokens_per_rank = " + std::to_string(M) + "]");
+  }
+  if (in.num_topk < 1 || in.num_topk > config_.max_topk) {
+    invalid(caller, value_of("num_topk", in.num_topk) + " is outside [1, max_topk = " +
+                        std::to_string(config_.max_topk) + "]");
+  }
+  if (in.num_tokens > 0 && in.x == nullptr) invalid(caller, "x is null");
+  if (in.num_tokens > 0 && in.topk_idx == nullptr) invalid(caller, "topk_idx is null");
+  const uint64_t call = ll_calls_ + 1;
+  const int buffer = static_cast<int>((call - 1) % 2);
+  LowLatencyBuffer& slot = ll_buffers_[buffer];
+  if (slot.phase != kLlIdle) {
+    invalid(caller, "call #" + std::to_string(call) + " needs buffer " + std::to_string(buffer) +
+                        ", which still holds dispatch #" + std::to_string(slot.call) +
+                        " whose combine has not been issued to the end; at most two "
+                        "low-latency calls may be in flight");
+  }
+  ll_calls_ = call;
+  auto state = std::make_shared<detail::LowLatencyState>();
+  state->comm_id = id_;
+  state->call = call;
+  state->buffer = buffer;
+  state->num_tokens = in.num_tokens;
+  state->num_topk = in.num_topk;
+  state->use_fp8 = in.use_fp8;
+  const LowLatencyBuffer before = slot;
+  slot.call = call;
+  slot.phase = kLlDispatchSent;
+  try {
+    LowLatencyDispatchResult result =
+        guarded(broken_, [&] { return impl_->ll_dispatch_send(in, buffer); });
+    result.handle = LowLatencyHandle(std::move(state));
+    if (!send_only) {
+      guarded(broken_, [&] { impl_->ll_dispatch_receive(buffer); });
+      slot.phase = kLlDispatched;
+    }
+    return result;
+  } catch (const Error&) {
+    // A rejected input (the host reference rejects on every rank at once) leaves the buffer as
+    // it was, so the ranks stay in step; anything worse has marked the communicator broken.
+    slot = before;
+    ll_calls_ = call - 1;
+    throw;
+  }
+}
+
+int Communicator::low_latency_buffer(const LowLatencyHandle& handle, int phase,
+                                     const char* caller) const {
+  if (!handle.valid()) invalid(caller, "handle is empty");
+  if (handle.state()->comm_id != id_) {
+    throw Error(ErrorCode::kStaleHandle,
+                std::string(caller) + ": handle comes from another communicator");
+  }
+  const LowLatencyBuffer& slot = ll_buffers_[handle.buffer()];
+  if (slot.call != handle.call()) {
+    throw Error(ErrorCode::kStaleHandle,
+                std::string(caller) + ": handle is from low-latency dispatch #" +
+                    std::to_string(handle.call()) + " but its buffer " +
+                    std::to_string(handle.buffer()) + " now holds dispatch #" +
+                    std::to_string(slot.call));
+  }
+  if (slot.phase != phase) {
+    static const char* const kNames[] = {"finished (combined)", "sent, waiting for its receive",
+                                         "dispatched, waiting for its combine",
+                                         "combine sent, waiting for its receive"};
+    throw Error(ErrorCode::kStaleHandle,
+                std::string(caller) + ": low-latency dispatch #" + std::to_string(slot.call) +
+                    " is " + kNames[slot.phase]);
+  }
+  return handle.buffer();
+}
+
+void Communicator::low_latency_combine(const void* y, const void* topk_idx,
+                                       const float* topk_weights, const LowLatencyHandle& handle,
+                                       void* out, bool send_only) {
+  const char* caller = "low_latency_combine";
+  check_usable();
+  const int buffer = low_latency_buffer(handle, kLlDispatched, caller);
+  if (y == nullptr) invalid(caller, "y is null");
+  if (handle.num_tokens() > 0) {
+    if (topk_idx == nullptr) invalid(caller, "topk_idx is null");
+    if (topk_weights == nullptr) invalid(caller, "topk_weights is null");
+    if (out == nullptr) invalid(caller, "out is null");
+  }
+  ll_buffers_[buffer].phase = kLlCombineSent;
+  guarded(broken_, [&] {
+    impl_->ll_combine_send(detail::LowLatencyCombineArgs{y, topk_idx, topk_weights, out}, buffer);
+  });
+  if (!send_only) {
+    guarded(broken_, [&] { impl_->ll_combine_receive(buffer); });
+    ll_buffers_[buffer].phase = kLlIdle;
+  }
+}
+
+void Communicator::low_latency_receive(const LowLatencyHandle& handle) {
+  const char* caller = "low_latency_receive";
+  check_usable();
+  if (!handle.valid()) invalid(caller, "handle is empty");
+  const int phase = ll_buffers_[handle.buffer()].phase;
+  const int buffer = low_latency_buffer(
+      handle, phase == kLlCombineSent ? kLlCombineSent : kLlDispatchSent, caller);
+  if (phase == kLlCombineSent) {
+    guarded(broken_, [&] { impl_->ll_combine_receive(buffer); });
+    ll_buffers_[buffer].phase = kLlIdle;
+  } else {
+    try {
+      guarded(broken_, [&] { impl_->ll_dispatch_receive(buffer); });
+    } catch (const Error&) {
+      ll_buffers_[buffer].phase = kLlIdle;  // rejected on every rank alike: the buffer is free
+      throw;
+    }
+    ll_buffers_[buffer].phase = kLlDispatched;
+  }
 }
 
 void Communicator::synchronize() {

@@ -12,6 +12,8 @@ namespace {
 constexpr int kMaxRanks = 1024;
 // Meta rows and the low-latency path keep top-k slots in one warp.
 constexpr int kMaxTopk = 32;
+// Low-latency buffers hold R x M messages per expert; M beyond this is not a decode batch.
+constexpr int kMaxLowLatencyTokens = 1024;
 
 [[noreturn]] void fail(const std::string& field, long long value, const std::string& why) {
   std::ostringstream os;
@@ -51,6 +53,13 @@ void Config::validate(int num_ranks) const {
   }
   if (wait_timeout_ms < 1) fail("wait_timeout_ms", wait_timeout_ms, "must be at least 1");
   if (ring_slots < 2) fail("ring_slots", ring_slots, "must be at least 2");
+  if (ll_max_tokens_per_rank < 0 || ll_max_tokens_per_rank > kMaxLowLatencyTokens) {
+    fail("ll_max_tokens_per_rank", ll_max_tokens_per_rank,
+         "must be in [0, " + std::to_string(kMaxLowLatencyTokens) + "] (0 disables the mode)");
+  }
+  if (ll_max_tokens_per_rank > 0 && hidden % kFp8ScaleBlock != 0) {
+    fail("hidden", hidden, "must be a multiple of 128 for the low-latency mode (fp8 scales)");
+  }
   if (ring_chunk < 1 || ring_chunk >= ring_slots) {
     fail("ring_chunk", ring_chunk,
          "must be in [1, ring_slots) with ring_slots = " + std::to_string(ring_slots));

@@ -7,6 +7,7 @@
 #include "epcomm/config.hpp"
 #include "epcomm/dispatch.hpp"
 #include "epcomm/error.hpp"
+#include "epcomm/low_latency.hpp"
 #include "epcomm/types.hpp"
 
 namespace epcomm {
@@ -67,6 +68,32 @@ class Communicator {
   // this communicator's latest dispatch.
   void combine(const void* y, const DispatchHandle& handle, void* out);
 
+  // Low-latency mode (needs Config::ll_max_tokens_per_rank > 0). Collective, issued in the same
+  // order on every rank; nothing waits on the host, so each call can be captured in a CUDA
+  // graph. Each (token, expert) pair goes straight into the expert's rank, in a slot the sender
+  // computes. With send_only the call returns once its sends are issued, and
+  // low_latency_receive(handle) finishes it later; no SM is held in between. Call n uses buffer
+  // (n - 1) % 2: throws kInvalidArgument when that buffer still holds dispatch n - 2 whose
+  // combine has not finished being issued (at most two calls in flight). Every rank passes the
+  // same use_fp8; x must be finite for the fp8 cast. An expert id outside [-1, E): the CUDA
+  // backend sends that slot nowhere, finishes the round, and this rank's synchronize throws
+  // kInvalidExpert naming token, slot and value (peers are not affected); the host reference,
+  // which sees every rank's input, throws kInvalidExpert on every rank and leaves the buffer idle.
+  LowLatencyDispatchResult low_latency_dispatch(const LowLatencyDispatchInputs& inputs,
+                                                bool send_only = false);
+
+  // Collective. out[t] = bf16(acc) with acc = fmaf(topk_weights[t][k], y_row(t, k), acc) over k
+  // ascending from acc = 0 (fp32), where y_row(t, k) is the row the expert topk_idx[t][k]
+  // computed for token t; slots with id -1 add nothing, tokens with none come back as zeros.
+  // `y` is [Le][R * M][H] bf16 in the dispatch's row order; `topk_idx` must be the one given to
+  // the dispatch of `handle`, `topk_weights` is [T][K] fp32, `out` is [T][H] bf16. Throws
+  // kStaleHandle unless `handle` is the latest dispatch on its buffer and was received.
+  void low_latency_combine(const void* y, const void* topk_idx, const float* topk_weights,
+                           const LowLatencyHandle& handle, void* out, bool send_only = false);
+
+  // Finishes the send_only dispatch or combine pending on `handle`'s buffer.
+  void low_latency_receive(const LowLatencyHandle& handle);
+
   // Waits for all work of this communicator and reports device-side errors (kInvalidExpert,
   // kTimeout, kCapacityExceeded) found since the last check.
   void synchronize();
@@ -76,6 +103,8 @@ class Communicator {
                std::unique_ptr<detail::CommBackend> impl);
   void check_usable() const;
   void check_handle(const DispatchHandle& handle, const char* caller) const;
+  // The low-latency buffer `handle` names, checked to hold its call in `phase`.
+  int low_latency_buffer(const LowLatencyHandle& handle, int phase, const char* caller) const;
 
   std::shared_ptr<Bootstrap> bootstrap_;
   Config config_;
@@ -84,6 +113,12 @@ class Communicator {
   uint64_t id_;
   uint64_t epoch_ = 0;  // dispatches issued so far
   bool broken_ = false;
+  uint64_t ll_calls_ = 0;  // low-latency dispatches issued so far
+  struct LowLatencyBuffer {
+    uint64_t call = 0;  // the dispatch that last used it
+    int phase = 0;      // a LowLatencyPhase (communicator.cpp)
+  };
+  LowLatencyBuffer ll_buffers_[2];
 };
 
 }  // namespace epcomm

@@ -21,6 +21,9 @@ struct Config {
   int ring_slots = 8;            // ring path: slots per (channel, source, destination) ring
   int ring_chunk = 4;            // ring path: most rows a sender publishes at once (< ring_slots;
                                  // dispatch publishes at most 32 rows at a time regardless)
+  int ll_max_tokens_per_rank = 0;  // M of the low-latency mode (<= 1024): the most tokens one
+                                   // low-latency dispatch sends from a rank; 0 disables the mode
+                                   // (no buffers). Needs hidden % 128 == 0.
 
   // Throws Error(kInvalidArgument) naming the first field that is wrong and its value.
   void validate(int num_ranks) const;

@@ -6,4 +6,5 @@
 #include "epcomm/config.hpp"
 #include "epcomm/dispatch.hpp"
 #include "epcomm/error.hpp"
+#include "epcomm/low_latency.hpp"
 #include "epcomm/types.hpp"

@@ -164,6 +164,10 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
                                                 layout_.ring.channels, 2);
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
   domain_ = std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes);
+  if (config_.ll_max_tokens_per_rank > 0) {
+    ll_ = std::make_unique<LowLatencyEngine>(*bootstrap_, config_, device_, sharing,
+                                             wait_context());
+  }
 }
 
 CudaBackend::~CudaBackend() {
@@ -176,6 +180,7 @@ CudaBackend::~CudaBackend() {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "epcomm: rank %d: teardown barrier failed: %s\n", rank_, e.what());
   }
+  ll_.reset();
   domain_.reset();
   cudaFree(d_chunk_counts_);
   cudaFree(d_expert_counts_);
@@ -524,3 +529,28 @@ std::unique_ptr<CommBackend> make_cuda_backend(std::shared_ptr<Bootstrap> bootst
   return std::make_unique<cuda::CudaBackend>(std::move(bootstrap), config, device);
 }
 }  // namespace epcomm::detail
+
+namespace epcomm::cuda {
+
+LowLatencyDispatchResult CudaBackend::ll_dispatch_send(const LowLatencyDispatchInputs& in,
+                                                       int buffer) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  return ll_->dispatch_send(in, buffer, stream_);
+}
+
+void CudaBackend::ll_dispatch_receive(int buffer) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  ll_->dispatch_receive(buffer, stream_);
+}
+
+void CudaBackend::ll_combine_send(const detail::LowLatencyCombineArgs& args, int buffer) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  ll_->combine_send(args, buffer, stream_);
+}
+
+void CudaBackend::ll_combine_receive(int buffer) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  ll_->combine_receive(buffer, stream_);
+}
+
+}  // namespace epcomm::cuda

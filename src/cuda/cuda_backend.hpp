@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "../backend.hpp"
+#include "low_latency_engine.hpp"
 #include "memory_domain.hpp"
 #include "region_layout.hpp"
 #include "routing_pool.hpp"
@@ -41,6 +42,13 @@ class CudaBackend final : public detail::CommBackend {
   void* combine_input() override { return layout_.combine_row(domain_->local(), 0); }
   void combine(const void* y, const detail::HandleState& handle, void* out) override;
   void synchronize() override;
+
+  // Low-latency mode: forwarded to LowLatencyEngine on this backend's stream.
+  LowLatencyDispatchResult ll_dispatch_send(const LowLatencyDispatchInputs& in,
+                                            int buffer) override;
+  void ll_dispatch_receive(int buffer) override;
+  void ll_combine_send(const detail::LowLatencyCombineArgs& args, int buffer) override;
+  void ll_combine_receive(int buffer) override;
 
  private:
   // Outputs go to the caller's buffer where one is given, else to this backend's own.
@@ -94,6 +102,7 @@ class CudaBackend final : public detail::CommBackend {
   int* d_num_recv_per_expert_ = nullptr;
   uint64_t* d_ring_sent_ = nullptr;      // [channels][R] ring path: rows pushed per ring
   uint64_t* d_ring_received_ = nullptr;  // [channels][R] ring path: rows consumed per ring
+  std::unique_ptr<LowLatencyEngine> ll_;  // only with Config::ll_max_tokens_per_rank > 0
 };
 
 }  // namespace epcomm::cuda

@@ -13,6 +13,8 @@ const char* to_string(WaitPhase phase) {
     case kPhaseCombineReady: return "combine ready signal";
     case kPhaseRingSpace: return "ring free slots";
     case kPhaseRingData: return "ring rows";
+    case kPhaseLlDispatch: return "low-latency dispatch message count";
+    case kPhaseLlCombine: return "low-latency combine rows";
   }
   return "unknown phase";
 }
@@ -46,6 +48,25 @@ Error error_from_record(const ErrorRecord& rec, int wait_timeout_ms) {
          << rec.seen << " but this rank the one of dispatch #" << rec.expected
          << "; no rank dispatched";
       return Error(ErrorCode::kStaleHandle, os.str());
+    case kDevLlInvalidExpert:
+      os << "low_latency_dispatch: topk_idx[" << rec.token << "][" << rec.slot << "] = " << rec.value
+         << " is outside [-1, num_experts); the slot was sent nowhere";
+      return Error(ErrorCode::kInvalidExpert, os.str());
+    case kDevLlRoundMismatch:
+      os << "low-latency phase '" << to_string(static_cast<WaitPhase>(rec.phase)) << "': peer rank "
+         << rec.peer << " posted a count of round " << rec.seen << " but this rank is in round "
+         << rec.expected << "; ranks must issue the same low-latency calls in the same order";
+      return Error(ErrorCode::kBroken, os.str());
+    case kDevLlOverflow:
+      os << "low-latency phase '" << to_string(static_cast<WaitPhase>(rec.phase)) << "': peer rank "
+         << rec.peer << " posted " << rec.seen << " but at most " << rec.expected
+         << " fit; ranks must pass the same topk_idx to dispatch and combine";
+      return Error(ErrorCode::kBroken, os.str());
+    case kDevLlFp8Mismatch:
+      os << "low_latency_dispatch: peer rank " << rec.peer << " passed use_fp8 = "
+         << (rec.seen ? "true" : "false") << " but this rank " << (rec.expected ? "true" : "false")
+         << "; every rank must pass the same";
+      return Error(ErrorCode::kBroken, os.str());
     default:
       os << "unknown device error code " << rec.code;
       return Error(ErrorCode::kCuda, os.str());

@@ -31,6 +31,10 @@ enum DeviceErrorCode : int32_t {
   kDevCapacity = 4,           // peer = rank that would overflow, seen = rows, expected = capacity
   kDevTopkMismatch = 5,       // peer dispatched with another top-k (seen), expected = ours
   kDevStaleHandle = 6,        // cached: peer replayed dispatch #seen, this rank #expected
+  kDevLlInvalidExpert = 7,    // low-latency: token, slot and value of a bad id (slot skipped)
+  kDevLlRoundMismatch = 8,    // low-latency: peer's count carries round tag seen, ours expected
+  kDevLlOverflow = 9,         // low-latency: peer posted seen messages or rows, at most expected
+  kDevLlFp8Mismatch = 10,     // low-latency: peer's use_fp8 is seen, this rank's expected
 };
 
 enum WaitPhase : int32_t {
@@ -40,6 +44,8 @@ enum WaitPhase : int32_t {
   kPhaseCombineReady = 3,     // combine: waiting for a peer's y to be in place
   kPhaseRingSpace = 4,        // ring: sender waiting for free slots
   kPhaseRingData = 5,         // ring: receiver waiting for rows
+  kPhaseLlDispatch = 6,       // low-latency dispatch: waiting for a peer's message count
+  kPhaseLlCombine = 7,        // low-latency combine: waiting for a peer's rows
 };
 
 const char* to_string(WaitPhase phase);

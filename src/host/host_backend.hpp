@@ -35,6 +35,14 @@ class HostBackend final : public detail::CommBackend {
   void combine(const void* y, const detail::HandleState& handle, void* out) override;
   void synchronize() override {}
 
+  // Low-latency mode (host_low_latency.cpp): the send phases record this rank's arguments;
+  // each receive phase does the whole exchange between bootstrap barriers.
+  LowLatencyDispatchResult ll_dispatch_send(const LowLatencyDispatchInputs& in,
+                                            int buffer) override;
+  void ll_dispatch_receive(int buffer) override;
+  void ll_combine_send(const detail::LowLatencyCombineArgs& args, int buffer) override;
+  void ll_combine_receive(int buffer) override;
+
  private:
   // What this rank offers its peers during one collective call.
   struct Published {
@@ -48,6 +56,22 @@ class HostBackend final : public detail::CommBackend {
   void agree_or_throw(ErrorCode code, const std::string& local_error);
   void copy_row(const Published& from, int token, int row, const DispatchOutputs& outs);
   DispatchResult result_views(const DispatchOutputs& outs, bool with_meta);
+
+  // One of the two low-latency buffers: this rank's latest arguments and its outputs.
+  struct LowLatencyBuffer {
+    LowLatencyDispatchInputs in;
+    detail::LowLatencyCombineArgs combine;
+    std::vector<unsigned char> recv_x;  // [Le][R * M][H] bf16 or fp8
+    std::vector<float> recv_scales;     // [Le][R * M][H / 128]
+    std::vector<int> recv_count;        // [Le]
+    std::vector<LowLatencySource> recv_src;  // [Le][R * M]
+    std::vector<int> layout_range;      // [Le][R][2]
+  };
+  // Throws kInvalidExpert on every rank when any rank's topk_idx has an id out of range.
+  void ll_agree_on_experts(const void* topk_idx, int num_tokens, int num_topk);
+  // Appends the tokens of `from` routed to expert `e` to local expert `le`'s rows.
+  void ll_receive_from(const LowLatencyDispatchInputs& from, int source, int e, int le,
+                       LowLatencyBuffer& buf, int& row);
 
   std::shared_ptr<Bootstrap> bootstrap_;
   Config config_;
@@ -66,6 +90,7 @@ class HostBackend final : public detail::CommBackend {
   std::vector<RecvSource> recv_src_;
   std::vector<int> num_recv_per_expert_;
   int num_recv_ = 0;  // rows in the pool from the latest dispatch
+  LowLatencyBuffer ll_[2];
 };
 
 }  // namespace epcomm::host

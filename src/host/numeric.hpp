@@ -1,6 +1,7 @@
 // bf16 <-> fp32 on the host, bit-exact with the device's round-to-nearest-even conversion.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -20,6 +21,42 @@ inline uint16_t float_to_bf16(float f) {
   if ((word & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
   const uint32_t lsb = (word >> 16) & 1u;
   return static_cast<uint16_t>((word + 0x7fffu + lsb) >> 16);
+}
+
+// fp32 -> fp8 e4m3 (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities,
+// 0x7f is NaN): round to nearest, ties to even, then saturate to +-448, as the device's
+// cvt.rn.satfinite.e4m3x2.f32 does.
+inline uint8_t float_to_e4m3(float f) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
+  const float a = std::fabs(f);
+  constexpr float kMinNormal = 0.015625f;  // 2^-6
+  uint32_t code;
+  if (a < kMinNormal) {
+    // Subnormals are multiples of 2^-9; a * 2^9 is exact, so one rounding happens here.
+    code = static_cast<uint32_t>(std::nearbyint(a * 512.0f));  // 8 means 2^-6, code 0x08: fine
+  } else {
+    int exponent;
+    std::frexp(a, &exponent);  // a = m * 2^exponent with m in [0.5, 1)
+    const int e = exponent - 1;  // a in [2^e, 2^(e+1))
+    if (e > 8) return sign | 0x7e;
+    // a / 2^(e-3) in [8, 16): exact scaling by a power of two, then one rounding.
+    const uint32_t q = static_cast<uint32_t>(std::nearbyint(std::ldexp(a, 3 - e)));
+    code = (static_cast<uint32_t>(e + 7) << 3) + (q - 8);  // q == 16 carries into the exponent
+  }
+  if (code > 0x7e) code = 0x7e;  // saturate: 448 is the largest finite value
+  return sign | static_cast<uint8_t>(code);
+}
+
+// The low-latency fp8 cast of one block of 128 bf16 elements: a = max(amax, 1e-4),
+// q = e4m3(x * (448 / a)), scale = a / 448, in IEEE fp32.
+inline float cast_block_to_e4m3(const uint16_t* x, uint8_t* q, int n) {
+  float amax = 0.f;
+  for (int i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(bf16_to_float(x[i])));
+  const float a = std::fmax(amax, 1e-4f);
+  const float inv = 448.0f / a;
+  for (int i = 0; i < n; ++i) q[i] = float_to_e4m3(bf16_to_float(x[i]) * inv);
+  return a / 448.0f;
 }
 
 inline int64_t read_index(const void* base, bool is_int64, size_t i) {

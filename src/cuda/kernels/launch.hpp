@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include "ll_params.hpp"
 #include "params.hpp"
 
 namespace epcomm::kernels {
@@ -15,13 +16,16 @@ cudaError_t load_flat_send_kernels();
 cudaError_t load_drain_kernels();
 cudaError_t load_gather_combine_kernels();
 cudaError_t load_ring_kernels();
+cudaError_t load_ll_dispatch_kernels();
+cudaError_t load_ll_combine_kernels();
 
 // Loads every kernel of the library. Called while creating a communicator: under lazy loading
 // a kernel's first launch can wait for the whole context, and so for a peer's kernel that is
 // itself waiting for this rank.
 inline cudaError_t load_all_kernels() {
   for (auto load : {load_layout_kernels, load_notify_kernels, load_flat_send_kernels,
-                    load_drain_kernels, load_gather_combine_kernels, load_ring_kernels}) {
+                    load_drain_kernels, load_gather_combine_kernels, load_ring_kernels,
+                    load_ll_dispatch_kernels, load_ll_combine_kernels}) {
     const cudaError_t err = load();
     if (err != cudaSuccess) return err;
   }
@@ -43,6 +47,14 @@ void launch_gather(const cuda::GatherParams& p, int num_blocks, cudaStream_t str
 constexpr int kRingThreads = 1024;
 void launch_ring_dispatch(const cuda::RingParams& p, cudaStream_t stream);
 void launch_ring_combine(const cuda::RingParams& p, cudaStream_t stream);
+// Low-latency mode (ll_params.hpp). The receive kernels wait inside their grids.
+size_t ll_send_shared_bytes(int num_experts, int num_ranks);
+void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
+void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
+void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
+void launch_ll_combine_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
+// Blocks of either low-latency receive kernel that fit on an SM.
+int ll_receive_blocks_per_sm();
 // Blocks of one ring kernel that fit on an SM (the ring kernels wait inside wide grids).
 int ring_blocks_per_sm();
 

@@ -1,0 +1,155 @@
+// Low-latency combine (DESIGN section 10). Send: each block takes local experts and returns
+// every packed row of y to its source rank's combine rows at [token][top-k slot] (both known
+// from recv_src); the last block to finish posts each source the number of rows returned to it
+// (tagged, release). Receive: every block counts the rows each peer owes it (from topk_idx,
+// locally), waits for every peer's signal and checks it, and reduces its tokens: acc = fmaf(w[t][k], y[t][k], acc) over k ascending
+// from 0 in fp32, rounded once to bf16.
+#include "common/ll_common.cuh"
+#include "common/wait.cuh"
+#include "common/warp_copy.cuh"
+#include "launch.hpp"
+
+namespace epcomm::kernels {
+namespace {
+
+using cuda::LowLatencyParams;
+
+__global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyParams p) {
+  if (rank_failed(p.wait.state)) return;
+  const int R = p.num_ranks, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const uint32_t tag = p.counters->round[p.buffer] + 1;
+  const size_t row_bytes = 2 * static_cast<size_t>(p.hidden);
+  for (int le = blockIdx.x; le < p.experts_per_rank; le += gridDim.x) {
+    const int rows = p.recv.recv_count[le];
+    const size_t first_row = le * p.layout.rows_per_expert();
+    for (int j = warp; j < rows; j += kLlWarps) {
+      const int32_t* src = p.recv.recv_src + (first_row + j) * 3;
+      char* dst = p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]);
+      warp_copy_input(dst, reinterpret_cast<const char*>(p.y) + (first_row + j) * row_bytes,
+                      row_bytes, lane);
+    }
+  }
+  // NOTE: the barrier comes before the release: the signal must not overtake rows other warps
+  // of this block are still writing. As in the dispatch send, the last block to finish posts
+  // each source's signal, also when it returns no rows: every rank's combine receive waits for
+  // every peer, which orders this rank's dispatch receive (and its resets) before any peer's
+  // next round on this buffer.
+  __syncthreads();
+  for (int s = threadIdx.x; s < R; s += blockDim.x) {
+    if (atomic_add_acq_rel_gpu(&p.source_done[s], 1) != gridDim.x - 1) continue;
+    p.source_done[s] = 0;  // the next launch starts after this kernel ends
+    int rows = 0;
+    for (int le = 0; le < p.experts_per_rank; ++le) rows += p.recv.layout_range[(le * R + s) * 2 + 1];
+    __threadfence_system();
+    st_release_sys(p.layout.delivered(p.peers[s], p.buffer, p.rank),
+                   (static_cast<uint64_t>(tag) << 32) | static_cast<uint32_t>(rows));
+  }
+}
+
+// Rows each peer owes this rank: this rank's (token, expert) messages to the peer's experts.
+// Threads d < R then wait for every peer's signal and check it.
+__device__ void wait_for_rows(const LowLatencyParams& p, int* s_expected) {
+  const int R = p.num_ranks, K = p.num_topk;
+  for (int d = threadIdx.x; d < R; d += blockDim.x) s_expected[d] = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < p.num_tokens * K; i += blockDim.x) {
+    const int e = first_expert(p.topk_idx, p.idx_int64, i / K, i % K, K, p.num_experts);
+    if (e >= 0) atomicAdd(&s_expected[e / p.experts_per_rank], 1);
+  }
+  __syncthreads();
+  const uint32_t tag = p.counters->round[p.buffer] + 1;
+  char* local = p.peers[p.rank];
+  for (int d = threadIdx.x; d < R; d += blockDim.x) {
+    uint64_t word = 0;
+    if (!bounded_wait(
+            p.wait, p.layout.delivered(local, p.buffer, d), [](uint64_t v) { return v != 0; },
+            static_cast<uint64_t>(tag) << 32 | static_cast<uint32_t>(s_expected[d]),
+            cuda::kPhaseLlCombine, d, &word)) {
+      continue;
+    }
+    const uint32_t seen_tag = static_cast<uint32_t>(word >> 32);
+    const uint32_t rows = static_cast<uint32_t>(word);
+    if (seen_tag != tag || rows != static_cast<uint32_t>(s_expected[d])) {
+      record_error(p.wait.errors,
+                   seen_tag != tag ? cuda::kDevLlRoundMismatch : cuda::kDevLlOverflow,
+                   cuda::kPhaseLlCombine, p.rank, d, seen_tag != tag ? tag : s_expected[d],
+                   seen_tag != tag ? seen_tag : rows);
+      *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
+    }
+  }
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kLlThreads) ll_combine_recv_kernel(LowLatencyParams p) {
+  if (rank_failed(p.wait.state)) return;
+  extern __shared__ int s_expected[];  // [R]
+  __shared__ int s_row_slot[32];       // per top-k slot: the slot holding its row, or -1
+  __shared__ float s_weight[32];
+  wait_for_rows(p, s_expected);
+  const int K = p.num_topk, H = p.hidden;
+  char* local = p.peers[p.rank];
+  // After a failed wait the rows are incomplete: the error is reported at synchronize, and the
+  // loop still runs (every thread of the block must reach its barriers).
+  for (int t = blockIdx.x; t < p.num_tokens; t += gridDim.x) {
+    if (threadIdx.x < K) {
+      const int k = threadIdx.x;
+      const size_t row = static_cast<size_t>(t) * K;
+      const int64_t e = load_topk(p.topk_idx, p.idx_int64, row + k);
+      int first = -1;
+      if (e >= 0 && e < p.num_experts) {
+        for (first = 0; load_topk(p.topk_idx, p.idx_int64, row + first) != e; ++first) {
+        }
+      }
+      s_row_slot[k] = first;
+      s_weight[k] = p.topk_weights[row + k];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < H / 8; c += blockDim.x) {
+      float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int k = 0; k < K; ++k) {
+        if (s_row_slot[k] < 0) continue;
+        const auto* y = reinterpret_cast<const uint4*>(
+            p.layout.combine_row(local, p.buffer, t, s_row_slot[k]));
+        float f[8];
+        bf16x8_to_float(ld_na(y + c), f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[i] = __fmaf_rn(s_weight[k], f[i], acc[i]);
+      }
+      reinterpret_cast<uint4*>(p.out + static_cast<size_t>(t) * H)[c] = to_bf16x8(acc);
+    }
+    __syncthreads();  // s_row_slot is reused for the next token
+  }
+  // Signals are reset once every block has read them; a peer posts this buffer's signal again
+  // only after this rank's next dispatch on it, which comes after this kernel.
+  // The round advances here, the last kernel of a round on this buffer.
+  if (last_block_done(&p.counters->blocks_done[p.buffer][1])) {
+    for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) {
+      *p.layout.delivered(local, p.buffer, d) = 0;
+    }
+    if (threadIdx.x == 0) p.counters->round[p.buffer] += 1;
+  }
+}
+
+}  // namespace
+
+int ll_combine_recv_blocks_per_sm() {
+  int n = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ll_combine_recv_kernel, kLlThreads, 0);
+  return n;
+}
+
+cudaError_t load_ll_combine_kernels() {
+  return load_kernels(ll_combine_send_kernel, ll_combine_recv_kernel);
+}
+
+void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks,
+                            cudaStream_t stream) {
+  ll_combine_send_kernel<<<num_blocks, kLlThreads, sizeof(int) * p.num_ranks, stream>>>(p);
+}
+
+void launch_ll_combine_recv(const cuda::LowLatencyParams& p, int num_blocks,
+                            cudaStream_t stream) {
+  ll_combine_recv_kernel<<<num_blocks, kLlThreads, sizeof(int) * p.num_ranks, stream>>>(p);
+}
+
+}  // namespace epcomm::kernels

@@ -1,0 +1,247 @@
+// Low-latency dispatch (DESIGN section 10). Send: every block takes a contiguous range of this
+// rank's tokens, computes each (token, expert) message's slot as the token's position among
+// this rank's tokens routed to that expert, and writes the message straight into the expert's
+// rank. The block that finishes an expert last publishes its message count (tagged with the
+// round and whether rows are fp8). Receive: each block takes local experts, waits for every source's count, and packs
+// the messages into recv_x in source order, then token order. No atomics decide a slot, so the
+// output is deterministic.
+#include "common/ll_common.cuh"
+#include "common/wait.cuh"
+#include "common/warp_copy.cuh"
+#include "launch.hpp"
+
+namespace epcomm::kernels {
+namespace {
+
+using cuda::LowLatencyParams;
+
+// A message this block sends: token t's row to expert e, slot `slot` of (e, this rank).
+struct Message {
+  int token, k, expert, slot;
+};
+constexpr int kMaxBatchMessages = 512;
+// Set in a posted count when the sender cast its rows to fp8: receivers read rows as they were
+// written or report the mismatch.
+constexpr uint32_t kFp8CountFlag = 1u << 31;
+
+__device__ void send_message(const LowLatencyParams& p, char* const* peers, const Message& m,
+                             int lane) {
+  const int d = m.expert / p.experts_per_rank, le = m.expert % p.experts_per_rank;
+  char* msg = p.layout.message(peers[d], p.buffer, le, p.rank, m.slot);
+  if (lane == 0) {
+    st_na(reinterpret_cast<uint4*>(msg),
+          make_uint4(static_cast<uint32_t>(m.token), static_cast<uint32_t>(m.k), 0, 0));
+  }
+  const uint16_t* x = p.x + static_cast<size_t>(m.token) * p.hidden;
+  if (p.use_fp8) {
+    cast_row_to_fp8(reinterpret_cast<uint8_t*>(msg + 16),
+                    reinterpret_cast<float*>(msg + p.layout.message_scales_offset()), x, p.hidden,
+                    lane);
+  } else {
+    warp_copy_input(msg + 16, reinterpret_cast<const char*>(x), 2 * static_cast<size_t>(p.hidden),
+                    lane);
+  }
+}
+
+// Counts, per expert, the messages of tokens before `t_begin` (s_next: this block's first slot)
+// and of all tokens (s_total). Block 0 reports ids out of range (they are sent nowhere).
+__device__ void count_messages(const LowLatencyParams& p, int t_begin, int* s_next,
+                               int* s_total) {
+  const int K = p.num_topk;
+  for (int i = threadIdx.x; i < p.num_tokens * K; i += blockDim.x) {
+    const int t = i / K, k = i % K;
+    const int e = first_expert(p.topk_idx, p.idx_int64, t, k, K, p.num_experts);
+    if (e >= 0) {
+      atomicAdd(&s_total[e], 1);
+      if (t < t_begin) atomicAdd(&s_next[e], 1);
+      continue;
+    }
+    const int64_t raw = load_topk(p.topk_idx, p.idx_int64, i);
+    if (blockIdx.x == 0 && (raw < -1 || raw >= p.num_experts)) {
+      record_error(p.wait.errors, cuda::kDevLlInvalidExpert, cuda::kPhaseNone, p.rank, -1, 0, 0,
+                   t, k, raw);
+    }
+  }
+}
+
+// Warp 0 lists the messages of tokens [t_first, t_last) in token order with their slots.
+__device__ int plan_batch(const LowLatencyParams& p, int t_first, int t_last, int* s_next,
+                          Message* s_batch, int lane) {
+  int n = 0;
+  for (int t = t_first; t < t_last; ++t) {
+    const int e = lane < p.num_topk
+                      ? first_expert(p.topk_idx, p.idx_int64, t, lane, p.num_topk, p.num_experts)
+                      : -1;
+    const uint32_t mask = __ballot_sync(0xffffffffu, e >= 0);
+    if (e >= 0) {  // the experts of one token are distinct: no two lanes share s_next[e]
+      s_batch[n + __popc(mask & lanemask_lt())] = Message{t, lane, e, s_next[e]++};
+    }
+    n += __popc(mask);
+  }
+  return n;
+}
+
+__global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatencyParams p) {
+  if (rank_failed(p.wait.state)) return;
+  const int E = p.num_experts;
+  extern __shared__ int s_ints[];
+  int* s_next = s_ints;        // [E]
+  int* s_total = s_ints + E;   // [E]
+  auto* s_batch = reinterpret_cast<Message*>(s_total + E);
+  auto** s_peers = reinterpret_cast<char**>(s_batch + kMaxBatchMessages);
+  __shared__ int s_batch_size;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) s_next[e] = s_total[e] = 0;
+  for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) s_peers[d] = p.peers[d];
+  // Read before any block of this round can finish: the tag is the same for every block.
+  const uint32_t tag = p.counters->round[p.buffer] + 1;
+  __syncthreads();
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int t_begin = static_cast<int>(static_cast<long long>(p.num_tokens) * blockIdx.x / gridDim.x);
+  const int t_end = static_cast<int>(static_cast<long long>(p.num_tokens) * (blockIdx.x + 1) / gridDim.x);
+  count_messages(p, t_begin, s_next, s_total);
+  __syncthreads();
+  const int batch_tokens = kMaxBatchMessages / p.num_topk;
+  for (int t0 = t_begin; t0 < t_end; t0 += batch_tokens) {
+    if (warp == 0) {
+      const int n = plan_batch(p, t0, min(t0 + batch_tokens, t_end), s_next, s_batch, lane);
+      if (lane == 0) s_batch_size = n;
+    }
+    __syncthreads();
+    for (int j = warp; j < s_batch_size; j += kLlWarps) send_message(p, s_peers, s_batch[j], lane);
+    __syncthreads();  // the batch area is reused; all messages written before the counts below
+  }
+
+  // NOTE: every block counts itself done for every expert (also with no message to it), so the
+  // last one knows all messages to that expert are written and posts the count.
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    if (atomic_add_acq_rel_gpu(&p.expert_done[e], 1) != gridDim.x - 1) continue;
+    p.expert_done[e] = 0;  // the next launch starts after this kernel ends
+    const int d = e / p.experts_per_rank, le = e % p.experts_per_rank;
+    __threadfence_system();
+    st_release_sys(p.layout.count(s_peers[d], p.buffer, le, p.rank),
+                   (static_cast<uint64_t>(tag) << 32) | (p.use_fp8 ? kFp8CountFlag : 0u) |
+                       static_cast<uint32_t>(s_total[e]));
+  }
+}
+
+// Threads s < R wait for source s's count of local expert le; returns via s_first the first
+// row of each source (s_first[R] = rows in all).
+__device__ void wait_for_counts(const LowLatencyParams& p, int le, uint32_t tag, int* s_first) {
+  char* local = p.peers[p.rank];
+  for (int s = threadIdx.x; s < p.num_ranks; s += blockDim.x) {
+    uint64_t word = 0;
+    const bool ok = bounded_wait(
+        p.wait, p.layout.count(local, p.buffer, le, s), [](uint64_t v) { return v != 0; },
+        static_cast<uint64_t>(tag) << 32, cuda::kPhaseLlDispatch, s, &word);
+    const uint32_t low = static_cast<uint32_t>(word);
+    int n = ok ? static_cast<int>(low & ~kFp8CountFlag) : 0;
+    if (ok && static_cast<uint32_t>(word >> 32) != tag) {
+      record_error(p.wait.errors, cuda::kDevLlRoundMismatch, cuda::kPhaseLlDispatch, p.rank, s,
+                   tag, word >> 32);
+      *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
+      n = 0;
+    } else if (ok && ((low & kFp8CountFlag) != 0) != p.use_fp8) {
+      record_error(p.wait.errors, cuda::kDevLlFp8Mismatch, cuda::kPhaseLlDispatch, p.rank, s,
+                   p.use_fp8 ? 1 : 0, p.use_fp8 ? 0 : 1);
+      *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
+      n = 0;
+    } else if (n > p.layout.max_tokens) {
+      record_error(p.wait.errors, cuda::kDevLlOverflow, cuda::kPhaseLlDispatch, p.rank, s,
+                   p.layout.max_tokens, n);
+      *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
+      n = 0;
+    }
+    s_first[s + 1] = n;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    s_first[0] = 0;
+    for (int s = 0; s < p.num_ranks; ++s) s_first[s + 1] += s_first[s];
+  }
+  __syncthreads();
+}
+
+// One warp copies message (le, s, i) into packed row j of local expert le.
+__device__ void unpack_message(const LowLatencyParams& p, int le, int s, int i, int j, int lane) {
+  const char* msg = p.layout.message(p.peers[p.rank], p.buffer, le, s, i);
+  const size_t out_row = le * p.layout.rows_per_expert() + j;
+  if (lane == 0) {
+    const uint4 header = ld_na(reinterpret_cast<const uint4*>(msg));  // a peer wrote it
+    int32_t* src = p.recv.recv_src + out_row * 3;
+    src[0] = s;
+    src[1] = static_cast<int32_t>(header.x);
+    src[2] = static_cast<int32_t>(header.y);
+  }
+  const size_t row_bytes = static_cast<size_t>(p.hidden) * (p.use_fp8 ? 1 : 2);
+  warp_copy(p.recv.recv_x + out_row * row_bytes, msg + 16, row_bytes, lane);
+  if (p.use_fp8) {
+    const auto* scales = reinterpret_cast<const float*>(msg + p.layout.message_scales_offset());
+    float* out = p.recv.recv_scales + out_row * (p.hidden / 128);
+    for (int g = lane; g < p.hidden / 128; g += 32) out[g] = scales[g];
+  }
+}
+
+__global__ void __launch_bounds__(kLlThreads) ll_dispatch_recv_kernel(LowLatencyParams p) {
+  if (rank_failed(p.wait.state)) return;
+  extern __shared__ int s_first[];  // [R + 1]
+  const uint32_t tag = p.counters->round[p.buffer] + 1;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, R = p.num_ranks;
+  for (int le = blockIdx.x; le < p.experts_per_rank; le += gridDim.x) {
+    wait_for_counts(p, le, tag, s_first);
+    for (int s = threadIdx.x; s < R; s += blockDim.x) {
+      p.recv.layout_range[(le * R + s) * 2] = s_first[s];
+      p.recv.layout_range[(le * R + s) * 2 + 1] = s_first[s + 1] - s_first[s];
+    }
+    if (threadIdx.x == 0) p.recv.recv_count[le] = s_first[R];
+    for (int j = warp; j < s_first[R]; j += kLlWarps) {
+      int s = 0, hi = R - 1;  // the source of row j: the last s with s_first[s] <= j
+      while (s < hi) {
+        const int mid = (s + hi + 1) / 2;
+        if (s_first[mid] <= j) s = mid; else hi = mid - 1;
+      }
+      unpack_message(p, le, s, j - s_first[s], j, lane);
+    }
+    __syncthreads();  // s_first is reused for the next expert
+  }
+  // Counts are reset once every block has read them; a source writes this buffer's counts
+  // again only after this rank's next dispatch on it, which comes after this kernel.
+  if (last_block_done(&p.counters->blocks_done[p.buffer][0])) {
+    char* local = p.peers[p.rank];
+    for (int i = threadIdx.x; i < p.experts_per_rank * R; i += blockDim.x) {
+      *p.layout.count(local, p.buffer, i / R, i % R) = 0;
+    }
+  }
+}
+
+}  // namespace
+
+int ll_combine_recv_blocks_per_sm();  // ll_combine.cu
+
+int ll_receive_blocks_per_sm() {
+  int n = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ll_dispatch_recv_kernel, kLlThreads, 0);
+  return n < ll_combine_recv_blocks_per_sm() ? n : ll_combine_recv_blocks_per_sm();
+}
+
+cudaError_t load_ll_dispatch_kernels() {
+  return load_kernels(ll_dispatch_send_kernel, ll_dispatch_recv_kernel);
+}
+
+size_t ll_send_shared_bytes(int num_experts, int num_ranks) {
+  return 2 * sizeof(int) * num_experts + sizeof(Message) * kMaxBatchMessages +
+         sizeof(char*) * num_ranks;
+}
+
+void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks,
+                             cudaStream_t stream) {
+  ll_dispatch_send_kernel<<<num_blocks, kLlThreads, ll_send_shared_bytes(p.num_experts, p.num_ranks),
+                            stream>>>(p);
+}
+
+void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks,
+                             cudaStream_t stream) {
+  ll_dispatch_recv_kernel<<<num_blocks, kLlThreads, sizeof(int) * (p.num_ranks + 1), stream>>>(p);
+}
+
+}  // namespace epcomm::kernels

@@ -1,0 +1,48 @@
+// Parameters of the low-latency kernels (DESIGN section 10), passed by value. Host and device
+// code.
+#pragma once
+
+#include <cstdint>
+
+#include "../low_latency_layout.hpp"
+#include "params.hpp"
+
+namespace epcomm::cuda {
+
+// Rank-private device memory. round[b] counts the rounds (dispatch + combine) completed on
+// buffer b; it tags the message counts, so a count from another round is caught. Only the last
+// block of a receive kernel writes it, after every block of that kernel has read it.
+struct LowLatencyCounters {
+  uint32_t round[2];
+  uint32_t blocks_done[2][2];  // [buffer][0: dispatch receive, 1: combine receive]
+};
+
+// The outputs of one buffer, in the rank's own memory.
+struct LowLatencyOutputs {
+  char* recv_x;          // [Le][R * M][row bytes]
+  float* recv_scales;    // [Le][R * M][H / 128]
+  int* recv_count;       // [Le]
+  int32_t* recv_src;     // [Le][R * M][3]: rank, token, top-k slot
+  int* layout_range;     // [Le][R][2]
+};
+
+struct LowLatencyParams {
+  LowLatencyLayout layout;
+  char* const* peers;  // [R] low-latency region bases, this rank's included
+  int rank, num_ranks, experts_per_rank, num_experts, num_tokens, num_topk, hidden;
+  int buffer;
+  bool use_fp8;
+  bool idx_int64;
+  const uint16_t* x;           // dispatch: [T][H] bf16
+  const void* topk_idx;        // [T][K]
+  const float* topk_weights;   // combine: [T][K]
+  const uint16_t* y;           // combine: [Le][R * M][H] bf16
+  uint16_t* out;               // combine: [T][H] bf16
+  LowLatencyOutputs recv;
+  uint32_t* expert_done;       // [E]: dispatch send blocks done with each expert (this buffer)
+  uint32_t* source_done;       // [R]: combine send blocks done with each source (this buffer)
+  LowLatencyCounters* counters;
+  WaitContext wait;
+};
+
+}  // namespace epcomm::cuda

@@ -1,0 +1,158 @@
+// LowLatencyEngine: allocation, the checks that keep its waiting kernels from deadlocking, and
+// the launches of each phase on the caller's stream.
+#include "low_latency_engine.hpp"
+
+#include <algorithm>
+
+#include "cuda_check.hpp"
+#include "kernels/launch.hpp"
+
+namespace epcomm::cuda {
+namespace {
+
+constexpr size_t kDefaultSharedLimit = 48 * 1024;
+
+template <typename T>
+T* device_alloc(size_t count) {
+  T* p = nullptr;
+  EPCOMM_CUDA_CHECK(cudaMalloc(&p, sizeof(T) * (count ? count : 1)));
+  return p;
+}
+
+// The receive kernels wait inside grids of up to max(dispatch_sms, combine_sms) blocks. Every
+// waiting grid of the ranks on this GPU must fit with room to spare, or a peer's send kernel
+// could find no SM to run on. Only ranks of this process are counted (as for the ring).
+void check_residency(const Config& config, int sharing, int device) {
+  int sms = 0;
+  EPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int waiting = sharing * std::max(config.dispatch_sms, config.combine_sms);
+  const int room = sms * kernels::ll_receive_blocks_per_sm() / 2;
+  if (waiting > room) {
+    throw Error(ErrorCode::kUnsupported,
+                "low-latency mode: " + std::to_string(sharing) + " ranks on GPU " +
+                    std::to_string(device) + " with max(dispatch_sms, combine_sms) = " +
+                    std::to_string(std::max(config.dispatch_sms, config.combine_sms)) +
+                    " need " + std::to_string(waiting) + " waiting blocks, more than the " +
+                    std::to_string(room) + " that leave room for the senders");
+  }
+}
+
+int clamp_blocks(int work, int limit) { return std::max(1, std::min(work, limit)); }
+
+}  // namespace
+
+LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, int device,
+                                   int sharing, const WaitContext& wait)
+    : config_(config),
+      rank_(bootstrap.rank()),
+      num_ranks_(bootstrap.size()),
+      experts_per_rank_(config.experts_per_rank(num_ranks_)),
+      wait_(wait) {
+  check_residency(config_, sharing, device);
+  if (kernels::ll_send_shared_bytes(config_.num_experts, num_ranks_) > kDefaultSharedLimit) {
+    throw Error(ErrorCode::kUnsupported,
+                "low-latency mode: num_experts = " + std::to_string(config_.num_experts) +
+                    " needs more than 48 KB of shared memory per send block");
+  }
+  const int M = config_.ll_max_tokens_per_rank;
+  layout_ = LowLatencyLayout::make(num_ranks_, experts_per_rank_, M, config_.max_topk,
+                                   config_.hidden);
+  d_counters_ = device_alloc<LowLatencyCounters>(1);
+  EPCOMM_CUDA_CHECK(cudaMemset(d_counters_, 0, sizeof(LowLatencyCounters)));
+  const size_t rows = static_cast<size_t>(experts_per_rank_) * layout_.rows_per_expert();
+  for (BufferCall& call : calls_) {
+    call.outputs.recv_x = device_alloc<char>(rows * 2 * config_.hidden);
+    call.outputs.recv_scales = device_alloc<float>(rows * (config_.hidden / kFp8ScaleBlock));
+    call.outputs.recv_count = device_alloc<int>(experts_per_rank_);
+    call.outputs.recv_src = device_alloc<int32_t>(rows * 3);
+    call.outputs.layout_range = device_alloc<int>(static_cast<size_t>(experts_per_rank_) * num_ranks_ * 2);
+    call.expert_done = device_alloc<uint32_t>(config_.num_experts);
+    EPCOMM_CUDA_CHECK(cudaMemset(call.expert_done, 0, sizeof(uint32_t) * config_.num_experts));
+    call.source_done = device_alloc<uint32_t>(num_ranks_);
+    EPCOMM_CUDA_CHECK(cudaMemset(call.source_done, 0, sizeof(uint32_t) * num_ranks_));
+  }
+  EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
+  domain_ = std::make_unique<MemoryDomain>(bootstrap, device, layout_.total_bytes());
+}
+
+LowLatencyEngine::~LowLatencyEngine() {
+  domain_.reset();  // the backend has synchronized and passed a barrier with every peer
+  for (BufferCall& call : calls_) {
+    cudaFree(call.outputs.recv_x);
+    cudaFree(call.outputs.recv_scales);
+    cudaFree(call.outputs.recv_count);
+    cudaFree(call.outputs.recv_src);
+    cudaFree(call.outputs.layout_range);
+    cudaFree(call.expert_done);
+    cudaFree(call.source_done);
+  }
+  cudaFree(d_counters_);
+}
+
+LowLatencyParams LowLatencyEngine::params(int buffer, bool combine) const {
+  const BufferCall& call = calls_[buffer];
+  LowLatencyParams p{};
+  p.layout = layout_;
+  p.peers = domain_->device_peers();
+  p.rank = rank_;
+  p.num_ranks = num_ranks_;
+  p.experts_per_rank = experts_per_rank_;
+  p.num_experts = config_.num_experts;
+  p.num_tokens = call.in.num_tokens;
+  p.num_topk = call.in.num_topk;
+  p.hidden = config_.hidden;
+  p.buffer = buffer;
+  p.use_fp8 = call.in.use_fp8;
+  p.idx_int64 = config_.index_type == IndexType::kInt64;
+  p.x = static_cast<const uint16_t*>(call.in.x);
+  p.topk_idx = combine ? call.combine.topk_idx : call.in.topk_idx;
+  p.topk_weights = call.combine.topk_weights;
+  p.y = static_cast<const uint16_t*>(call.combine.y);
+  p.out = static_cast<uint16_t*>(call.combine.out);
+  p.recv = call.outputs;
+  p.expert_done = call.expert_done;
+  p.source_done = call.source_done;
+  p.counters = d_counters_;
+  p.wait = wait_;
+  return p;
+}
+
+LowLatencyDispatchResult LowLatencyEngine::dispatch_send(const LowLatencyDispatchInputs& in,
+                                                         int buffer, cudaStream_t stream) {
+  BufferCall& call = calls_[buffer];
+  call.in = in;
+  call.combine = {};
+  kernels::launch_ll_dispatch_send(params(buffer, false),
+                                   clamp_blocks(in.num_tokens, config_.dispatch_sms), stream);
+  EPCOMM_LAUNCH_CHECK("ll_dispatch_send_kernel");
+  LowLatencyDispatchResult r;
+  r.recv_x = call.outputs.recv_x;
+  r.recv_scales = in.use_fp8 ? call.outputs.recv_scales : nullptr;
+  r.recv_count = call.outputs.recv_count;
+  r.recv_src = reinterpret_cast<LowLatencySource*>(call.outputs.recv_src);
+  r.layout_range = call.outputs.layout_range;
+  r.rows_per_expert = static_cast<int>(layout_.rows_per_expert());
+  return r;
+}
+
+void LowLatencyEngine::dispatch_receive(int buffer, cudaStream_t stream) {
+  kernels::launch_ll_dispatch_recv(params(buffer, false),
+                                   clamp_blocks(experts_per_rank_, config_.dispatch_sms), stream);
+  EPCOMM_LAUNCH_CHECK("ll_dispatch_recv_kernel");
+}
+
+void LowLatencyEngine::combine_send(const detail::LowLatencyCombineArgs& args, int buffer,
+                                    cudaStream_t stream) {
+  calls_[buffer].combine = args;
+  kernels::launch_ll_combine_send(params(buffer, true),
+                                  clamp_blocks(experts_per_rank_, config_.combine_sms), stream);
+  EPCOMM_LAUNCH_CHECK("ll_combine_send_kernel");
+}
+
+void LowLatencyEngine::combine_receive(int buffer, cudaStream_t stream) {
+  kernels::launch_ll_combine_recv(
+      params(buffer, true), clamp_blocks(calls_[buffer].in.num_tokens, config_.combine_sms), stream);
+  EPCOMM_LAUNCH_CHECK("ll_combine_recv_kernel");
+}
+
+}  // namespace epcomm::cuda
