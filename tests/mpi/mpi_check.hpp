@@ -4,9 +4,12 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <string>
 
+#include "epcomm/mpi_bootstrap.hpp"
 #include "memory.hpp"
 
 namespace epcomm::testing {
@@ -65,6 +68,38 @@ inline int pick_gpu(const char* program) {
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   if (world_rank == 0) std::printf("[  SKIPPED ] %s: no GPU present\n", program);
   return -1;
+}
+
+// The main() of a case-list program. Usage: <program> [--first N] (N: run only the first N
+// cases, e.g. under compute-sanitizer). run_case(checks, bootstrap, memory, device, case)
+// returns false to stop (a rank failed in a way that leaves the job unusable). Returns the
+// exit code every rank agrees on.
+template <typename MakeCases, typename RunCase>
+int run_case_program(int argc, char** argv, const char* program, int bootstrap_timeout_ms,
+                     MakeCases make_cases, RunCase run_case) {
+  MPI_Init(&argc, &argv);
+  size_t first_cases = SIZE_MAX;
+  if (argc == 3 && std::string(argv[1]) == "--first") first_cases = std::stoul(argv[2]);
+  int world_rank = 0, world_size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  const int device = pick_gpu(program);
+  if (device < 0) {
+    MPI_Finalize();
+    return 0;
+  }
+  Checks checks(world_rank);
+  {
+    auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, bootstrap_timeout_ms);
+    auto memory = make_memory(Backend::kCuda, device);
+    const auto cases = make_cases(world_size);
+    for (size_t i = 0; i < cases.size() && i < first_cases; ++i) {
+      if (!run_case(checks, bootstrap, *memory, device, cases[i])) break;
+    }
+  }
+  const int code = checks.agreed_exit_code(program);
+  MPI_Finalize();
+  return code;
 }
 
 }  // namespace epcomm::testing

@@ -124,31 +124,8 @@ bool run_case(Checks& checks, const std::shared_ptr<MpiBootstrap>& bootstrap,
 }  // namespace
 }  // namespace epcomm
 
-// Usage: mpi_conformance_test [--first N]   (N: run only the first N cases, e.g. under
-// compute-sanitizer)
+// Usage: mpi_conformance_test [--first N]   (N: run only the first N cases)
 int main(int argc, char** argv) {
   using namespace epcomm;
-  MPI_Init(&argc, &argv);
-  size_t first_cases = SIZE_MAX;
-  if (argc == 3 && std::string(argv[1]) == "--first") first_cases = std::stoul(argv[2]);
-  int world_rank = 0, world_size = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-  const int device = testing::pick_gpu("mpi_conformance_test");
-  if (device < 0) {
-    MPI_Finalize();
-    return 0;
-  }
-  Checks checks(world_rank);
-  {
-    auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, kBootstrapTimeoutMs);
-    auto memory = testing::make_memory(Backend::kCuda, device);
-    const std::vector<Case> cases = make_cases(world_size);
-    for (size_t i = 0; i < cases.size() && i < first_cases; ++i) {
-      if (!run_case(checks, bootstrap, *memory, device, cases[i])) break;
-    }
-  }
-  const int code = checks.agreed_exit_code("mpi_conformance_test");
-  MPI_Finalize();
-  return code;
+  return testing::run_case_program(argc, argv, "mpi_conformance_test", kBootstrapTimeoutMs, make_cases, run_case);
 }

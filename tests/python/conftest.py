@@ -1,0 +1,5 @@
+# Lets test modules import the shared helpers package (tests/python/helpers).
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,96 @@
+"""Buffer on CUDA tensors, one rank per process, against the C++ host reference: each process
+computes every rank's reference outputs on threads of its own (host backend, CPU tensors) and
+compares its own outputs bit for bit. Run with 2, 4 and 8 processes (scripts/python_gpu_check.sh).
+"""
+import os
+
+import pytest
+import torch
+
+import epcomm
+from helpers.expect import assert_bits_equal
+from helpers.runner import host_reference, run_case
+from helpers.workload import ROUTINGS, Case
+
+WORLD = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "2")))
+MAX_TOKENS = 128
+SMS = 8  # 8 processes sharing one GPU still leave room for each other's blocks
+
+
+def _cases(R: int):
+    """Every (routing, T, dtype); index type, K, hidden, weights, alignment and the output and
+    stream modes vary with the case index so that each meets several shapes."""
+    cases, i = [], 0
+    for routing in ROUTINGS:
+        for T in (0, 1, 13, 96):
+            for fp8 in (False, True):
+                cases.append(Case(
+                    R, T, 7168 if i % 9 == 4 else (256 if i % 2 else 128), 8 if i % 3 == 0 else 4,
+                    8 * R, routing=routing, fp8=fp8,
+                    index_dtype=torch.int32 if (i // 2) % 2 else torch.int64,
+                    with_weights=i % 5 != 3, expert_alignment=1 + i % 3,
+                    worst_case=i % 4 == 3, cached=i % 3 == 1, max_tokens_per_rank=MAX_TOKENS,
+                    async_finish=i % 2 == 1, previous_event=i % 4 in (1, 2),
+                    allocate_on_comm_stream=i % 4 == 1, seed=7000 + 10 * i))
+                i += 1
+    # Pool reuse over many rounds on one communicator, fresh routing every round.
+    cases.append(Case(R, 64, 512, 4, 4 * R, cached=True, rounds=12, async_finish=True,
+                      max_tokens_per_rank=MAX_TOKENS, seed=9100))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def buffer(dist_env):
+    epcomm.Buffer.set_num_sms(SMS)
+    buffer = epcomm.Buffer(None, max_tokens_per_rank=MAX_TOKENS)
+    yield buffer
+    buffer.destroy()
+
+
+def _compare(case: Case, rank: int, got: dict, want: dict, num_recv: int) -> None:
+    where = f"{case.name()} seed {case.seed} rank {rank}"
+    assert got.keys() == want.keys(), where
+    for key in got:
+        g, w = got[key], want[key]
+        if not isinstance(g, torch.Tensor) or not isinstance(w, torch.Tensor):
+            assert g == w, f"{where} {key}: {g} != {w}"  # counts, num_recv, or both None
+            continue
+        if key in ("recv_x", "recv_x_scales", "cached_x", "cached_x_scales"):
+            g, w = g[:num_recv], w[:num_recv]  # worst-case padding rows are undefined
+        assert_bits_equal(f"{where} {key}", g.numpy(), w.numpy())
+
+
+@pytest.mark.parametrize("case", _cases(WORLD), ids=Case.name)
+def test_cuda_matches_host_reference(dist_env, buffer, case: Case):
+    rank, world, device = dist_env
+    assert world == case.num_ranks
+    got = run_case(buffer, case, rank, device)
+    want = host_reference(case)
+    for index in range(case.rounds):
+        # Rows this rank received: every source's count for it (known to the reference).
+        num_recv = sum(int(want[s][index]["num_tokens_per_rank"][rank]) for s in range(world))
+        if not case.worst_case:
+            assert want[rank][index]["num_recv"] == num_recv
+        _compare(case.round(index), rank, got[index], want[rank][index], num_recv)
+
+
+def test_stale_handle_and_device_checks(dist_env, buffer):
+    rank, world, device = dist_env
+    E, T = 8 * world, 16
+    x = torch.randn(T, 128, device=device).to(torch.bfloat16)
+    topk_idx = torch.randint(0, E, (T, 2), device=device)
+    per_rank, _, per_expert, in_rank, _ = buffer.get_dispatch_layout(topk_idx, E)
+    with pytest.raises(ValueError, match=r"topk_idx is on cpu; expected cuda"):
+        buffer.dispatch(x, topk_idx=topk_idx.cpu(), num_tokens_per_expert=per_expert)
+    args = dict(num_tokens_per_rank=per_rank, is_token_in_rank=in_rank,
+                num_tokens_per_expert=per_expert, topk_idx=topk_idx)
+    recv_x, _, _, _, first, _ = buffer.dispatch(x, **args)
+    recv_x2, _, _, _, second, _ = buffer.dispatch(x, **args)
+    with pytest.raises(epcomm.EpcommError) as raised:
+        buffer.combine(recv_x, first)
+    assert raised.value.code == epcomm.ErrorCode.stale_handle
+    combined, _, _ = buffer.combine(recv_x2, second)
+    # Each token's row came back once from every rank it went to, unchanged.
+    sent_to = in_rank.sum(dim=1, keepdim=True).float()
+    assert torch.equal(combined, (x.float() * sent_to).to(torch.bfloat16))
+    assert buffer.get_comm_stream() is not None
