@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The one GPU check: builds a Release tree, runs every test, compute-sanitizer on a small
 # subset, and epcomm-bench; logs go to $OUT (default /tmp/epcomm-gpu-check).
-# Usage: scripts/gpu_check.sh [build] [sanitize] [test] [bench]   (default: all; run in that
-# order; the test stage starts an MPS server for the multi-process tests and stops it after)
-# Extra bench flags: BENCH_ARGS="--sms 4,8,16 --algorithms flat"; a test subset: CTEST_ARGS="-R Ring"
+# Usage: scripts/gpu_check.sh [build] [sanitize] [test] [python] [bench] [llbench]   (default: all;
+# run in that order; the test and python stages start an MPS server and stop it after)
+# Extra bench flags: BENCH_ARGS="--sms 4,8,16 --algorithms flat"; a test subset: CTEST_ARGS="-R Ring";
+# low-latency bench flags: LL_BENCH_ARGS="--tokens 1,128"
 # The caller passes COMMIT (the device machine gets the tree without .git).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 OUT=${OUT:-/tmp/epcomm-gpu-check}
 mkdir -p "$OUT"
-stages=${*:-build test sanitize bench}
+stages=${*:-build test sanitize python bench llbench}
 summary="$OUT/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
@@ -102,4 +103,21 @@ if has bench; then
     sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi.log" | tee -a "$summary"
     mps_stop
   fi
+fi
+
+if has python; then  # the Python package: pytest with 2, 4 and 8 processes under MPS
+  start=$SECONDS
+  mps_start
+  BUILD="$BUILD" OUT="$OUT/python" timeout 300 bash scripts/python_gpu_check.sh >"$OUT/python.log" 2>&1
+  note "python: rc=$? ($((SECONDS - start)) s): $(grep -E '(passed|failed|error)' "$OUT/python.log" | tail -3 | tr '\n' ' ')"
+  mps_stop
+fi
+
+if has llbench; then  # the low-latency mode, 8 ranks in-process
+  start=$SECONDS
+  timeout 300 "$BUILD/bench/epcomm-bench" --mode ll ${LL_BENCH_ARGS:-} --json "$OUT/bench_ll.json" \
+    >"$OUT/bench_ll.log" 2>&1
+  note "ll bench: rc=$? ($((SECONDS - start)) s)"
+  sed -n '/^epcomm-bench/,$p' "$OUT/bench_ll.log" | tee -a "$summary"
+  grep -E 'MISMATCH|error' "$OUT/bench_ll.log" | head -5 | tee -a "$summary"
 fi
