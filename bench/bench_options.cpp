@@ -27,7 +27,14 @@ void usage() {
       "  --seed S                workload seed (1)\n"
       "  --no-check              skip the check against the reference\n"
       "  --json FILE             also write the results as JSON\n"
-      "  --plot FILE.png         draw time against SMs (needs python3 with matplotlib)\n");
+      "  --plot FILE.png         draw time against SMs (needs python3 with matplotlib)\n"
+      "  --mode ht|ll            high-throughput (default) or low-latency dispatch/combine\n"
+      "low-latency mode (--mode ll):\n"
+      "  --tokens LIST           tokens per rank, one row each (1,32,128,256; host: 1,8);\n"
+      "                          M = ll_max_tokens_per_rank = the largest\n"
+      "  --ll-dtypes LIST        comma list of bf16,fp8 (both)\n"
+      "  --replays N             timed replays per figure (200; host: 20), after --warmup\n"
+      "  --sms N                 one value: dispatch_sms = combine_sms of the LL kernels (16)\n");
 }
 
 std::vector<std::string> split(const std::string& s) {
@@ -48,10 +55,36 @@ int to_int(const std::string& flag, const std::string& v) {
   return static_cast<int>(n);
 }
 
+// --mode ll: the token list, the defaults that depend on the backend, and the flags that only
+// the high-throughput mode takes.
+void finish_low_latency_options(const std::string& tokens, BenchOptions* o) {
+  const bool gpu = o->backend == Backend::kCuda;
+  for (const auto& t : split(tokens)) o->ll_tokens.push_back(to_int("--tokens", t));
+  if (o->ll_tokens.empty()) {
+    o->ll_tokens = gpu ? std::vector<int>{1, 32, 128, 256} : std::vector<int>{1, 8};
+  }
+  for (int t : o->ll_tokens) {
+    if (t < 1) throw Error(ErrorCode::kInvalidArgument, "--tokens: " + std::to_string(t) + " < 1");
+  }
+  if (o->replays == 0) o->replays = gpu ? 200 : 20;
+  if (o->replays < 1) throw Error(ErrorCode::kInvalidArgument, "--replays must be at least 1");
+  if (o->ll_dtypes.empty()) throw Error(ErrorCode::kInvalidArgument, "--ll-dtypes is empty");
+  if (o->sms.size() != 1) {
+    throw Error(ErrorCode::kInvalidArgument, "--mode ll takes one --sms value");
+  }
+  if (o->warmup < 0) throw Error(ErrorCode::kInvalidArgument, "--warmup must be at least 0");
+  if (!o->plot_path.empty()) throw Error(ErrorCode::kInvalidArgument, "--plot is for --mode ht");
+  if (!o->check) {  // every timed replay is compared with the checked round's output
+    throw Error(ErrorCode::kInvalidArgument, "--no-check is for --mode ht; --mode ll checks");
+  }
+  o->tokens = 1;  // the high-throughput size: unused, kept valid
+}
+
 }  // namespace
 
 bool parse_options(int argc, char** argv, BenchOptions* o) {
   o->backend = testing::cuda_device_count() > 0 ? Backend::kCuda : Backend::kHost;
+  std::string tokens;
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string flag = argv[i];
@@ -74,8 +107,22 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
         o->mpi = v == "mpi";
       } else if (flag == "--ranks") {
         o->ranks = to_int(flag, value());
+      } else if (flag == "--mode") {
+        const std::string v = value();
+        if (v != "ht" && v != "ll") throw Error(ErrorCode::kInvalidArgument, "--mode = " + v);
+        o->mode = v == "ht" ? BenchMode::kHighThroughput : BenchMode::kLowLatency;
       } else if (flag == "--tokens") {
-        o->tokens = to_int(flag, value());
+        tokens = value();  // an integer or, with --mode ll, a list: parsed once the mode is known
+      } else if (flag == "--ll-dtypes") {
+        o->ll_dtypes.clear();
+        for (const auto& d : split(value())) {
+          if (d != "bf16" && d != "fp8") {
+            throw Error(ErrorCode::kInvalidArgument, "--ll-dtypes: unknown '" + d + "'");
+          }
+          o->ll_dtypes.push_back(d == "bf16" ? DType::kBF16 : DType::kFP8E4M3);
+        }
+      } else if (flag == "--replays") {
+        o->replays = to_int(flag, value());
       } else if (flag == "--hidden") {
         o->hidden = to_int(flag, value());
       } else if (flag == "--topk") {
@@ -120,6 +167,11 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
     if (o->mpi && o->backend != Backend::kCuda) {
       throw Error(ErrorCode::kInvalidArgument,
                   "--launcher mpi needs --backend cuda: the host reference runs ranks as threads");
+    }
+    if (o->mode == BenchMode::kLowLatency) {
+      finish_low_latency_options(tokens, o);
+    } else if (!tokens.empty()) {
+      o->tokens = to_int("--tokens", tokens);
     }
     if (o->tokens == 0) o->tokens = o->backend == Backend::kCuda ? 4096 : 512;
     if (o->iters < 1) throw Error(ErrorCode::kInvalidArgument, "--iters must be at least 1");

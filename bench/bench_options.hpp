@@ -9,7 +9,12 @@
 
 namespace epcomm::bench {
 
+// ht: the high-throughput dispatch/combine (DESIGN section 9); ll: the low-latency mode
+// (section 10), timed by ll_bench.cpp.
+enum class BenchMode { kHighThroughput, kLowLatency };
+
 struct BenchOptions {
+  BenchMode mode = BenchMode::kHighThroughput;
   Backend backend = Backend::kHost;
   int ranks = 8;
   int tokens = 0;  // 0: 4096 on GPUs, 512 on the host backend
@@ -28,6 +33,11 @@ struct BenchOptions {
   std::string json_path;
   std::string plot_path;
   bool mpi = false;  // --launcher mpi: this process is one rank of an mpirun job
+  // --mode ll: --tokens is a list (1,32,128,256 on GPUs; 1,8 on the host backend), both dtypes
+  // by default, and each figure comes from `replays` timed replays (200 on GPUs, 20 on host).
+  std::vector<int> ll_tokens;
+  std::vector<DType> ll_dtypes{DType::kBF16, DType::kFP8E4M3};
+  int replays = 0;
 
   // Set by main for --launcher mpi: the job's bootstrap, this process's GPU, and whether it
   // prints (rank 0 only).

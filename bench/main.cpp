@@ -12,6 +12,7 @@
 #include "bench_options.hpp"
 #include "bench_run.hpp"
 #include "device_support.hpp"
+#include "ll_bench.hpp"
 #include "report.hpp"
 
 using namespace epcomm;
@@ -71,7 +72,7 @@ int main(int argc, char** argv) {
   bench::BenchOptions o;
   if (!bench::parse_options(argc, argv, &o)) return 2;
   if (o.mpi && !join_mpi_job(&argc, &argv, &o)) return 2;
-  const int rc = run(o);
+  const int rc = o.mode == bench::BenchMode::kLowLatency ? bench::run_ll_bench(o) : run(o);
   leave_mpi_job(&o);
   return rc;
 }

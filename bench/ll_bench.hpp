@@ -1,0 +1,45 @@
+// epcomm-bench --mode ll: low-latency dispatch and combine latency per tokens per rank and
+// dtype, checked against the host reference before it is timed.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "bench_options.hpp"
+
+namespace epcomm::bench {
+
+// Per replay the slowest rank's time, then the median and the 99th percentile over replays.
+struct LatencyStat {
+  bool measured = false;
+  double median_us = 0, p99_us = 0;
+};
+
+// One (T, dtype) row.
+struct LlCase {
+  int tokens = 0;  // T (the harness workload gives the last rank T / 2)
+  bool use_fp8 = false;
+  std::string problem;  // a mismatch or an error: nothing of this row is reported
+  LatencyStat dispatch, combine, dispatch_combine;                       // eager calls
+  LatencyStat graph_dispatch, graph_combine, graph_dispatch_combine;     // inside one CUDA graph
+  LatencyStat dispatch_send, dispatch_recv, combine_send, combine_recv;  // send_only + receive
+  double num_messages = 0;                               // (token, expert) messages, all ranks
+  double dispatch_min_bytes = 0, combine_min_bytes = 0;  // all ranks; see set_min_bytes()
+};
+
+struct LlReport {
+  BenchOptions options;
+  std::string device;
+  double copy_gbps = 0;  // 0 on the host backend
+  int max_tokens = 0;    // M
+  std::vector<LlCase> cases;
+};
+
+// The whole --mode ll run (every rank of an mpirun job calls it); returns the exit status.
+int run_ll_bench(const BenchOptions& options);
+
+// ll_report.cpp
+void print_ll_tables(const LlReport& report);
+void write_ll_json(const LlReport& report, const std::string& path);
+
+}  // namespace epcomm::bench

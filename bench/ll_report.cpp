@@ -1,0 +1,149 @@
+// Tables and JSON of epcomm-bench --mode ll.
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "epcomm/error.hpp"
+#include "ll_bench.hpp"
+
+namespace epcomm::bench {
+namespace {
+
+const char* dtype_name(bool use_fp8) { return use_fp8 ? "fp8" : "bf16"; }
+
+std::string med_p99(const LatencyStat& s) {
+  if (!s.measured) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f/%.1f", s.median_us, s.p99_us);
+  return buf;
+}
+
+std::string median_only(const LatencyStat& s) {
+  if (!s.measured) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f", s.median_us);
+  return buf;
+}
+
+// The roofline uses the graph time (what a decode step replays), the eager one without graphs.
+double roofline(const LlReport& rep, double min_bytes, const LatencyStat& graph,
+                const LatencyStat& eager) {
+  const LatencyStat& t = graph.measured ? graph : eager;
+  if (rep.copy_gbps <= 0 || !t.measured || t.median_us <= 0) return 0;
+  return min_bytes / (t.median_us * 1e-6) / 1e9 / rep.copy_gbps;
+}
+
+std::string fraction(double f) {
+  if (f <= 0) return "-";
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%.2f", f);
+  return buf;
+}
+
+void print_row(const LlReport& rep, const LlCase& c) {
+  if (!c.problem.empty()) {
+    std::printf("%5d  %s\n", c.tokens, c.problem.c_str());
+    return;
+  }
+  std::printf("%5d %8.0f %14s %14s %14s %14s %14s %14s %7s %7s %7s %7s %6s %6s\n", c.tokens,
+              c.num_messages / rep.options.ranks, med_p99(c.dispatch).c_str(),
+              med_p99(c.combine).c_str(), med_p99(c.dispatch_combine).c_str(),
+              med_p99(c.graph_dispatch).c_str(), med_p99(c.graph_combine).c_str(),
+              med_p99(c.graph_dispatch_combine).c_str(), median_only(c.dispatch_send).c_str(),
+              median_only(c.dispatch_recv).c_str(), median_only(c.combine_send).c_str(),
+              median_only(c.combine_recv).c_str(),
+              fraction(roofline(rep, c.dispatch_min_bytes, c.graph_dispatch, c.dispatch)).c_str(),
+              fraction(roofline(rep, c.combine_min_bytes, c.graph_combine, c.combine)).c_str());
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    if (static_cast<unsigned char>(ch) < 0x20) {
+      out += ' ';
+      continue;
+    }
+    out += ch;
+  }
+  return out + "\"";
+}
+
+std::string json_stat(const char* name, const LatencyStat& s) {
+  if (!s.measured) return std::string("\"") + name + "\": null";
+  return std::string("\"") + name + "\": {\"median_us\": " + std::to_string(s.median_us) +
+         ", \"p99_us\": " + std::to_string(s.p99_us) + "}";
+}
+
+void write_case(std::ofstream& f, const LlReport& rep, const LlCase& c) {
+  f << "    {\"tokens\": " << c.tokens << ", \"dtype\": \"" << dtype_name(c.use_fp8)
+    << "\", \"problem\": " << (c.problem.empty() ? "null" : json_string(c.problem));
+  if (c.problem.empty()) {
+    f << ", \"messages\": " << c.num_messages << ",\n     \"eager\": {"
+      << json_stat("dispatch", c.dispatch) << ", " << json_stat("combine", c.combine) << ", "
+      << json_stat("dispatch_combine", c.dispatch_combine) << "},\n     \"graph\": {"
+      << json_stat("dispatch", c.graph_dispatch) << ", " << json_stat("combine", c.graph_combine)
+      << ", " << json_stat("dispatch_combine", c.graph_dispatch_combine) << "},\n     \"hook\": {"
+      << json_stat("dispatch_send", c.dispatch_send) << ", "
+      << json_stat("dispatch_recv", c.dispatch_recv) << ", "
+      << json_stat("combine_send", c.combine_send) << ", "
+      << json_stat("combine_recv", c.combine_recv)
+      << "},\n     \"dispatch_min_bytes\": " << c.dispatch_min_bytes
+      << ", \"combine_min_bytes\": " << c.combine_min_bytes << ", \"roofline\": {\"dispatch\": "
+      << roofline(rep, c.dispatch_min_bytes, c.graph_dispatch, c.dispatch)
+      << ", \"combine\": " << roofline(rep, c.combine_min_bytes, c.graph_combine, c.combine) << "}";
+  }
+  f << "}";
+}
+
+}  // namespace
+
+void print_ll_tables(const LlReport& rep) {
+  const BenchOptions& o = rep.options;
+  std::printf("\nepcomm-bench --mode ll  backend=%s  device: %s\n", to_string(o.backend),
+              rep.device.c_str());
+  std::printf("ranks=%d M=%d hidden=%d topk=%d experts=%d sms=%d warmup=%d replays=%d\n", o.ranks,
+              rep.max_tokens, o.hidden, o.topk, o.experts, o.sms.front(), o.warmup, o.replays);
+  if (rep.copy_gbps > 0) {
+    std::printf("device copy bandwidth (read+write): %.0f GB/s\n", rep.copy_gbps);
+  }
+  for (DType dtype : o.ll_dtypes) {
+    const bool fp8 = dtype == DType::kFP8E4M3;
+    std::printf("\n%s, times in us (median/p99)\n", dtype_name(fp8));
+    std::printf("%5s %8s %14s %14s %14s %14s %14s %14s %7s %7s %7s %7s %6s %6s\n", "T", "msg/rank",
+                "dispatch", "combine", "d+c", "graph:disp", "graph:comb", "graph:d+c", "d.send",
+                "d.recv", "c.send", "c.recv", "roof.d", "roof.c");
+    for (const LlCase& c : rep.cases) {
+      if (c.use_fp8 == fp8) print_row(rep, c);
+    }
+  }
+  std::printf(
+      "\ntimes: per replay the slowest rank's, then median/p99 over the replays. On GPUs a start\n"
+      "gate releases all ranks' streams at once, so host skew and launch latency stay out.\n"
+      "dispatch/combine/d+c: eager calls; graph:*: between event nodes inside one captured graph\n"
+      "[dispatch; combine]; d.send..c.recv: send_only calls, each followed at once by\n"
+      "low_latency_receive (medians). msg/rank: (token, expert) messages received per rank.\n"
+      "roof.d/c: least bytes moved (dispatch: per message x row read, message row written to\n"
+      "staging, read, written to recv_x; combine: per message y row read, written to staging,\n"
+      "read, plus outputs written) / graph median / device copy bandwidth.\n"
+      "Workload: the LL harness (uniform top-k; the last rank sends T/2 tokens).\n");
+}
+
+void write_ll_json(const LlReport& rep, const std::string& path) {
+  std::ofstream f(path);
+  const BenchOptions& o = rep.options;
+  f << "{\n  \"mode\": \"ll\", \"backend\": \"" << to_string(o.backend)
+    << "\", \"device\": " << json_string(rep.device) << ",\n  \"ranks\": " << o.ranks
+    << ", \"max_tokens\": " << rep.max_tokens << ", \"hidden\": " << o.hidden
+    << ", \"topk\": " << o.topk << ", \"experts\": " << o.experts << ", \"sms\": " << o.sms.front()
+    << ", \"warmup\": " << o.warmup << ", \"replays\": " << o.replays
+    << ",\n  \"copy_gbps\": " << rep.copy_gbps << ",\n  \"results\": [\n";
+  for (size_t i = 0; i < rep.cases.size(); ++i) {
+    write_case(f, rep, rep.cases[i]);
+    f << (i + 1 < rep.cases.size() ? ",\n" : "\n");
+  }
+  f << "  ]\n}\n";
+  if (!f) throw Error(ErrorCode::kInvalidArgument, "cannot write --json " + path);
+}
+
+}  // namespace epcomm::bench
