@@ -150,8 +150,10 @@ void LowLatencyEngine::combine_send(const detail::LowLatencyCombineArgs& args, i
 }
 
 void LowLatencyEngine::combine_receive(int buffer, cudaStream_t stream) {
-  kernels::launch_ll_combine_recv(
-      params(buffer, true), clamp_blocks(calls_[buffer].in.num_tokens, config_.combine_sms), stream);
+  // Blocks of 512 threads, one 16-byte output vector each, as many as the tokens need.
+  const long long vectors = static_cast<long long>(calls_[buffer].in.num_tokens) * config_.hidden / 8;
+  const int blocks = static_cast<int>(std::min<long long>((vectors + 511) / 512, config_.combine_sms));
+  kernels::launch_ll_combine_recv(params(buffer, true), std::max(blocks, 1), stream);
   EPCOMM_LAUNCH_CHECK("ll_combine_recv_kernel");
 }
 

@@ -16,18 +16,19 @@ using cuda::LowLatencyParams;
 
 __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
-  const int R = p.num_ranks, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int R = p.num_ranks;
   const uint32_t tag = p.counters->round[p.buffer] + 1;
-  const size_t row_bytes = 2 * static_cast<size_t>(p.hidden);
+  const int H = p.hidden;
   for (int le = blockIdx.x; le < p.experts_per_rank; le += gridDim.x) {
-    const int rows = p.recv.recv_count[le];
     const size_t first_row = le * p.layout.rows_per_expert();
-    for (int j = warp; j < rows; j += kLlWarps) {
-      const int32_t* src = p.recv.recv_src + (first_row + j) * 3;
-      char* dst = p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]);
-      warp_copy_input(dst, reinterpret_cast<const char*>(p.y) + (first_row + j) * row_bytes,
-                      row_bytes, lane);
-    }
+    block_copy_rows<true>(
+        p.recv.recv_count[le], H / 8,
+        [&](int j) { return reinterpret_cast<const uint4*>(p.y + (first_row + j) * H); },
+        [&](int j) {
+          const int32_t* src = p.recv.recv_src + (first_row + j) * 3;  // rank, token, slot
+          return reinterpret_cast<uint4*>(
+              p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]));
+        });
   }
   // NOTE: the barrier comes before the release: the signal must not overtake rows other warps
   // of this block are still writing. As in the dispatch send, the last block to finish posts
@@ -80,44 +81,53 @@ __device__ void wait_for_rows(const LowLatencyParams& p, int* s_expected) {
   __syncthreads();
 }
 
+// out[t][8c .. 8c+8) = bf16 of fmaf(w[t][k], y[t][k], acc) over k ascending from 0, where
+// y[t][k] is the row returned under the first slot naming slot k's expert. The loads of up to
+// kSlotsInFlight slots are issued before their sums, which then run in slot order.
+__device__ __forceinline__ void reduce_vector(const LowLatencyParams& p, char* local, int t,
+                                              int c) {
+  constexpr int kSlotsInFlight = 8;
+  const int K = p.num_topk;
+  const size_t row = static_cast<size_t>(t) * K;
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int k0 = 0; k0 < K; k0 += kSlotsInFlight) {
+    uint4 v[kSlotsInFlight];
+    bool used[kSlotsInFlight];
+#pragma unroll
+    for (int u = 0; u < kSlotsInFlight; ++u) {
+      const int k = k0 + u;
+      used[u] = false;
+      if (k >= K) continue;
+      const int64_t e = load_topk(p.topk_idx, p.idx_int64, row + k);
+      if (e < 0 || e >= p.num_experts) continue;
+      int first = 0;
+      while (load_topk(p.topk_idx, p.idx_int64, row + first) != e) ++first;
+      used[u] = true;
+      v[u] = ld_na(reinterpret_cast<const uint4*>(p.layout.combine_row(local, p.buffer, t, first)) + c);
+    }
+#pragma unroll
+    for (int u = 0; u < kSlotsInFlight; ++u) {
+      if (!used[u]) continue;
+      const float weight = __ldg(p.topk_weights + row + k0 + u);
+      float f[8];
+      bf16x8_to_float(v[u], f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] = __fmaf_rn(weight, f[i], acc[i]);
+    }
+  }
+  reinterpret_cast<uint4*>(p.out + static_cast<size_t>(t) * p.hidden)[c] = to_bf16x8(acc);
+}
+
 __global__ void __launch_bounds__(kLlThreads) ll_combine_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   extern __shared__ int s_expected[];  // [R]
-  __shared__ int s_row_slot[32];       // per top-k slot: the slot holding its row, or -1
-  __shared__ float s_weight[32];
   wait_for_rows(p, s_expected);
-  const int K = p.num_topk, H = p.hidden;
+  // After a failed wait the rows are incomplete: the error is reported at synchronize.
   char* local = p.peers[p.rank];
-  // After a failed wait the rows are incomplete: the error is reported at synchronize, and the
-  // loop still runs (every thread of the block must reach its barriers).
-  for (int t = blockIdx.x; t < p.num_tokens; t += gridDim.x) {
-    if (threadIdx.x < K) {
-      const int k = threadIdx.x;
-      const size_t row = static_cast<size_t>(t) * K;
-      const int64_t e = load_topk(p.topk_idx, p.idx_int64, row + k);
-      int first = -1;
-      if (e >= 0 && e < p.num_experts) {
-        for (first = 0; load_topk(p.topk_idx, p.idx_int64, row + first) != e; ++first) {
-        }
-      }
-      s_row_slot[k] = first;
-      s_weight[k] = p.topk_weights[row + k];
-    }
-    __syncthreads();
-    for (int c = threadIdx.x; c < H / 8; c += blockDim.x) {
-      float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      for (int k = 0; k < K; ++k) {
-        if (s_row_slot[k] < 0) continue;
-        const auto* y = reinterpret_cast<const uint4*>(
-            p.layout.combine_row(local, p.buffer, t, s_row_slot[k]));
-        float f[8];
-        bf16x8_to_float(ld_na(y + c), f);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[i] = __fmaf_rn(s_weight[k], f[i], acc[i]);
-      }
-      reinterpret_cast<uint4*>(p.out + static_cast<size_t>(t) * H)[c] = to_bf16x8(acc);
-    }
-    __syncthreads();  // s_row_slot is reused for the next token
+  const int vectors = p.hidden / 8;  // 16-byte vectors of bf16 per output row
+  const int total = p.num_tokens * vectors;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    reduce_vector(p, local, i / vectors, i % vectors);
   }
   // Signals are reset once every block has read them; a peer posts this buffer's signal again
   // only after this rank's next dispatch on it, which comes after this kernel.

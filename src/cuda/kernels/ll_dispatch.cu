@@ -15,31 +15,35 @@ namespace {
 
 using cuda::LowLatencyParams;
 
-// A message this block sends: token t's row to expert e, slot `slot` of (e, this rank).
+// A message this block sends: token t's row under top-k slot k, to `dst` in the expert's rank.
 struct Message {
-  int token, k, expert, slot;
+  char* dst;
+  int token, k;
 };
 constexpr int kMaxBatchMessages = 512;
 // Set in a posted count when the sender cast its rows to fp8: receivers read rows as they were
 // written or report the mismatch.
 constexpr uint32_t kFp8CountFlag = 1u << 31;
 
-__device__ void send_message(const LowLatencyParams& p, char* const* peers, const Message& m,
-                             int lane) {
-  const int d = m.expert / p.experts_per_rank, le = m.expert % p.experts_per_rank;
-  char* msg = p.layout.message(peers[d], p.buffer, le, p.rank, m.slot);
-  if (lane == 0) {
-    st_na(reinterpret_cast<uint4*>(msg),
-          make_uint4(static_cast<uint32_t>(m.token), static_cast<uint32_t>(m.k), 0, 0));
+// The whole block writes the batch's messages: headers, then rows (copied or cast to fp8).
+__device__ void send_batch(const LowLatencyParams& p, const Message* batch, int n) {
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    st_na(reinterpret_cast<uint4*>(batch[j].dst),
+          make_uint4(static_cast<uint32_t>(batch[j].token), static_cast<uint32_t>(batch[j].k), 0, 0));
   }
-  const uint16_t* x = p.x + static_cast<size_t>(m.token) * p.hidden;
+  const uint16_t* x = p.x;
+  const int H = p.hidden;
   if (p.use_fp8) {
-    cast_row_to_fp8(reinterpret_cast<uint8_t*>(msg + 16),
-                    reinterpret_cast<float*>(msg + p.layout.message_scales_offset()), x, p.hidden,
-                    lane);
+    const size_t scales_offset = p.layout.message_scales_offset();
+    block_cast_rows_to_fp8(
+        n, H, [&](int j) { return x + static_cast<size_t>(batch[j].token) * H; },
+        [&](int j) { return reinterpret_cast<uint8_t*>(batch[j].dst + 16); },
+        [&](int j) { return reinterpret_cast<float*>(batch[j].dst + scales_offset); });
   } else {
-    warp_copy_input(msg + 16, reinterpret_cast<const char*>(x), 2 * static_cast<size_t>(p.hidden),
-                    lane);
+    block_copy_rows<true>(
+        n, H / 8,
+        [&](int j) { return reinterpret_cast<const uint4*>(x + static_cast<size_t>(batch[j].token) * H); },
+        [&](int j) { return reinterpret_cast<uint4*>(batch[j].dst + 16); });
   }
 }
 
@@ -64,9 +68,10 @@ __device__ void count_messages(const LowLatencyParams& p, int t_begin, int* s_ne
   }
 }
 
-// Warp 0 lists the messages of tokens [t_first, t_last) in token order with their slots.
-__device__ int plan_batch(const LowLatencyParams& p, int t_first, int t_last, int* s_next,
-                          Message* s_batch, int lane) {
+// Warp 0 lists the messages of tokens [t_first, t_last) in token order; a message's slot is
+// the token's position among this rank's tokens routed to the expert.
+__device__ int plan_batch(const LowLatencyParams& p, char* const* peers, int t_first, int t_last,
+                          int* s_next, Message* s_batch, int lane) {
   int n = 0;
   for (int t = t_first; t < t_last; ++t) {
     const int e = lane < p.num_topk
@@ -74,7 +79,9 @@ __device__ int plan_batch(const LowLatencyParams& p, int t_first, int t_last, in
                       : -1;
     const uint32_t mask = __ballot_sync(0xffffffffu, e >= 0);
     if (e >= 0) {  // the experts of one token are distinct: no two lanes share s_next[e]
-      s_batch[n + __popc(mask & lanemask_lt())] = Message{t, lane, e, s_next[e]++};
+      const int d = e / p.experts_per_rank, le = e % p.experts_per_rank;
+      char* dst = p.layout.message(peers[d], p.buffer, le, p.rank, s_next[e]++);
+      s_batch[n + __popc(mask & lanemask_lt())] = Message{dst, t, lane};
     }
     n += __popc(mask);
   }
@@ -104,11 +111,12 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatency
   const int batch_tokens = kMaxBatchMessages / p.num_topk;
   for (int t0 = t_begin; t0 < t_end; t0 += batch_tokens) {
     if (warp == 0) {
-      const int n = plan_batch(p, t0, min(t0 + batch_tokens, t_end), s_next, s_batch, lane);
+      const int n =
+          plan_batch(p, s_peers, t0, min(t0 + batch_tokens, t_end), s_next, s_batch, lane);
       if (lane == 0) s_batch_size = n;
     }
     __syncthreads();
-    for (int j = warp; j < s_batch_size; j += kLlWarps) send_message(p, s_peers, s_batch[j], lane);
+    send_batch(p, s_batch, s_batch_size);
     __syncthreads();  // the batch area is reused; all messages written before the counts below
   }
 
@@ -162,23 +170,46 @@ __device__ void wait_for_counts(const LowLatencyParams& p, int le, uint32_t tag,
   __syncthreads();
 }
 
-// One warp copies message (le, s, i) into packed row j of local expert le.
-__device__ void unpack_message(const LowLatencyParams& p, int le, int s, int i, int j, int lane) {
-  const char* msg = p.layout.message(p.peers[p.rank], p.buffer, le, s, i);
-  const size_t out_row = le * p.layout.rows_per_expert() + j;
-  if (lane == 0) {
-    const uint4 header = ld_na(reinterpret_cast<const uint4*>(msg));  // a peer wrote it
-    int32_t* src = p.recv.recv_src + out_row * 3;
-    src[0] = s;
+// The source of packed row j: the last s with s_first[s] <= j.
+__device__ __forceinline__ int source_of_row(const int* s_first, int num_ranks, int j) {
+  int s = 0, hi = num_ranks - 1;
+  while (s < hi) {
+    const int mid = (s + hi + 1) / 2;
+    if (s_first[mid] <= j) s = mid; else hi = mid - 1;
+  }
+  return s;
+}
+
+// The whole block copies the messages of local expert le into its packed rows: recv_src, the
+// row (bf16 or fp8), and the fp8 scales.
+__device__ void unpack_expert(const LowLatencyParams& p, int le, const int* s_first) {
+  const int R = p.num_ranks, rows = s_first[R];
+  char* local = p.peers[p.rank];
+  const size_t first_row = le * p.layout.rows_per_expert();
+  auto message_of = [&](int j) {
+    const int s = source_of_row(s_first, R, j);
+    return p.layout.message(local, p.buffer, le, s, j - s_first[s]);
+  };
+  for (int j = threadIdx.x; j < rows; j += blockDim.x) {
+    const uint4 header = ld_na(reinterpret_cast<const uint4*>(message_of(j)));  // a peer wrote it
+    int32_t* src = p.recv.recv_src + (first_row + j) * 3;
+    src[0] = source_of_row(s_first, R, j);
     src[1] = static_cast<int32_t>(header.x);
     src[2] = static_cast<int32_t>(header.y);
   }
   const size_t row_bytes = static_cast<size_t>(p.hidden) * (p.use_fp8 ? 1 : 2);
-  warp_copy(p.recv.recv_x + out_row * row_bytes, msg + 16, row_bytes, lane);
+  block_copy_rows<false>(
+      rows, static_cast<int>(row_bytes / 16),
+      [&](int j) { return reinterpret_cast<const uint4*>(message_of(j) + 16); },
+      [&](int j) { return reinterpret_cast<uint4*>(p.recv.recv_x + (first_row + j) * row_bytes); });
   if (p.use_fp8) {
-    const auto* scales = reinterpret_cast<const float*>(msg + p.layout.message_scales_offset());
-    float* out = p.recv.recv_scales + out_row * (p.hidden / 128);
-    for (int g = lane; g < p.hidden / 128; g += 32) out[g] = scales[g];
+    const int groups = p.hidden / 128;
+    const size_t scales_offset = p.layout.message_scales_offset();
+    for (int i = threadIdx.x; i < rows * groups; i += blockDim.x) {
+      const int j = i / groups, g = i % groups;
+      p.recv.recv_scales[(first_row + j) * groups + g] =
+          reinterpret_cast<const float*>(message_of(j) + scales_offset)[g];
+    }
   }
 }
 
@@ -186,7 +217,7 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_recv_kernel(LowLatency
   if (rank_failed(p.wait.state)) return;
   extern __shared__ int s_first[];  // [R + 1]
   const uint32_t tag = p.counters->round[p.buffer] + 1;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, R = p.num_ranks;
+  const int R = p.num_ranks;
   for (int le = blockIdx.x; le < p.experts_per_rank; le += gridDim.x) {
     wait_for_counts(p, le, tag, s_first);
     for (int s = threadIdx.x; s < R; s += blockDim.x) {
@@ -194,14 +225,7 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_recv_kernel(LowLatency
       p.recv.layout_range[(le * R + s) * 2 + 1] = s_first[s + 1] - s_first[s];
     }
     if (threadIdx.x == 0) p.recv.recv_count[le] = s_first[R];
-    for (int j = warp; j < s_first[R]; j += kLlWarps) {
-      int s = 0, hi = R - 1;  // the source of row j: the last s with s_first[s] <= j
-      while (s < hi) {
-        const int mid = (s + hi + 1) / 2;
-        if (s_first[mid] <= j) s = mid; else hi = mid - 1;
-      }
-      unpack_message(p, le, s, j - s_first[s], j, lane);
-    }
+    unpack_expert(p, le, s_first);
     __syncthreads();  // s_first is reused for the next expert
   }
   // Counts are reset once every block has read them; a source writes this buffer's counts

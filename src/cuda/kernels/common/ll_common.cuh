@@ -42,37 +42,85 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& v, float (&f)[8]) {
   }
 }
 
-// One warp casts a row of H bf16 (H % 128 == 0) to fp8 e4m3 with one fp32 scale per 128
-// elements, exactly as the host reference does: a = max(amax, 1e-4f), q = e4m3(x * (448 / a))
-// rounded to nearest even and saturated, scale = a / 448 (IEEE division and multiplication).
-// Each half-warp handles one 128-element block: 16 lanes x 8 elements.
-__device__ __forceinline__ void cast_row_to_fp8(uint8_t* q, float* scales, const uint16_t* x,
-                                                int hidden, int lane) {
-  const int half = lane / 16, sub = lane % 16;
-  const int blocks = hidden / 128;
-  for (int b0 = 0; b0 < blocks; b0 += 2) {  // warp-uniform: the shuffles need every lane
-    const int b = b0 + half;
-    const bool active = b < blocks;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (active) v = ld_nc_na(reinterpret_cast<const uint4*>(x + b * 128) + sub);
-    float f[8];
-    bf16x8_to_float(v, f);
-    float amax = 0.f;
+// The whole block copies `num_rows` rows of `row_vectors` 16-byte vectors, row j from
+// src_of(j) to dst_of(j). The vectors of all rows are spread over every thread with kUnroll
+// loads in flight each, so that a handful of rows (decode batches) still keeps the whole block's
+// loads in flight at once instead of one warp walking a row. kLocalInput: the rows are this
+// rank's own input, which nobody writes during the kernel (non-coherent loads).
+template <bool kLocalInput, typename SrcOf, typename DstOf>
+__device__ __forceinline__ void block_copy_rows(int num_rows, int row_vectors, SrcOf src_of,
+                                                DstOf dst_of) {
+  constexpr int kUnroll = 4;
+  const int total = num_rows * row_vectors;
+  for (int base = threadIdx.x; base < total; base += blockDim.x * kUnroll) {
+    uint4 v[kUnroll];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(f[i]));
-#pragma unroll
-    for (int m = 8; m >= 1; m /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
-    const float a = fmaxf(amax, 1e-4f);
-    const float inv = __fdiv_rn(448.0f, a);
-    uint32_t packed[2] = {0, 0};
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t byte = __nv_cvt_float_to_fp8(__fmul_rn(f[i], inv), __NV_SATFINITE, __NV_E4M3);
-      packed[i / 4] |= byte << (8 * (i % 4));
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * blockDim.x;
+      if (i >= total) continue;
+      const uint4* src = src_of(i / row_vectors) + i % row_vectors;
+      v[u] = kLocalInput ? ld_nc_na(src) : ld_na(src);
     }
-    if (active) {
-      *reinterpret_cast<uint2*>(q + b * 128 + sub * 8) = make_uint2(packed[0], packed[1]);
-      if (sub == 0) scales[b] = __fdiv_rn(a, 448.0f);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * blockDim.x;
+      if (i < total) st_na(dst_of(i / row_vectors) + i % row_vectors, v[u]);
+    }
+  }
+}
+
+// Casts 8 bf16 (one lane's share of a 128-element group spread over a half-warp) to fp8 e4m3
+// exactly as the host reference does: a = max(amax, 1e-4f), q = e4m3(x * (448 / a)) rounded to
+// nearest even and saturated, scale = a / 448 (IEEE division and multiplication). Every lane of
+// the warp must call it (the amax is reduced with shuffles inside each half-warp).
+__device__ __forceinline__ uint2 cast_group_to_fp8(const uint4& v, float* scale) {
+  float f[8];
+  bf16x8_to_float(v, f);
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(f[i]));
+#pragma unroll
+  for (int m = 8; m >= 1; m /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
+  const float a = fmaxf(amax, 1e-4f);
+  const float inv = __fdiv_rn(448.0f, a);
+  uint32_t packed[2] = {0, 0};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t byte = __nv_cvt_float_to_fp8(__fmul_rn(f[i], inv), __NV_SATFINITE, __NV_E4M3);
+    packed[i / 4] |= byte << (8 * (i % 4));
+  }
+  *scale = __fdiv_rn(a, 448.0f);
+  return make_uint2(packed[0], packed[1]);
+}
+
+// The whole block casts `num_rows` rows of `hidden` bf16 (a multiple of 128) to fp8 with one
+// scale per 128 elements: row j from src_of(j) (local input) into dst_of(j) and scales_of(j).
+// A half-warp takes one group of 128 at a time, kUnroll groups in flight.
+template <typename SrcOf, typename DstOf, typename ScalesOf>
+__device__ __forceinline__ void block_cast_rows_to_fp8(int num_rows, int hidden, SrcOf src_of,
+                                                       DstOf dst_of, ScalesOf scales_of) {
+  constexpr int kUnroll = 2;
+  const int groups = hidden / 128, total = num_rows * groups;
+  const int half_warps = blockDim.x / 16, hw = threadIdx.x / 16, sub = threadIdx.x % 16;
+  // NOTE: the bound is the same for every thread: the shuffles need all lanes of each warp.
+  for (int base = 0; base < total; base += half_warps * kUnroll) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int g = base + u * half_warps + hw;
+      v[u] = make_uint4(0, 0, 0, 0);
+      if (g < total) {
+        v[u] = ld_nc_na(reinterpret_cast<const uint4*>(src_of(g / groups) + (g % groups) * 128) + sub);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int g = base + u * half_warps + hw;
+      float scale;
+      const uint2 q = cast_group_to_fp8(v[u], &scale);
+      if (g >= total) continue;
+      *reinterpret_cast<uint2*>(dst_of(g / groups) + (g % groups) * 128 + sub * 8) = q;
+      if (sub == 0) scales_of(g / groups)[g % groups] = scale;
     }
   }
 }
