@@ -86,6 +86,8 @@ def test_stale_handle_and_device_checks(dist_env, buffer):
                 num_tokens_per_expert=per_expert, topk_idx=topk_idx)
     recv_x, _, _, _, first, _ = buffer.dispatch(x, **args)
     recv_x2, _, _, _, second, _ = buffer.dispatch(x, **args)
+    with pytest.raises(ValueError, match=r"x is on cpu; the handle's dispatch ran on cuda"):
+        buffer.dispatch(x.cpu(), handle=second)
     with pytest.raises(epcomm.EpcommError) as raised:
         buffer.combine(recv_x, first)
     assert raised.value.code == epcomm.ErrorCode.stale_handle

@@ -1,0 +1,29 @@
+"""epcomm: expert-parallel dispatch and combine for Mixture-of-Experts layers.
+
+`epcomm.Buffer` follows DeepEP's V1 high-throughput API, so a DeepEP caller switches with
+`import epcomm as deep_ep`; each method's docstring lists where epcomm's semantics differ.
+docs/python.md explains the design. The C++ library does the work, through the extension
+module _epcomm (arrays cross as addresses; the C++ side never sees PyTorch).
+"""
+from _epcomm import Error as EpcommError
+from _epcomm import ErrorCode
+
+from .buffer import Buffer
+from .config import Config
+from .event import EventOverlap
+from .groups import ThreadGroup, TorchGroupBootstrap, make_thread_groups
+from .handle import DispatchHandle
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Buffer",
+    "Config",
+    "DispatchHandle",
+    "EpcommError",
+    "ErrorCode",
+    "EventOverlap",
+    "ThreadGroup",
+    "TorchGroupBootstrap",
+    "make_thread_groups",
+]

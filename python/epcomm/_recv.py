@@ -1,0 +1,99 @@
+"""A dispatch's received rows as new tensors.
+
+Exact sizes: the C++ call returns views into the communicator's receive pool, valid until its
+next dispatch; they are copied (on the communication stream) into tensors of num_recv rows.
+Worst-case sizes: the tensors (num_worst_tokens rows, which is the pool's capacity) are passed
+to the C++ call as its outputs and written in place, with no host sync.
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+import _epcomm
+
+from . import _tensors
+from ._endpoint import Endpoint
+from ._streams import CallStreams
+
+_INDEX_TORCH_DTYPES = {_epcomm.IndexType.int64: torch.int64, _epcomm.IndexType.int32: torch.int32}
+
+
+@dataclass
+class ReceivedRows:
+    native_handle: "_epcomm.DispatchHandle"
+    num_recv: Optional[int]  # None when only the device knows it
+    x: torch.Tensor
+    scales: Optional[torch.Tensor]
+    topk_idx: Optional[torch.Tensor] = None  # None for a cached dispatch (num_topk = 0)
+    topk_weights: Optional[torch.Tensor] = None
+    per_expert: List[int] = field(default_factory=list)  # exact fresh dispatch only
+
+
+def _allocate(endpoint: Endpoint, streams: CallStreams, rows: int, x_dtype: torch.dtype,
+              num_topk: int, device: torch.device) -> ReceivedRows:
+    hidden = endpoint.kind.hidden
+    with streams.allocating():
+        x = torch.empty(rows, hidden, dtype=x_dtype, device=device)
+        scales = None
+        if endpoint.kind.dtype == _epcomm.DType.fp8_e4m3:
+            scales = torch.empty(rows, hidden // _epcomm.FP8_SCALE_BLOCK, dtype=torch.float32,
+                                 device=device)
+        received = ReceivedRows(None, None, x, scales)
+        if num_topk:
+            received.topk_idx = torch.empty(rows, num_topk, device=device,
+                                            dtype=_INDEX_TORCH_DTYPES[endpoint.kind.index_type])
+            received.topk_weights = torch.empty(rows, num_topk, dtype=torch.float32, device=device)
+    return received
+
+
+def receive_exact(endpoint: Endpoint, streams: CallStreams, args: dict, x_dtype: torch.dtype,
+                  num_topk: int, device: torch.device, native=None) -> ReceivedRows:
+    """Dispatches with exact sizes (a fresh dispatch when native is None, else a cached one
+    along `native`) and copies the received rows out of the pool. A fresh dispatch also reads
+    the per-expert counts, which makes the host wait for the whole dispatch."""
+    comm = endpoint.comm
+    if native is None:
+        result = comm.dispatch(**args, wait_num_recv=True)
+    else:
+        result = comm.dispatch_cached(native, args["x"], args["x_scales"], wait_num_recv=True)
+    received = _allocate(endpoint, streams, result.num_recv, x_dtype, num_topk, device)
+    received.native_handle = result.handle
+    received.num_recv = result.num_recv
+    stream = streams.address
+    _tensors.copy_from_address(received.x, result.recv_x, stream)
+    if received.scales is not None:
+        _tensors.copy_from_address(received.scales, result.recv_scales, stream)
+    if native is None:
+        _tensors.copy_from_address(received.topk_idx, result.recv_topk_idx, stream)
+        _tensors.copy_from_address(received.topk_weights, result.recv_topk_weights, stream)
+        counts = torch.empty(endpoint.experts_per_rank, dtype=torch.int32)
+        _epcomm.copy_bytes(counts.data_ptr(), result.num_recv_per_expert, _tensors.nbytes(counts),
+                           stream, device.type == "cuda")
+        comm.synchronize()  # the counts are final, and device-side errors surface here
+        received.per_expert = counts.tolist()
+    return received
+
+
+def receive_into_worst_case(endpoint: Endpoint, streams: CallStreams, args: dict, rows: int,
+                            x_dtype: torch.dtype, num_topk: int, device: torch.device,
+                            native=None) -> ReceivedRows:
+    """Dispatches with worst-case sizes into new tensors of `rows` rows; nothing waits on the
+    host. Rows past the received ones keep recv_topk_idx -1 and weight 0."""
+    received = _allocate(endpoint, streams, rows, x_dtype, num_topk, device)
+    outputs = _epcomm.DispatchOutputs()
+    outputs.recv_x = _tensors.address(received.x)
+    outputs.recv_scales = _tensors.address(received.scales)
+    if num_topk:
+        with streams.working():  # before the dispatch's own writes, on the same stream
+            received.topk_idx.fill_(-1)
+            received.topk_weights.zero_()
+        outputs.recv_topk_idx = _tensors.address(received.topk_idx)
+        outputs.recv_topk_weights = _tensors.address(received.topk_weights)
+    if native is None:
+        result = endpoint.comm.dispatch(**args, wait_num_recv=False, outputs=outputs)
+    else:
+        result = endpoint.comm.dispatch_cached(native, args["x"], args["x_scales"],
+                                               wait_num_recv=False, outputs=outputs)
+    received.native_handle = result.handle
+    return received

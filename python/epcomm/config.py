@@ -1,0 +1,62 @@
+"""Config: DeepEP's per-call tuning object, and how Buffer sizes its receive pool from bytes."""
+
+# Rows are padded to this many bytes in the receive pool's meta area (region_layout.hpp).
+_META_ALIGN = 16
+_FP8_SCALE_BLOCK = 128
+# What get_nvl_buffer_size_hint assumes when the caller cannot say (DeepEP's hint has no token
+# count, but epcomm's pool holds every received row).
+HINT_TOKENS_PER_RANK = 4096
+HINT_MAX_TOPK = 8
+
+
+def pool_row_bytes(hidden: int, max_topk: int, fp8: bool) -> int:
+    """About how many bytes of the receive pool one received row takes: the row itself (bf16
+    width, since combine reuses the slot) plus its meta row (source, top-k ids and weights,
+    fp8 scales)."""
+    scales = hidden // _FP8_SCALE_BLOCK if fp8 else 0
+    meta = 8 + 8 * max_topk + 4 * scales
+    meta = (meta + _META_ALIGN - 1) // _META_ALIGN * _META_ALIGN
+    return 2 * hidden + meta
+
+
+class Config:
+    """Tuning knobs of one dispatch or combine, shaped like DeepEP's Config.
+
+    epcomm reads num_sms only: the number of thread blocks (one per SM) a dispatch sends with or
+    a combine gathers with. It is fixed when Buffer creates a communicator (at the first dispatch
+    of a kind; see Buffer), so a later call whose config asks for another num_sms raises
+    ValueError. The chunk and buffer sizes configure DeepEP's ring buffers, which epcomm does
+    not have: they are kept, checked to be positive, and otherwise unused.
+    """
+
+    def __init__(self, num_sms: int = 20, nvl_chunk_size: int = 6, nvl_buffer_size: int = 256,
+                 rdma_chunk_size: int = 6, rdma_buffer_size: int = 128) -> None:
+        for name, value in (("num_sms", num_sms), ("nvl_chunk_size", nvl_chunk_size),
+                            ("nvl_buffer_size", nvl_buffer_size),
+                            ("rdma_chunk_size", rdma_chunk_size),
+                            ("rdma_buffer_size", rdma_buffer_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Config.{name} = {value!r}: must be a positive int")
+        self.num_sms = num_sms
+        self.nvl_chunk_size = nvl_chunk_size
+        self.nvl_buffer_size = nvl_buffer_size
+        self.rdma_chunk_size = rdma_chunk_size
+        self.rdma_buffer_size = rdma_buffer_size
+
+    def get_nvl_buffer_size_hint(self, hidden_bytes: int, num_ranks: int,
+                                 max_tokens_per_rank: int = HINT_TOKENS_PER_RANK) -> int:
+        """Bytes for a Buffer whose ranks each dispatch up to max_tokens_per_rank tokens of
+        hidden_bytes (a bf16 row: hidden * 2). DeepEP's hint sizes ring buffers and has no token
+        count; epcomm's pool holds every received row, so the extra argument (default 4096)
+        says how many tokens to plan for. Assumes fp8 scales and top-8, an upper bound."""
+        hidden = hidden_bytes // 2
+        return num_ranks * max_tokens_per_rank * pool_row_bytes(hidden, HINT_MAX_TOPK, True)
+
+    def get_rdma_buffer_size_hint(self, hidden_bytes: int, num_ranks: int) -> int:
+        """Always 0: epcomm works within one NVLink domain and has no RDMA buffer."""
+        return 0
+
+    def __repr__(self) -> str:
+        return (f"Config(num_sms={self.num_sms}, nvl_chunk_size={self.nvl_chunk_size}, "
+                f"nvl_buffer_size={self.nvl_buffer_size}, rdma_chunk_size={self.rdma_chunk_size}, "
+                f"rdma_buffer_size={self.rdma_buffer_size})")

@@ -1,0 +1,10 @@
+// The _epcomm extension: epcomm's C++ API for the epcomm Python package. Arrays cross as
+// addresses, shapes and dtypes; nothing here knows PyTorch.
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_epcomm, m) {
+  m.doc() = "epcomm C++ API (arrays by address); use the epcomm package instead";
+  epcomm::python::bind_types(m);
+  epcomm::python::bind_bootstrap(m);
+  epcomm::python::bind_communicator(m);
+}

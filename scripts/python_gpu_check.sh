@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The Python package on the GPU machine: installs it with pip as the README says (no network),
+# runs the GPU pytest suite on 2, 4 and 8 processes (one rank each, sharing the GPU), then the
+# DeepEP-style caller and the README example. Logs and summary.txt go to $OUT (default
+# /tmp/epcomm-python-check); exits non-zero when any step fails. Every step is bounded by
+# `timeout`; the whole check takes under 4 minutes.
+# Expects the caller to have started MPS and exported CUDA_MPS_PIPE_DIRECTORY and
+# CUDA_MPS_LOG_DIRECTORY (scripts/gpu_check.sh does); it starts nothing MPS-related itself.
+# BUILD: an existing build tree of this checkout to add the module to (only the module is
+# compiled); unset, pip builds its own Release tree under build/py-<python tag>.
+# PYTHON: the interpreter with PyTorch (default python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/epcomm-python-check}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+summary="$OUT/summary.txt"
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+failed=0
+check_started=$SECONDS
+# Seconds a step may take: its own cap, and never past 230 s into the whole check.
+limit() {
+  local left=$((230 - (SECONDS - check_started)))
+  [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"
+}
+
+note "python: $("$PYTHON" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1)"
+note "mps: ${CUDA_MPS_PIPE_DIRECTORY:-not set}"
+
+# pip install --target: a fresh directory, so no older install can answer the imports (and
+# PEP 668 does not apply to it).
+site="$OUT/site"
+rm -rf "$site"
+start=$SECONDS
+EPCOMM_BUILD_DIR="${BUILD:-}" timeout "$(limit 100)" "$PYTHON" -m pip install -v \
+  --no-build-isolation --no-deps --target "$site" . >"$OUT/install.log" 2>&1
+rc=$?
+note "pip install: rc=$rc ($((SECONDS - start)) s); $(grep -om1 'epcomm: Python module.*' "$OUT/install.log")"
+if [ $rc -ne 0 ]; then
+  tail -30 "$OUT/install.log"
+  exit 1
+fi
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+built=$("$PYTHON" -c 'import _epcomm; print(_epcomm.BUILT_WITH_CUDA)' 2>&1)
+note "module built with CUDA: $built"
+[ "$built" = "True" ] || exit 1
+
+pytest_args=(-q -p no:cacheprovider -rfE)
+for n in 2 4 8; do
+  start=$SECONDS
+  log="$OUT/pytest_np$n.log"
+  timeout "$(limit $((20 + 5 * n)))" "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$n" \
+    -m pytest "${pytest_args[@]}" tests/python/gpu/test_buffer_gpu.py >"$log" 2>&1
+  rc=$?
+  [ $rc -ne 0 ] && failed=1
+  note "pytest, $n processes: rc=$rc ($((SECONDS - start)) s): $(grep -cE '^[0-9]+ passed in' "$log") of $n ranks passed all ($(grep -oE '^[0-9]+ passed' "$log" | head -1))"
+  [ $rc -ne 0 ] && grep -E '^(FAILED|ERROR)' "$log" | sort -u | head -10 | tee -a "$summary"
+done
+
+start=$SECONDS
+log="$OUT/scripts.log"
+timeout "$(limit 70)" "$PYTHON" -m pytest "${pytest_args[@]}" -s tests/python/gpu/test_scripts.py >"$log" 2>&1
+rc=$?
+[ $rc -ne 0 ] && failed=1
+note "DeepEP-style caller and README example: rc=$rc ($((SECONDS - start)) s): $(grep -E '[0-9]+ (passed|failed)' "$log" | tail -1)"
+grep -E "dispatch \+ combine:" "$log" | head -1 | tee -a "$summary"
+[ $rc -ne 0 ] && grep -E '^(FAILED|ERROR)' "$log" | head -10 | tee -a "$summary"
+
+note "python check: $([ $failed -eq 0 ] && echo passed || echo FAILED) ($((SECONDS - check_started)) s)"
+exit $failed
