@@ -49,10 +49,12 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
       experts_per_rank_(config.experts_per_rank(num_ranks_)),
       wait_(wait) {
   check_residency(config_, sharing, device);
-  if (kernels::ll_send_shared_bytes(config_.num_experts, num_ranks_) > kDefaultSharedLimit) {
+  if (kernels::ll_send_shared_bytes(config_.num_experts, num_ranks_) > kDefaultSharedLimit ||
+      kernels::ll_recv_shared_bytes(experts_per_rank_, num_ranks_, 1) > kDefaultSharedLimit) {
     throw Error(ErrorCode::kUnsupported,
                 "low-latency mode: num_experts = " + std::to_string(config_.num_experts) +
-                    " needs more than 48 KB of shared memory per send block");
+                    " with " + std::to_string(num_ranks_) +
+                    " ranks needs more than 48 KB of shared memory per block");
   }
   const int M = config_.ll_max_tokens_per_rank;
   layout_ = LowLatencyLayout::make(num_ranks_, experts_per_rank_, M, config_.max_topk,
@@ -150,10 +152,8 @@ void LowLatencyEngine::combine_send(const detail::LowLatencyCombineArgs& args, i
 }
 
 void LowLatencyEngine::combine_receive(int buffer, cudaStream_t stream) {
-  // Blocks of 512 threads, one 16-byte output vector each, as many as the tokens need.
-  const long long vectors = static_cast<long long>(calls_[buffer].in.num_tokens) * config_.hidden / 8;
-  const int blocks = static_cast<int>(std::min<long long>((vectors + 511) / 512, config_.combine_sms));
-  kernels::launch_ll_combine_recv(params(buffer, true), std::max(blocks, 1), stream);
+  kernels::launch_ll_combine_recv(
+      params(buffer, true), clamp_blocks(calls_[buffer].in.num_tokens, config_.combine_sms), stream);
   EPCOMM_LAUNCH_CHECK("ll_combine_recv_kernel");
 }
 

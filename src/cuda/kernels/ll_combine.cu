@@ -14,22 +14,37 @@ namespace {
 
 using cuda::LowLatencyParams;
 
+// Block b takes local experts [Le*b/G, Le*(b+1)/G) and copies all their rows as one range.
 __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
-  const int R = p.num_ranks;
+  const int R = p.num_ranks, Le = p.experts_per_rank, H = p.hidden;
+  const int le_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);
+  const int le_end = static_cast<int>(static_cast<long long>(Le) * (blockIdx.x + 1) / gridDim.x);
+  const int num_le = le_end - le_begin;
+  extern __shared__ int s_rows[];  // [num_le + 1]: the block's first row of each expert
   const uint32_t tag = p.counters->round[p.buffer] + 1;
-  const int H = p.hidden;
-  for (int le = blockIdx.x; le < p.experts_per_rank; le += gridDim.x) {
-    const size_t first_row = le * p.layout.rows_per_expert();
-    block_copy_rows<true>(
-        p.recv.recv_count[le], H / 8,
-        [&](int j) { return reinterpret_cast<const uint4*>(p.y + (first_row + j) * H); },
-        [&](int j) {
-          const int32_t* src = p.recv.recv_src + (first_row + j) * 3;  // rank, token, slot
-          return reinterpret_cast<uint4*>(
-              p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]));
-        });
+  if (threadIdx.x == 0) {
+    s_rows[0] = 0;
+    for (int li = 0; li < num_le; ++li) s_rows[li + 1] = s_rows[li] + p.recv.recv_count[le_begin + li];
   }
+  __syncthreads();
+  const size_t rows_per_expert = p.layout.rows_per_expert();
+  auto packed_row = [&](int r) {
+    int li = 0, hi = num_le;  // the last li with s_rows[li] <= r
+    while (li < hi) {
+      const int mid = (li + hi + 1) / 2;
+      if (s_rows[mid] <= r) li = mid; else hi = mid - 1;
+    }
+    return (le_begin + li) * rows_per_expert + (r - s_rows[li]);
+  };
+  block_copy_rows<true>(
+      s_rows[num_le], H / 8,
+      [&](int r) { return reinterpret_cast<const uint4*>(p.y + packed_row(r) * H); },
+      [&](int r) {
+        const int32_t* src = p.recv.recv_src + packed_row(r) * 3;  // rank, token, slot
+        return reinterpret_cast<uint4*>(
+            p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]));
+      });
   // NOTE: the barrier comes before the release: the signal must not overtake rows other warps
   // of this block are still writing. As in the dispatch send, the last block to finish posts
   // each source's signal, also when it returns no rows: every rank's combine receive waits for
@@ -40,8 +55,8 @@ __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyP
     if (atomic_add_acq_rel_gpu(&p.source_done[s], 1) != gridDim.x - 1) continue;
     p.source_done[s] = 0;  // the next launch starts after this kernel ends
     int rows = 0;
-    for (int le = 0; le < p.experts_per_rank; ++le) rows += p.recv.layout_range[(le * R + s) * 2 + 1];
-    __threadfence_system();
+    for (int le = 0; le < Le; ++le) rows += p.recv.layout_range[(le * R + s) * 2 + 1];
+    // The release is cumulative, as in the dispatch send.
     st_release_sys(p.layout.delivered(p.peers[s], p.buffer, p.rank),
                    (static_cast<uint64_t>(tag) << 32) | static_cast<uint32_t>(rows));
   }
@@ -81,53 +96,59 @@ __device__ void wait_for_rows(const LowLatencyParams& p, int* s_expected) {
   __syncthreads();
 }
 
-// out[t][8c .. 8c+8) = bf16 of fmaf(w[t][k], y[t][k], acc) over k ascending from 0, where
-// y[t][k] is the row returned under the first slot naming slot k's expert. The loads of up to
-// kSlotsInFlight slots are issued before their sums, which then run in slot order.
-__device__ __forceinline__ void reduce_vector(const LowLatencyParams& p, char* local, int t,
-                                              int c) {
-  constexpr int kSlotsInFlight = 8;
-  const int K = p.num_topk;
-  const size_t row = static_cast<size_t>(t) * K;
-  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  for (int k0 = 0; k0 < K; k0 += kSlotsInFlight) {
-    uint4 v[kSlotsInFlight];
-    bool used[kSlotsInFlight];
-#pragma unroll
-    for (int u = 0; u < kSlotsInFlight; ++u) {
-      const int k = k0 + u;
-      used[u] = false;
-      if (k >= K) continue;
-      const int64_t e = load_topk(p.topk_idx, p.idx_int64, row + k);
-      if (e < 0 || e >= p.num_experts) continue;
-      int first = 0;
-      while (load_topk(p.topk_idx, p.idx_int64, row + first) != e) ++first;
-      used[u] = true;
-      v[u] = ld_na(reinterpret_cast<const uint4*>(p.layout.combine_row(local, p.buffer, t, first)) + c);
-    }
-#pragma unroll
-    for (int u = 0; u < kSlotsInFlight; ++u) {
-      if (!used[u]) continue;
-      const float weight = __ldg(p.topk_weights + row + k0 + u);
-      float f[8];
-      bf16x8_to_float(v[u], f);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[i] = __fmaf_rn(weight, f[i], acc[i]);
-    }
-  }
-  reinterpret_cast<uint4*>(p.out + static_cast<size_t>(t) * p.hidden)[c] = to_bf16x8(acc);
-}
-
+// Tokens are spread over the blocks; for each, the block first finds every slot's row (the
+// first slot naming its expert; -1 where the slot adds nothing), then each thread sums 16-byte
+// output vectors: acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0, rounded once to
+// bf16. The loads of up to kSlotsInFlight slots are issued before their sums.
 __global__ void __launch_bounds__(kLlThreads) ll_combine_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
+  constexpr int kSlotsInFlight = 8;
   extern __shared__ int s_expected[];  // [R]
+  __shared__ int s_row_slot[32];
+  __shared__ float s_weight[32];
   wait_for_rows(p, s_expected);
   // After a failed wait the rows are incomplete: the error is reported at synchronize.
+  const int K = p.num_topk, vectors = p.hidden / 8;
   char* local = p.peers[p.rank];
-  const int vectors = p.hidden / 8;  // 16-byte vectors of bf16 per output row
-  const int total = p.num_tokens * vectors;
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-    reduce_vector(p, local, i / vectors, i % vectors);
+  for (int t = blockIdx.x; t < p.num_tokens; t += gridDim.x) {
+    if (threadIdx.x < K) {
+      const int k = threadIdx.x;
+      const size_t row = static_cast<size_t>(t) * K;
+      const int64_t e = load_topk(p.topk_idx, p.idx_int64, row + k);
+      int first = -1;
+      if (e >= 0 && e < p.num_experts) {
+        first = 0;
+        while (load_topk(p.topk_idx, p.idx_int64, row + first) != e) ++first;
+      }
+      s_row_slot[k] = first;
+      s_weight[k] = p.topk_weights[row + k];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < vectors; c += blockDim.x) {
+      float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int k0 = 0; k0 < K; k0 += kSlotsInFlight) {
+        uint4 v[kSlotsInFlight];
+#pragma unroll
+        for (int u = 0; u < kSlotsInFlight; ++u) {
+          const int k = k0 + u;
+          if (k < K && s_row_slot[k] >= 0) {
+            v[u] = ld_na(reinterpret_cast<const uint4*>(
+                             p.layout.combine_row(local, p.buffer, t, s_row_slot[k])) + c);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kSlotsInFlight; ++u) {
+          const int k = k0 + u;
+          if (k >= K || s_row_slot[k] < 0) continue;
+          float f[8];
+          bf16x8_to_float(v[u], f);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[i] = __fmaf_rn(s_weight[k], f[i], acc[i]);
+        }
+      }
+      reinterpret_cast<uint4*>(p.out + static_cast<size_t>(t) * p.hidden)[c] = to_bf16x8(acc);
+    }
+    __syncthreads();  // the slot table is reused for the next token
   }
   // Signals are reset once every block has read them; a peer posts this buffer's signal again
   // only after this rank's next dispatch on it, which comes after this kernel.
@@ -154,7 +175,8 @@ cudaError_t load_ll_combine_kernels() {
 
 void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks,
                             cudaStream_t stream) {
-  ll_combine_send_kernel<<<num_blocks, kLlThreads, sizeof(int) * p.num_ranks, stream>>>(p);
+  const int most_experts = (p.experts_per_rank + num_blocks - 1) / num_blocks;
+  ll_combine_send_kernel<<<num_blocks, kLlThreads, sizeof(int) * (most_experts + 1), stream>>>(p);
 }
 
 void launch_ll_combine_recv(const cuda::LowLatencyParams& p, int num_blocks,

@@ -126,113 +126,147 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatency
     if (atomic_add_acq_rel_gpu(&p.expert_done[e], 1) != gridDim.x - 1) continue;
     p.expert_done[e] = 0;  // the next launch starts after this kernel ends
     const int d = e / p.experts_per_rank, le = e % p.experts_per_rank;
-    __threadfence_system();
+    // The release is cumulative: it covers this block's messages (ordered by the barrier above)
+    // and those of the blocks whose acq_rel adds this thread's add read after.
     st_release_sys(p.layout.count(s_peers[d], p.buffer, le, p.rank),
                    (static_cast<uint64_t>(tag) << 32) | (p.use_fp8 ? kFp8CountFlag : 0u) |
                        static_cast<uint32_t>(s_total[e]));
   }
 }
 
-// Threads s < R wait for source s's count of local expert le; returns via s_first the first
-// row of each source (s_first[R] = rows in all).
-__device__ void wait_for_counts(const LowLatencyParams& p, int le, uint32_t tag, int* s_first) {
+// Lanes of one warp wait for every source's count of local expert le and return the first row
+// of each source in first[0..R] (first[R] = rows in all); lane 0 also writes layout_range and
+// recv_count. A count with another round's tag, another fp8 setting, or more than M messages
+// is recorded as an error and read as 0.
+__device__ void wait_for_counts(const LowLatencyParams& p, int le, uint32_t tag, int* first,
+                                int lane) {
+  const int R = p.num_ranks;
   char* local = p.peers[p.rank];
-  for (int s = threadIdx.x; s < p.num_ranks; s += blockDim.x) {
-    uint64_t word = 0;
-    const bool ok = bounded_wait(
-        p.wait, p.layout.count(local, p.buffer, le, s), [](uint64_t v) { return v != 0; },
-        static_cast<uint64_t>(tag) << 32, cuda::kPhaseLlDispatch, s, &word);
-    const uint32_t low = static_cast<uint32_t>(word);
-    int n = ok ? static_cast<int>(low & ~kFp8CountFlag) : 0;
-    if (ok && static_cast<uint32_t>(word >> 32) != tag) {
-      record_error(p.wait.errors, cuda::kDevLlRoundMismatch, cuda::kPhaseLlDispatch, p.rank, s,
-                   tag, word >> 32);
-      *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
-      n = 0;
-    } else if (ok && ((low & kFp8CountFlag) != 0) != p.use_fp8) {
-      record_error(p.wait.errors, cuda::kDevLlFp8Mismatch, cuda::kPhaseLlDispatch, p.rank, s,
-                   p.use_fp8 ? 1 : 0, p.use_fp8 ? 0 : 1);
-      *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
-      n = 0;
-    } else if (n > p.layout.max_tokens) {
-      record_error(p.wait.errors, cuda::kDevLlOverflow, cuda::kPhaseLlDispatch, p.rank, s,
-                   p.layout.max_tokens, n);
-      *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
-      n = 0;
+  int carry = 0;
+  for (int s0 = 0; s0 < R; s0 += 32) {  // warp-uniform bound: the scan below needs every lane
+    const int s = s0 + lane;
+    int n = 0;
+    if (s < R) {
+      uint64_t word = 0;
+      const bool ok = bounded_wait(
+          p.wait, p.layout.count(local, p.buffer, le, s), [](uint64_t v) { return v != 0; },
+          static_cast<uint64_t>(tag) << 32, cuda::kPhaseLlDispatch, s, &word);
+      const uint32_t low = static_cast<uint32_t>(word);
+      n = ok ? static_cast<int>(low & ~kFp8CountFlag) : 0;
+      int32_t code = cuda::kDevNone;
+      uint64_t expected = 0, seen = 0;
+      if (ok && static_cast<uint32_t>(word >> 32) != tag) {
+        code = cuda::kDevLlRoundMismatch, expected = tag, seen = word >> 32;
+      } else if (ok && ((low & kFp8CountFlag) != 0) != p.use_fp8) {
+        code = cuda::kDevLlFp8Mismatch, expected = p.use_fp8, seen = !p.use_fp8;
+      } else if (n > p.layout.max_tokens) {
+        code = cuda::kDevLlOverflow, expected = p.layout.max_tokens, seen = n;
+      }
+      if (code != cuda::kDevNone) {
+        record_error(p.wait.errors, code, cuda::kPhaseLlDispatch, p.rank, s, expected, seen);
+        *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
+        n = 0;
+      }
     }
-    s_first[s + 1] = n;
+    int inclusive = n;  // prefix over sources by shuffles
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int v = __shfl_up_sync(0xffffffffu, inclusive, d);
+      if (lane >= d) inclusive += v;
+    }
+    if (s < R) {
+      first[s] = carry + inclusive - n;
+      p.recv.layout_range[(le * R + s) * 2] = carry + inclusive - n;
+      p.recv.layout_range[(le * R + s) * 2 + 1] = n;
+    }
+    carry += __shfl_sync(0xffffffffu, inclusive, 31);
+  }
+  if (lane == 0) {
+    first[R] = carry;
+    p.recv.recv_count[le] = carry;
+  }
+}
+
+// The index of the last entry <= value in the ascending table[0..n] (table[0] <= value).
+__device__ __forceinline__ int last_at_most(const int* table, int n, int value) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (table[mid] <= value) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Block b takes local experts [Le*b/G, Le*(b+1)/G). Each warp waits for one expert's counts at a
+// time (all of the block's experts in parallel), then the whole block copies the rows of all its
+// experts as one range: row r belongs to expert li where s_rows[li] <= r < s_rows[li + 1], and
+// within it to the source found in that expert's first-row table.
+__global__ void __launch_bounds__(kLlThreads) ll_dispatch_recv_kernel(LowLatencyParams p) {
+  if (rank_failed(p.wait.state)) return;
+  const int R = p.num_ranks, Le = p.experts_per_rank;
+  const int le_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);
+  const int le_end = static_cast<int>(static_cast<long long>(Le) * (blockIdx.x + 1) / gridDim.x);
+  const int num_le = le_end - le_begin;
+  extern __shared__ int s_tables[];
+  int* s_first = s_tables;                  // [num_le][R + 1]
+  int* s_rows = s_tables + num_le * (R + 1);  // [num_le + 1]
+  const uint32_t tag = p.counters->round[p.buffer] + 1;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int li = warp; li < num_le; li += kLlWarps) {
+    wait_for_counts(p, le_begin + li, tag, s_first + li * (R + 1), lane);
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    s_first[0] = 0;
-    for (int s = 0; s < p.num_ranks; ++s) s_first[s + 1] += s_first[s];
+    s_rows[0] = 0;
+    for (int li = 0; li < num_le; ++li) s_rows[li + 1] = s_rows[li] + s_first[li * (R + 1) + R];
   }
   __syncthreads();
-}
 
-// The source of packed row j: the last s with s_first[s] <= j.
-__device__ __forceinline__ int source_of_row(const int* s_first, int num_ranks, int j) {
-  int s = 0, hi = num_ranks - 1;
-  while (s < hi) {
-    const int mid = (s + hi + 1) / 2;
-    if (s_first[mid] <= j) s = mid; else hi = mid - 1;
-  }
-  return s;
-}
-
-// The whole block copies the messages of local expert le into its packed rows: recv_src, the
-// row (bf16 or fp8), and the fp8 scales.
-__device__ void unpack_expert(const LowLatencyParams& p, int le, const int* s_first) {
-  const int R = p.num_ranks, rows = s_first[R];
   char* local = p.peers[p.rank];
-  const size_t first_row = le * p.layout.rows_per_expert();
-  auto message_of = [&](int j) {
-    const int s = source_of_row(s_first, R, j);
-    return p.layout.message(local, p.buffer, le, s, j - s_first[s]);
+  const size_t rows_per_expert = p.layout.rows_per_expert();
+  // Row r of the block: its expert li, its row j within the expert, its source s.
+  struct Place {
+    int li, j, s;
   };
-  for (int j = threadIdx.x; j < rows; j += blockDim.x) {
-    const uint4 header = ld_na(reinterpret_cast<const uint4*>(message_of(j)));  // a peer wrote it
-    int32_t* src = p.recv.recv_src + (first_row + j) * 3;
-    src[0] = source_of_row(s_first, R, j);
+  auto place_of = [&](int r) {
+    Place at;
+    at.li = last_at_most(s_rows, num_le, r);
+    at.j = r - s_rows[at.li];
+    at.s = last_at_most(s_first + at.li * (R + 1), R - 1, at.j);
+    return at;
+  };
+  auto message_of = [&](const Place& at) {
+    const int* first = s_first + at.li * (R + 1);
+    return p.layout.message(local, p.buffer, le_begin + at.li, at.s, at.j - first[at.s]);
+  };
+  auto out_row = [&](const Place& at) { return (le_begin + at.li) * rows_per_expert + at.j; };
+  const int total = s_rows[num_le];
+  for (int r = threadIdx.x; r < total; r += blockDim.x) {
+    const Place at = place_of(r);
+    const uint4 header = ld_na(reinterpret_cast<const uint4*>(message_of(at)));  // a peer wrote it
+    int32_t* src = p.recv.recv_src + out_row(at) * 3;
+    src[0] = at.s;
     src[1] = static_cast<int32_t>(header.x);
     src[2] = static_cast<int32_t>(header.y);
   }
   const size_t row_bytes = static_cast<size_t>(p.hidden) * (p.use_fp8 ? 1 : 2);
   block_copy_rows<false>(
-      rows, static_cast<int>(row_bytes / 16),
-      [&](int j) { return reinterpret_cast<const uint4*>(message_of(j) + 16); },
-      [&](int j) { return reinterpret_cast<uint4*>(p.recv.recv_x + (first_row + j) * row_bytes); });
+      total, static_cast<int>(row_bytes / 16),
+      [&](int r) { return reinterpret_cast<const uint4*>(message_of(place_of(r)) + 16); },
+      [&](int r) { return reinterpret_cast<uint4*>(p.recv.recv_x + out_row(place_of(r)) * row_bytes); });
   if (p.use_fp8) {
     const int groups = p.hidden / 128;
     const size_t scales_offset = p.layout.message_scales_offset();
-    for (int i = threadIdx.x; i < rows * groups; i += blockDim.x) {
-      const int j = i / groups, g = i % groups;
-      p.recv.recv_scales[(first_row + j) * groups + g] =
-          reinterpret_cast<const float*>(message_of(j) + scales_offset)[g];
+    for (int i = threadIdx.x; i < total * groups; i += blockDim.x) {
+      const Place at = place_of(i / groups);
+      p.recv.recv_scales[out_row(at) * groups + i % groups] =
+          reinterpret_cast<const float*>(message_of(at) + scales_offset)[i % groups];
     }
-  }
-}
-
-__global__ void __launch_bounds__(kLlThreads) ll_dispatch_recv_kernel(LowLatencyParams p) {
-  if (rank_failed(p.wait.state)) return;
-  extern __shared__ int s_first[];  // [R + 1]
-  const uint32_t tag = p.counters->round[p.buffer] + 1;
-  const int R = p.num_ranks;
-  for (int le = blockIdx.x; le < p.experts_per_rank; le += gridDim.x) {
-    wait_for_counts(p, le, tag, s_first);
-    for (int s = threadIdx.x; s < R; s += blockDim.x) {
-      p.recv.layout_range[(le * R + s) * 2] = s_first[s];
-      p.recv.layout_range[(le * R + s) * 2 + 1] = s_first[s + 1] - s_first[s];
-    }
-    if (threadIdx.x == 0) p.recv.recv_count[le] = s_first[R];
-    unpack_expert(p, le, s_first);
-    __syncthreads();  // s_first is reused for the next expert
   }
   // Counts are reset once every block has read them; a source writes this buffer's counts
   // again only after this rank's next dispatch on it, which comes after this kernel.
   if (last_block_done(&p.counters->blocks_done[p.buffer][0])) {
-    char* local = p.peers[p.rank];
-    for (int i = threadIdx.x; i < p.experts_per_rank * R; i += blockDim.x) {
+    for (int i = threadIdx.x; i < Le * R; i += blockDim.x) {
       *p.layout.count(local, p.buffer, i / R, i % R) = 0;
     }
   }
@@ -263,9 +297,16 @@ void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks,
                             stream>>>(p);
 }
 
+size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks, int num_blocks) {
+  const int most_experts = (experts_per_rank + num_blocks - 1) / num_blocks;
+  return sizeof(int) * (static_cast<size_t>(most_experts) * (num_ranks + 1) + most_experts + 1);
+}
+
 void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks,
                              cudaStream_t stream) {
-  ll_dispatch_recv_kernel<<<num_blocks, kLlThreads, sizeof(int) * (p.num_ranks + 1), stream>>>(p);
+  ll_dispatch_recv_kernel<<<num_blocks, kLlThreads,
+                            ll_recv_shared_bytes(p.experts_per_rank, p.num_ranks, num_blocks),
+                            stream>>>(p);
 }
 
 }  // namespace epcomm::kernels
