@@ -38,12 +38,10 @@ __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyP
     return (le_begin + li) * rows_per_expert + (r - s_rows[li]);
   };
   block_copy_rows<true>(
-      s_rows[num_le], H / 8,
-      [&](int r) { return reinterpret_cast<const uint4*>(p.y + packed_row(r) * H); },
+      s_rows[num_le], 2 * static_cast<size_t>(H), [&](int r) { return p.y + packed_row(r) * H; },
       [&](int r) {
         const int32_t* src = p.recv.recv_src + packed_row(r) * 3;  // rank, token, slot
-        return reinterpret_cast<uint4*>(
-            p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]));
+        return p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]);
       });
   // NOTE: the barrier comes before the release: the signal must not overtake rows other warps
   // of this block are still writing. As in the dispatch send, the last block to finish posts

@@ -41,9 +41,8 @@ __device__ void send_batch(const LowLatencyParams& p, const Message* batch, int 
         [&](int j) { return reinterpret_cast<float*>(batch[j].dst + scales_offset); });
   } else {
     block_copy_rows<true>(
-        n, H / 8,
-        [&](int j) { return reinterpret_cast<const uint4*>(x + static_cast<size_t>(batch[j].token) * H); },
-        [&](int j) { return reinterpret_cast<uint4*>(batch[j].dst + 16); });
+        n, 2 * static_cast<size_t>(H), [&](int j) { return x + static_cast<size_t>(batch[j].token) * H; },
+        [&](int j) { return batch[j].dst + 16; });
   }
 }
 
@@ -251,9 +250,8 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_recv_kernel(LowLatency
   }
   const size_t row_bytes = static_cast<size_t>(p.hidden) * (p.use_fp8 ? 1 : 2);
   block_copy_rows<false>(
-      total, static_cast<int>(row_bytes / 16),
-      [&](int r) { return reinterpret_cast<const uint4*>(message_of(place_of(r)) + 16); },
-      [&](int r) { return reinterpret_cast<uint4*>(p.recv.recv_x + out_row(place_of(r)) * row_bytes); });
+      total, row_bytes, [&](int r) { return message_of(place_of(r)) + 16; },
+      [&](int r) { return p.recv.recv_x + out_row(place_of(r)) * row_bytes; });
   if (p.use_fp8) {
     const int groups = p.hidden / 128;
     const size_t scales_offset = p.layout.message_scales_offset();

@@ -42,29 +42,44 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& v, float (&f)[8]) {
   }
 }
 
-// The whole block copies `num_rows` rows of `row_vectors` 16-byte vectors, row j from
-// src_of(j) to dst_of(j). The vectors of all rows are spread over every thread with kUnroll
-// loads in flight each, so that a handful of rows (decode batches) still keeps the whole block's
-// loads in flight at once instead of one warp walking a row. kLocalInput: the rows are this
-// rank's own input, which nobody writes during the kernel (non-coherent loads).
+// Rows whose addresses a block tables in shared memory at once.
+constexpr int kRowTable = 128;
+
+// The whole block copies `num_rows` rows of `row_bytes` (a multiple of 16), row j from src_of(j)
+// to dst_of(j). Each row's addresses are computed once, into a shared table; then every thread
+// takes 16-byte columns of kUnroll rows at a time, so a handful of rows (decode batches) keeps
+// the whole block's loads in flight at once instead of one warp walking a row. kLocalInput: the
+// rows are this rank's own input, which nobody writes during the kernel (non-coherent loads).
+// Every thread of the block must call it (it synchronizes the block).
 template <bool kLocalInput, typename SrcOf, typename DstOf>
-__device__ __forceinline__ void block_copy_rows(int num_rows, int row_vectors, SrcOf src_of,
+__device__ __forceinline__ void block_copy_rows(int num_rows, size_t row_bytes, SrcOf src_of,
                                                 DstOf dst_of) {
   constexpr int kUnroll = 4;
-  const int total = num_rows * row_vectors;
-  for (int base = threadIdx.x; base < total; base += blockDim.x * kUnroll) {
-    uint4 v[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int i = base + u * blockDim.x;
-      if (i >= total) continue;
-      const uint4* src = src_of(i / row_vectors) + i % row_vectors;
-      v[u] = kLocalInput ? ld_nc_na(src) : ld_na(src);
+  __shared__ const char* s_src[kRowTable];
+  __shared__ char* s_dst[kRowTable];
+  const int row_vectors = static_cast<int>(row_bytes / 16);
+  for (int r0 = 0; r0 < num_rows; r0 += kRowTable) {
+    const int n = min(kRowTable, num_rows - r0);
+    __syncthreads();  // the previous table is no longer read
+    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+      s_src[r] = reinterpret_cast<const char*>(src_of(r0 + r));
+      s_dst[r] = reinterpret_cast<char*>(dst_of(r0 + r));
     }
+    __syncthreads();
+    for (int r = 0; r < n; r += kUnroll) {
+      for (int v = threadIdx.x; v < row_vectors; v += blockDim.x) {
+        uint4 vec[kUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int i = base + u * blockDim.x;
-      if (i < total) st_na(dst_of(i / row_vectors) + i % row_vectors, v[u]);
+        for (int u = 0; u < kUnroll; ++u) {
+          if (r + u >= n) continue;
+          const auto* src = reinterpret_cast<const uint4*>(s_src[r + u]) + v;
+          vec[u] = kLocalInput ? ld_nc_na(src) : ld_na(src);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (r + u < n) st_na(reinterpret_cast<uint4*>(s_dst[r + u]) + v, vec[u]);
+        }
+      }
     }
   }
 }
@@ -85,9 +100,10 @@ __device__ __forceinline__ uint2 cast_group_to_fp8(const uint4& v, float* scale)
   const float inv = __fdiv_rn(448.0f, a);
   uint32_t packed[2] = {0, 0};
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const uint32_t byte = __nv_cvt_float_to_fp8(__fmul_rn(f[i], inv), __NV_SATFINITE, __NV_E4M3);
-    packed[i / 4] |= byte << (8 * (i % 4));
+  for (int i = 0; i < 8; i += 2) {  // the first of a pair lands in the low byte
+    const uint32_t pair = __nv_cvt_float2_to_fp8x2(
+        make_float2(__fmul_rn(f[i], inv), __fmul_rn(f[i + 1], inv)), __NV_SATFINITE, __NV_E4M3);
+    packed[i / 4] |= pair << (8 * (i % 4));
   }
   *scale = __fdiv_rn(a, 448.0f);
   return make_uint2(packed[0], packed[1]);
@@ -95,32 +111,47 @@ __device__ __forceinline__ uint2 cast_group_to_fp8(const uint4& v, float* scale)
 
 // The whole block casts `num_rows` rows of `hidden` bf16 (a multiple of 128) to fp8 with one
 // scale per 128 elements: row j from src_of(j) (local input) into dst_of(j) and scales_of(j).
-// A half-warp takes one group of 128 at a time, kUnroll groups in flight.
+// Addresses are tabled as in block_copy_rows; a half-warp takes one group of 128 elements of
+// kUnroll rows at a time. Every thread of the block must call it.
 template <typename SrcOf, typename DstOf, typename ScalesOf>
 __device__ __forceinline__ void block_cast_rows_to_fp8(int num_rows, int hidden, SrcOf src_of,
                                                        DstOf dst_of, ScalesOf scales_of) {
   constexpr int kUnroll = 2;
-  const int groups = hidden / 128, total = num_rows * groups;
+  __shared__ const uint16_t* s_src[kRowTable];
+  __shared__ uint8_t* s_dst[kRowTable];
+  __shared__ float* s_scales[kRowTable];
+  const int groups = hidden / 128;
   const int half_warps = blockDim.x / 16, hw = threadIdx.x / 16, sub = threadIdx.x % 16;
-  // NOTE: the bound is the same for every thread: the shuffles need all lanes of each warp.
-  for (int base = 0; base < total; base += half_warps * kUnroll) {
-    uint4 v[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int g = base + u * half_warps + hw;
-      v[u] = make_uint4(0, 0, 0, 0);
-      if (g < total) {
-        v[u] = ld_nc_na(reinterpret_cast<const uint4*>(src_of(g / groups) + (g % groups) * 128) + sub);
-      }
+  for (int r0 = 0; r0 < num_rows; r0 += kRowTable) {
+    const int n = min(kRowTable, num_rows - r0);
+    __syncthreads();
+    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+      s_src[r] = src_of(r0 + r);
+      s_dst[r] = dst_of(r0 + r);
+      s_scales[r] = scales_of(r0 + r);
     }
+    __syncthreads();
+    for (int r = 0; r < n; r += kUnroll) {
+      // NOTE: the bound is the same for both halves of a warp: the shuffles need every lane.
+      for (int g0 = 0; g0 < groups; g0 += half_warps) {
+        const int g = g0 + hw;
+        uint4 v[kUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int g = base + u * half_warps + hw;
-      float scale;
-      const uint2 q = cast_group_to_fp8(v[u], &scale);
-      if (g >= total) continue;
-      *reinterpret_cast<uint2*>(dst_of(g / groups) + (g % groups) * 128 + sub * 8) = q;
-      if (sub == 0) scales_of(g / groups)[g % groups] = scale;
+        for (int u = 0; u < kUnroll; ++u) {
+          v[u] = make_uint4(0, 0, 0, 0);
+          if (r + u < n && g < groups) {
+            v[u] = ld_nc_na(reinterpret_cast<const uint4*>(s_src[r + u] + g * 128) + sub);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          float scale;
+          const uint2 q = cast_group_to_fp8(v[u], &scale);
+          if (r + u >= n || g >= groups) continue;
+          *reinterpret_cast<uint2*>(s_dst[r + u] + g * 128 + sub * 8) = q;
+          if (sub == 0) s_scales[r + u][g] = scale;
+        }
+      }
     }
   }
 }
