@@ -53,11 +53,11 @@ if has sanitize; then  # before MPS: the sanitizer does not run under an MPS ser
     # Ranks wait on each other, and the sanitizer does not run peers' kernels side by side:
     # single-rank cases, and the fault tests that need no concurrent peer.
     timeout 200 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 "$conf" \
-      --gtest_filter='Flat/*_R1_*:Ring/*_R1_*:CudaFaults.MissingPeer*:CudaFaults.SmCounts*'
+      --gtest_filter='Flat/*_R1_*:Ring/*_R1_*:Shapes/CudaLowLatency.*/R1_*:CudaFaults.MissingPeer*:CudaFaults.SmCounts*'
     echo "memcheck rc=$?"
     echo "== racecheck"
     timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$conf" \
-      --gtest_filter='Flat/*_R1_T96_*skewed*:Flat/*_R1_T13_*with_holes*:Ring/*_R1_T96_*uniform*'
+      --gtest_filter='Flat/*_R1_T96_*skewed*:Flat/*_R1_T13_*with_holes*:Ring/*_R1_T96_*uniform*:Shapes/CudaLowLatency.*/R1_M32_T32_*'
     echo "racecheck rc=$?"
     # Cross-process regions: CUDA IPC handles opened and closed, every allocation freed.
     echo "== memcheck + leak check, 2 processes (CUDA IPC)"
