@@ -72,6 +72,8 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
     EPCOMM_CUDA_CHECK(cudaMemset(call.expert_done, 0, sizeof(uint32_t) * config_.num_experts));
     call.source_done = device_alloc<uint32_t>(num_ranks_);
     EPCOMM_CUDA_CHECK(cudaMemset(call.source_done, 0, sizeof(uint32_t) * num_ranks_));
+    call.rows_from = device_alloc<uint32_t>(num_ranks_);
+    EPCOMM_CUDA_CHECK(cudaMemset(call.rows_from, 0, sizeof(uint32_t) * num_ranks_));
   }
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
   domain_ = std::make_unique<MemoryDomain>(bootstrap, device, layout_.total_bytes());
@@ -87,6 +89,7 @@ LowLatencyEngine::~LowLatencyEngine() {
     cudaFree(call.outputs.layout_range);
     cudaFree(call.expert_done);
     cudaFree(call.source_done);
+    cudaFree(call.rows_from);
   }
   cudaFree(d_counters_);
 }
@@ -114,6 +117,7 @@ LowLatencyParams LowLatencyEngine::params(int buffer, bool combine) const {
   p.recv = call.outputs;
   p.expert_done = call.expert_done;
   p.source_done = call.source_done;
+  p.rows_from = call.rows_from;
   p.counters = d_counters_;
   p.wait = wait_;
   return p;

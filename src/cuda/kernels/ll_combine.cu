@@ -23,9 +23,13 @@ __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyP
   const int num_le = le_end - le_begin;
   extern __shared__ int s_rows[];  // [num_le + 1]: the block's first row of each expert
   const uint32_t tag = p.counters->round[p.buffer] + 1;
+  for (int li = threadIdx.x; li < num_le; li += blockDim.x) {
+    s_rows[li + 1] = p.recv.recv_count[le_begin + li];
+  }
+  __syncthreads();
   if (threadIdx.x == 0) {
     s_rows[0] = 0;
-    for (int li = 0; li < num_le; ++li) s_rows[li + 1] = s_rows[li] + p.recv.recv_count[le_begin + li];
+    for (int li = 0; li < num_le; ++li) s_rows[li + 1] += s_rows[li];
   }
   __syncthreads();
   const size_t rows_per_expert = p.layout.rows_per_expert();
@@ -52,11 +56,11 @@ __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyP
   for (int s = threadIdx.x; s < R; s += blockDim.x) {
     if (atomic_add_acq_rel_gpu(&p.source_done[s], 1) != gridDim.x - 1) continue;
     p.source_done[s] = 0;  // the next launch starts after this kernel ends
-    int rows = 0;
-    for (int le = 0; le < Le; ++le) rows += p.recv.layout_range[(le * R + s) * 2 + 1];
+    const uint32_t rows = p.rows_from[s];  // summed by the dispatch receive
+    p.rows_from[s] = 0;
     // The release is cumulative, as in the dispatch send.
     st_release_sys(p.layout.delivered(p.peers[s], p.buffer, p.rank),
-                   (static_cast<uint64_t>(tag) << 32) | static_cast<uint32_t>(rows));
+                   (static_cast<uint64_t>(tag) << 32) | rows);
   }
 }
 
@@ -94,59 +98,74 @@ __device__ void wait_for_rows(const LowLatencyParams& p, int* s_expected) {
   __syncthreads();
 }
 
-// Tokens are spread over the blocks; for each, the block first finds every slot's row (the
-// first slot naming its expert; -1 where the slot adds nothing), then each thread sums 16-byte
-// output vectors: acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0, rounded once to
-// bf16. The loads of up to kSlotsInFlight slots are issued before their sums.
-__global__ void __launch_bounds__(kLlThreads) ll_combine_recv_kernel(LowLatencyParams p) {
+// (token, slot) entries a combine-receive block tables at once.
+constexpr int kSlotTable = 512;
+
+// The first slot of token t naming the expert of slot k (whose row holds y[t][k]), or -1 when
+// slot k adds nothing.
+__device__ __forceinline__ int row_slot(const LowLatencyParams& p, int t, int k) {
+  const size_t row = static_cast<size_t>(t) * p.num_topk;
+  const int64_t e = load_topk(p.topk_idx, p.idx_int64, row + k);
+  if (e < 0 || e >= p.num_experts) return -1;
+  int first = 0;
+  while (load_topk(p.topk_idx, p.idx_int64, row + first) != e) ++first;
+  return first;
+}
+
+// Block b reduces tokens b, b + G, ...: for a batch of them it tables every slot's row and
+// weight, then each thread sums 16-byte output vectors of the batch:
+// acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0, rounded once to bf16. The loads of
+// up to kSlotsInFlight slots are issued before their sums.
+__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm) ll_combine_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   constexpr int kSlotsInFlight = 8;
   extern __shared__ int s_expected[];  // [R]
-  __shared__ int s_row_slot[32];
-  __shared__ float s_weight[32];
+  __shared__ int s_row_slot[kSlotTable];
+  __shared__ float s_weight[kSlotTable];
   wait_for_rows(p, s_expected);
   // After a failed wait the rows are incomplete: the error is reported at synchronize.
   const int K = p.num_topk, vectors = p.hidden / 8;
   char* local = p.peers[p.rank];
-  for (int t = blockIdx.x; t < p.num_tokens; t += gridDim.x) {
-    if (threadIdx.x < K) {
-      const int k = threadIdx.x;
-      const size_t row = static_cast<size_t>(t) * K;
-      const int64_t e = load_topk(p.topk_idx, p.idx_int64, row + k);
-      int first = -1;
-      if (e >= 0 && e < p.num_experts) {
-        first = 0;
-        while (load_topk(p.topk_idx, p.idx_int64, row + first) != e) ++first;
-      }
-      s_row_slot[k] = first;
-      s_weight[k] = p.topk_weights[row + k];
+  const int my_tokens =
+      blockIdx.x < p.num_tokens ? (p.num_tokens - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
+  const int batch = kSlotTable / K;
+  auto token_of = [&](int l) { return blockIdx.x + l * gridDim.x; };
+  for (int l0 = 0; l0 < my_tokens; l0 += batch) {
+    const int n = min(batch, my_tokens - l0);
+    __syncthreads();  // the previous batch's table is no longer read
+    for (int i = threadIdx.x; i < n * K; i += blockDim.x) {
+      const int t = token_of(l0 + i / K);
+      s_row_slot[i] = row_slot(p, t, i % K);
+      s_weight[i] = p.topk_weights[static_cast<size_t>(t) * K + i % K];
     }
     __syncthreads();
-    for (int c = threadIdx.x; c < vectors; c += blockDim.x) {
+    for (int i = threadIdx.x; i < n * vectors; i += blockDim.x) {
+      const int l = i / vectors, c = i % vectors, t = token_of(l0 + l);
+      const int* slots = s_row_slot + l * K;
+      const float* weights = s_weight + l * K;
       float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
       for (int k0 = 0; k0 < K; k0 += kSlotsInFlight) {
         uint4 v[kSlotsInFlight];
 #pragma unroll
         for (int u = 0; u < kSlotsInFlight; ++u) {
           const int k = k0 + u;
-          if (k < K && s_row_slot[k] >= 0) {
+          if (k < K && slots[k] >= 0) {
             v[u] = ld_na(reinterpret_cast<const uint4*>(
-                             p.layout.combine_row(local, p.buffer, t, s_row_slot[k])) + c);
+                             p.layout.combine_row(local, p.buffer, t, slots[k])) + c);
           }
         }
 #pragma unroll
         for (int u = 0; u < kSlotsInFlight; ++u) {
           const int k = k0 + u;
-          if (k >= K || s_row_slot[k] < 0) continue;
+          if (k >= K || slots[k] < 0) continue;
           float f[8];
           bf16x8_to_float(v[u], f);
 #pragma unroll
-          for (int i = 0; i < 8; ++i) acc[i] = __fmaf_rn(s_weight[k], f[i], acc[i]);
+          for (int j = 0; j < 8; ++j) acc[j] = __fmaf_rn(weights[k], f[j], acc[j]);
         }
       }
       reinterpret_cast<uint4*>(p.out + static_cast<size_t>(t) * p.hidden)[c] = to_bf16x8(acc);
     }
-    __syncthreads();  // the slot table is reused for the next token
   }
   // Signals are reset once every block has read them; a peer posts this buffer's signal again
   // only after this rank's next dispatch on it, which comes after this kernel.

@@ -174,6 +174,7 @@ __device__ void wait_for_counts(const LowLatencyParams& p, int le, uint32_t tag,
       if (lane >= d) inclusive += v;
     }
     if (s < R) {
+      if (n > 0) atomicAdd(&p.rows_from[s], static_cast<uint32_t>(n));  // for the combine signal
       first[s] = carry + inclusive - n;
       p.recv.layout_range[(le * R + s) * 2] = carry + inclusive - n;
       p.recv.layout_range[(le * R + s) * 2 + 1] = n;
@@ -200,7 +201,7 @@ __device__ __forceinline__ int last_at_most(const int* table, int n, int value) 
 // time (all of the block's experts in parallel), then the whole block copies the rows of all its
 // experts as one range: row r belongs to expert li where s_rows[li] <= r < s_rows[li + 1], and
 // within it to the source found in that expert's first-row table.
-__global__ void __launch_bounds__(kLlThreads) ll_dispatch_recv_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm) ll_dispatch_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank;
   const int le_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);

@@ -41,6 +41,8 @@ struct LowLatencyParams {
   LowLatencyOutputs recv;
   uint32_t* expert_done;       // [E]: dispatch send blocks done with each expert (this buffer)
   uint32_t* source_done;       // [R]: combine send blocks done with each source (this buffer)
+  uint32_t* rows_from;         // [R]: rows received from each source (summed by the dispatch
+                               // receive, read and reset by the combine send)
   LowLatencyCounters* counters;
   WaitContext wait;
 };

@@ -13,6 +13,10 @@ namespace epcomm::kernels {
 
 constexpr int kLlThreads = 512;
 constexpr int kLlWarps = kLlThreads / 32;
+// The receive kernels wait inside their grids; two of their blocks fit on an SM (registers
+// capped to match), which is what lets 8 ranks x 16 blocks stay resident on one H100 beside the
+// senders (checked at creation).
+constexpr int kLlReceiveBlocksPerSm = 2;
 
 __device__ __forceinline__ int64_t load_topk(const void* topk_idx, bool idx_int64, size_t i) {
   return idx_int64 ? __ldg(static_cast<const long long*>(topk_idx) + i)
@@ -47,14 +51,15 @@ constexpr int kRowTable = 128;
 
 // The whole block copies `num_rows` rows of `row_bytes` (a multiple of 16), row j from src_of(j)
 // to dst_of(j). Each row's addresses are computed once, into a shared table; then every thread
-// takes 16-byte columns of kUnroll rows at a time, so a handful of rows (decode batches) keeps
+// takes 16-byte columns of kUnroll rows at a time (8: enough bytes in flight per SM to cover
+// the latency with one block per SM), so a handful of rows (decode batches) keeps
 // the whole block's loads in flight at once instead of one warp walking a row. kLocalInput: the
 // rows are this rank's own input, which nobody writes during the kernel (non-coherent loads).
 // Every thread of the block must call it (it synchronizes the block).
 template <bool kLocalInput, typename SrcOf, typename DstOf>
 __device__ __forceinline__ void block_copy_rows(int num_rows, size_t row_bytes, SrcOf src_of,
                                                 DstOf dst_of) {
-  constexpr int kUnroll = 4;
+  constexpr int kUnroll = 8;
   __shared__ const char* s_src[kRowTable];
   __shared__ char* s_dst[kRowTable];
   const int row_vectors = static_cast<int>(row_bytes / 16);
@@ -116,7 +121,7 @@ __device__ __forceinline__ uint2 cast_group_to_fp8(const uint4& v, float* scale)
 template <typename SrcOf, typename DstOf, typename ScalesOf>
 __device__ __forceinline__ void block_cast_rows_to_fp8(int num_rows, int hidden, SrcOf src_of,
                                                        DstOf dst_of, ScalesOf scales_of) {
-  constexpr int kUnroll = 2;
+  constexpr int kUnroll = 4;
   __shared__ const uint16_t* s_src[kRowTable];
   __shared__ uint8_t* s_dst[kRowTable];
   __shared__ float* s_scales[kRowTable];
