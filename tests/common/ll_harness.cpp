@@ -350,6 +350,11 @@ std::vector<LowLatencyRankOutputs> run_ll_round(Communicator& comm, Bootstrap& b
     upload(memory, pi.y, y.data(), y.size() * 2);
     pi.out = Buffer(memory, static_cast<size_t>(pi.data.num_tokens + kOutGuardRows) * H * 2);
   }
+  // NOTE: no rank starts a call (whose kernels wait for peers) while a peer still allocates: an
+  // allocation that grows the memory pool can wait for the kernels running on the GPU. One H100
+  // run (c190c6b) timed out once in the first dispatch with the count of a peer that was, by
+  // this account, still allocating.
+  bootstrap.barrier();
 
   // The outputs are the communicator's own buffers: an empty pair on each buffer shows their
   // views, so that both can be poisoned before the pairs under test.
