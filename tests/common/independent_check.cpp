@@ -1,25 +1,13 @@
 // Independent check of round outputs from the generated inputs.
 #include "independent_check.hpp"
 
+#include "bf16_bits.hpp"
+
 #include <cstring>
 #include <sstream>
 
 namespace epcomm::testing {
 namespace {
-
-float float_of(uint16_t b) {
-  const uint32_t w = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &w, 4);
-  return f;
-}
-
-// fp32 -> bf16, round to nearest even (values here are finite).
-uint16_t bf16_of(float f) {
-  uint32_t w;
-  std::memcpy(&w, &f, 4);
-  return static_cast<uint16_t>((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
-}
 
 // Every rank's inputs of one round: the fresh dispatch's and the cached dispatch's.
 struct RoundInputs {

@@ -50,25 +50,6 @@ void fill_block(Rng& rng, uint16_t* block) {
   if (kind >= 14) block[rng.below(kFp8ScaleBlock)] = bf16_with_exponent(rng, 137, 137);  // 2^10
 }
 
-// K distinct experts drawn with probability proportional to weight[e]; -1 once none is left.
-std::vector<int64_t> draw_distinct(Rng& rng, std::vector<double> weight, int K) {
-  std::vector<int64_t> out(K, -1);
-  for (int k = 0; k < K; ++k) {
-    const double total = std::accumulate(weight.begin(), weight.end(), 0.0);
-    if (total <= 0) break;
-    double pick = rng.uniform() * total;
-    size_t e = 0, last_positive = 0;
-    for (; e < weight.size(); ++e) {
-      if (weight[e] > 0) last_positive = e;
-      if (weight[e] > 0 && pick < weight[e]) break;
-      pick -= weight[e];
-    }
-    if (e == weight.size()) e = last_positive;  // rounding left `pick` just past the end
-    out[k] = static_cast<int64_t>(e);
-    weight[e] = 0;
-  }
-  return out;
-}
 
 // The views of one low-latency buffer, as a dispatch on it returned them.
 struct BufferViews {
@@ -235,7 +216,7 @@ LowLatencyRankData make_ll_rank_data(const LowLatencyShape& shape, Routing routi
   const size_t idx_bytes = index_bytes(shape.index_type);
   d.topk_idx.resize(static_cast<size_t>(T) * K * idx_bytes);
   for (int t = 0; t < T; ++t) {
-    std::vector<int64_t> experts = draw_distinct(rng, weight, K);
+    std::vector<int64_t> experts = draw_experts(rng, weight, K);
     if (routing == Routing::kWithHoles) {
       // Holes, tokens sent nowhere, and (legal in this mode) an expert named twice.
       const bool nowhere = rng.below(8) == 0;

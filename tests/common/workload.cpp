@@ -27,6 +27,8 @@ uint8_t random_fp8(Rng& rng) {
   return b;
 }
 
+}  // namespace
+
 // K distinct experts drawn with probability proportional to weight[e]; -1 where none are left.
 std::vector<int64_t> draw_experts(Rng& rng, const std::vector<double>& weight, int K) {
   std::vector<double> w = weight;
@@ -47,8 +49,6 @@ std::vector<int64_t> draw_experts(Rng& rng, const std::vector<double>& weight, i
   }
   return out;
 }
-
-}  // namespace
 
 const char* to_string(Routing routing) {
   switch (routing) {

@@ -59,4 +59,7 @@ class Rng {
   uint64_t state_;
 };
 
+// K distinct experts drawn with probability proportional to weight[e]; -1 where none are left.
+std::vector<int64_t> draw_experts(Rng& rng, const std::vector<double>& weight, int K);
+
 }  // namespace epcomm::testing

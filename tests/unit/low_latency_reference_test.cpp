@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "epcomm/epcomm.hpp"
+#include "bf16_bits.hpp"
 #include "harness.hpp"
 #include "ll_harness.hpp"
 
@@ -19,18 +20,8 @@ using testing::LowLatencyRoundOptions;
 using testing::LowLatencyShape;
 using testing::Routing;
 
-uint16_t bf16_of(float f) {  // round to nearest even; every value here is finite
-  uint32_t w;
-  std::memcpy(&w, &f, 4);
-  return static_cast<uint16_t>((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
-}
-
-float float_of(uint16_t b) {
-  const uint32_t w = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &w, 4);
-  return f;
-}
+using testing::bf16_of;
+using testing::float_of;
 
 // e4m3 by table: decode the 127 finite non-negative codes, take the nearest one to |v| (ties to
 // the even code, i.e. even mantissa), then the sign. Nothing beyond 448 exists in the table, so

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "epcomm/epcomm.hpp"
+#include "bf16_bits.hpp"
 #include "harness.hpp"
 #include "independent_check.hpp"
 
@@ -14,19 +15,8 @@ using testing::RankData;
 using testing::Routing;
 using testing::Shape;
 
-// fp32 -> bf16, round to nearest even (inputs here are finite).
-uint16_t bf16_of(float f) {
-  uint32_t w;
-  std::memcpy(&w, &f, 4);
-  return static_cast<uint16_t>((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
-}
-
-float float_of(uint16_t b) {
-  const uint32_t w = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &w, 4);
-  return f;
-}
+using testing::bf16_of;
+using testing::float_of;
 
 // R=2, E=4 (experts 0,1 on rank 0; 2,3 on rank 1), T=3, K=2, H=8, bf16, int64 ids.
 struct HandCase {
