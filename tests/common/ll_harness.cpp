@@ -202,17 +202,11 @@ LowLatencyRankData make_ll_rank_data(const LowLatencyShape& shape, Routing routi
                                      int rank) {
   Rng rng(seed * 1000033ull + static_cast<uint64_t>(rank) * 104729ull + 0x11);
   const int T = ll_num_tokens(shape, rank), K = shape.num_topk, H = shape.hidden;
-  const int E = shape.num_experts, R = shape.num_ranks, Le = E / R;
+  const int E = shape.num_experts, R = shape.num_ranks;
   LowLatencyRankData d;
   d.num_tokens = T;
 
-  std::vector<double> weight(E, 1.0);
-  for (int e = 0; e < E; ++e) {
-    const int owner = e / Le;
-    if (routing == Routing::kSkewed) weight[e] = 1.0 / ((owner + 1.0) * (owner + 1.0));
-    if (routing == Routing::kAllToOne) weight[e] = owner == 0 ? 1.0 : 0.0;
-    if (routing == Routing::kOneRankEmpty && R > 1 && owner == R - 1) weight[e] = 0.0;
-  }
+  const std::vector<double> weight = routing_weights(routing, E, R);
   const size_t idx_bytes = index_bytes(shape.index_type);
   d.topk_idx.resize(static_cast<size_t>(T) * K * idx_bytes);
   for (int t = 0; t < T; ++t) {
@@ -225,15 +219,7 @@ LowLatencyRankData make_ll_rank_data(const LowLatencyShape& shape, Routing routi
       }
       if (K > 1 && rng.below(3) == 0) experts[1 + rng.below(K - 1)] = experts[0];
     }
-    for (int k = 0; k < K; ++k) {
-      unsigned char* p = d.topk_idx.data() + (static_cast<size_t>(t) * K + k) * idx_bytes;
-      if (idx_bytes == 8) {
-        std::memcpy(p, &experts[k], 8);
-      } else {
-        const int32_t v = static_cast<int32_t>(experts[k]);
-        std::memcpy(p, &v, 4);
-      }
-    }
+    store_ids(d.topk_idx.data() + static_cast<size_t>(t) * K * idx_bytes, experts, idx_bytes);
   }
   d.topk_weights.resize(static_cast<size_t>(T) * K);
   for (auto& w : d.topk_weights) w = static_cast<float>(rng.uniform() * 2.0 - 0.5);

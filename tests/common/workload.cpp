@@ -90,24 +90,43 @@ int64_t RankData::expert(int token, int k) const {
   return v;
 }
 
-RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int rank) {
-  Rng rng(seed * 1000003ull + static_cast<uint64_t>(rank) * 7919ull + 17);
-  const int T = shape.num_tokens, K = shape.num_topk, H = shape.hidden, E = shape.num_experts;
-  const int R = shape.num_ranks, Le = E / R;
-  RankData d;
-  d.num_tokens = T;
-  d.num_topk = K;
-
-  std::vector<double> weight(E, 1.0);
-  for (int e = 0; e < E; ++e) {
+std::vector<double> routing_weights(Routing routing, int num_experts, int num_ranks) {
+  const int Le = num_experts / num_ranks;
+  std::vector<double> weight(num_experts, 1.0);
+  for (int e = 0; e < num_experts; ++e) {
     const int owner = e / Le;
     switch (routing) {
       case Routing::kSkewed: weight[e] = 1.0 / ((owner + 1.0) * (owner + 1.0)); break;
       case Routing::kAllToOne: weight[e] = owner == 0 ? 1.0 : 0.0; break;
-      case Routing::kOneRankEmpty: weight[e] = (R > 1 && owner == R - 1) ? 0.0 : 1.0; break;
+      case Routing::kOneRankEmpty:
+        weight[e] = (num_ranks > 1 && owner == num_ranks - 1) ? 0.0 : 1.0;
+        break;
       default: break;
     }
   }
+  return weight;
+}
+
+void store_ids(unsigned char* dst, const std::vector<int64_t>& ids, size_t index_bytes) {
+  for (size_t k = 0; k < ids.size(); ++k) {
+    if (index_bytes == 8) {
+      std::memcpy(dst + 8 * k, &ids[k], 8);
+    } else {
+      const int32_t v = static_cast<int32_t>(ids[k]);
+      std::memcpy(dst + 4 * k, &v, 4);
+    }
+  }
+}
+
+RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int rank) {
+  Rng rng(seed * 1000003ull + static_cast<uint64_t>(rank) * 7919ull + 17);
+  const int T = shape.num_tokens, K = shape.num_topk, H = shape.hidden, E = shape.num_experts;
+  const int R = shape.num_ranks;
+  RankData d;
+  d.num_tokens = T;
+  d.num_topk = K;
+
+  const std::vector<double> weight = routing_weights(routing, E, R);
   const size_t idx_bytes = index_bytes(shape.index_type);
   d.topk_idx.resize(static_cast<size_t>(T) * K * idx_bytes);
   for (int t = 0; t < T; ++t) {
@@ -118,15 +137,7 @@ RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int 
         if (nowhere || rng.below(4) == 0) e = -1;
       }
     }
-    for (int k = 0; k < K; ++k) {
-      unsigned char* p = d.topk_idx.data() + (static_cast<size_t>(t) * K + k) * idx_bytes;
-      if (idx_bytes == 8) {
-        std::memcpy(p, &experts[k], 8);
-      } else {
-        const int32_t v = static_cast<int32_t>(experts[k]);
-        std::memcpy(p, &v, 4);
-      }
-    }
+    store_ids(d.topk_idx.data() + static_cast<size_t>(t) * K * idx_bytes, experts, idx_bytes);
   }
   if (shape.with_weights) {
     d.topk_weights.resize(static_cast<size_t>(T) * K);
