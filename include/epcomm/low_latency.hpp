@@ -31,8 +31,8 @@ class LowLatencyHandle {
   explicit LowLatencyHandle(std::shared_ptr<const detail::LowLatencyState> state);
 
   bool valid() const { return state_ != nullptr; }
-  uint64_t call() const;   // the dispatch's sequence number among low-latency calls (1, 2, ...)
-  int buffer() const;      // (call - 1) % 2
+  uint64_t call() const;  // the dispatch's sequence number among low-latency calls (1, 2, ...)
+  int buffer() const;     // (call - 1) % 2
   int num_tokens() const;
   int num_topk() const;
   bool use_fp8() const;

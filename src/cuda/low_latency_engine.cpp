@@ -31,8 +31,8 @@ void check_residency(const Config& config, int sharing, int device) {
     throw Error(ErrorCode::kUnsupported,
                 "low-latency mode: " + std::to_string(sharing) + " ranks on GPU " +
                     std::to_string(device) + " with max(dispatch_sms, combine_sms) = " +
-                    std::to_string(std::max(config.dispatch_sms, config.combine_sms)) +
-                    " need " + std::to_string(waiting) + " waiting blocks, more than the " +
+                    std::to_string(std::max(config.dispatch_sms, config.combine_sms)) + " need " +
+                    std::to_string(waiting) + " waiting blocks, more than the " +
                     std::to_string(room) + " that leave room for the senders");
   }
 }
@@ -57,8 +57,8 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
                     " ranks needs more than 48 KB of shared memory per block");
   }
   const int M = config_.ll_max_tokens_per_rank;
-  layout_ = LowLatencyLayout::make(num_ranks_, experts_per_rank_, M, config_.max_topk,
-                                   config_.hidden);
+  layout_ =
+      LowLatencyLayout::make(num_ranks_, experts_per_rank_, M, config_.max_topk, config_.hidden);
   d_counters_ = device_alloc<LowLatencyCounters>(1);
   EPCOMM_CUDA_CHECK(cudaMemset(d_counters_, 0, sizeof(LowLatencyCounters)));
   const size_t rows = static_cast<size_t>(experts_per_rank_) * layout_.rows_per_expert();
@@ -67,7 +67,8 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
     call.outputs.recv_scales = device_alloc<float>(rows * (config_.hidden / kFp8ScaleBlock));
     call.outputs.recv_count = device_alloc<int>(experts_per_rank_);
     call.outputs.recv_src = device_alloc<int32_t>(rows * 3);
-    call.outputs.layout_range = device_alloc<int>(static_cast<size_t>(experts_per_rank_) * num_ranks_ * 2);
+    call.outputs.layout_range =
+        device_alloc<int>(static_cast<size_t>(experts_per_rank_) * num_ranks_ * 2);
     call.expert_done = device_alloc<uint32_t>(config_.num_experts);
     EPCOMM_CUDA_CHECK(cudaMemset(call.expert_done, 0, sizeof(uint32_t) * config_.num_experts));
     call.source_done = device_alloc<uint32_t>(num_ranks_);
@@ -156,8 +157,9 @@ void LowLatencyEngine::combine_send(const detail::LowLatencyCombineArgs& args, i
 }
 
 void LowLatencyEngine::combine_receive(int buffer, cudaStream_t stream) {
-  kernels::launch_ll_combine_recv(
-      params(buffer, true), clamp_blocks(calls_[buffer].in.num_tokens, config_.combine_sms), stream);
+  kernels::launch_ll_combine_recv(params(buffer, true),
+                                  clamp_blocks(calls_[buffer].in.num_tokens, config_.combine_sms),
+                                  stream);
   EPCOMM_LAUNCH_CHECK("ll_combine_recv_kernel");
 }
 

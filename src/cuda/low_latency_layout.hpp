@@ -47,9 +47,7 @@ struct LowLatencyLayout {
     return l;
   }
   size_t total_bytes() const { return 2 * buffer_bytes; }
-  EPCOMM_HD size_t rows_per_expert() const {
-    return static_cast<size_t>(num_ranks) * max_tokens;
-  }
+  EPCOMM_HD size_t rows_per_expert() const { return static_cast<size_t>(num_ranks) * max_tokens; }
 
   // The message count source `s` posted for local expert `le`: (tag << 32) | messages; zero
   // until posted, reset to zero by the receiver once read.

@@ -84,8 +84,8 @@ LowLatencyDispatchResult HostBackend::ll_dispatch_send(const LowLatencyDispatchI
   return r;
 }
 
-void HostBackend::ll_receive_from(const LowLatencyDispatchInputs& from, int source, int e,
-                                  int le, LowLatencyBuffer& buf, int& row) {
+void HostBackend::ll_receive_from(const LowLatencyDispatchInputs& from, int source, int e, int le,
+                                  LowLatencyBuffer& buf, int& row) {
   const bool is_int64 = config_.index_type == IndexType::kInt64;
   const int H = config_.hidden;
   const bool fp8 = buf.in.use_fp8;
@@ -101,8 +101,8 @@ void HostBackend::ll_receive_from(const LowLatencyDispatchInputs& from, int sour
         uint8_t* q = buf.recv_x.data() + out_row * H;
         float* scales = buf.recv_scales.data() + out_row * (H / kFp8ScaleBlock);
         for (int g = 0; g < H / kFp8ScaleBlock; ++g) {
-          scales[g] = cast_block_to_e4m3(x + g * kFp8ScaleBlock, q + g * kFp8ScaleBlock,
-                                         kFp8ScaleBlock);
+          scales[g] =
+              cast_block_to_e4m3(x + g * kFp8ScaleBlock, q + g * kFp8ScaleBlock, kFp8ScaleBlock);
         }
       } else {
         std::memcpy(buf.recv_x.data() + out_row * H * 2, x, static_cast<size_t>(H) * 2);
@@ -121,9 +121,9 @@ void HostBackend::ll_dispatch_receive(int buffer) {
     // Each rank casts its own rows: with mixed modes receivers could not read them.
     if (peers_[s]->ll_[buffer].in.use_fp8 != peers_[0]->ll_[buffer].in.use_fp8) {
       bootstrap_->barrier();
-      throw Error(ErrorCode::kInvalidArgument,
-                  "low_latency_dispatch: use_fp8 differs between rank 0 and rank " +
-                      std::to_string(s));
+      throw Error(
+          ErrorCode::kInvalidArgument,
+          "low_latency_dispatch: use_fp8 differs between rank 0 and rank " + std::to_string(s));
     }
   }
   for (int le = 0; le < experts_per_rank_; ++le) {
@@ -175,7 +175,8 @@ void HostBackend::ll_combine_receive(int buffer) {
       const int d = static_cast<int>(e / experts_per_rank_);
       const int le = static_cast<int>(e % experts_per_rank_);
       const LowLatencyBuffer& expert_side = peers_[d]->ll_[buffer];
-      const int first = expert_side.layout_range[(static_cast<size_t>(le) * num_ranks_ + rank_) * 2];
+      const int first =
+          expert_side.layout_range[(static_cast<size_t>(le) * num_ranks_ + rank_) * 2];
       const size_t row = le * rows_per_expert + first + position[static_cast<size_t>(t) * K + k0];
       const auto* y = static_cast<const uint16_t*>(expert_side.combine.y) + row * H;
       const float w = buf.combine.topk_weights[tk];

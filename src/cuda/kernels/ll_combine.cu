@@ -2,8 +2,8 @@
 // every packed row of y to its source rank's combine rows at [token][top-k slot] (both known
 // from recv_src); the last block to finish posts each source the number of rows returned to it
 // (tagged, release). Receive: every block counts the rows each peer owes it (from topk_idx,
-// locally), waits for every peer's signal and checks it, and reduces its tokens: acc = fmaf(w[t][k], y[t][k], acc) over k ascending
-// from 0 in fp32, rounded once to bf16.
+// locally), waits for every peer's signal and checks it, and reduces its tokens:
+// acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0 in fp32, rounded once to bf16.
 #include "common/ll_common.cuh"
 #include "common/wait.cuh"
 #include "common/warp_copy.cuh"
@@ -37,7 +37,10 @@ __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyP
     int li = 0, hi = num_le;  // the last li with s_rows[li] <= r
     while (li < hi) {
       const int mid = (li + hi + 1) / 2;
-      if (s_rows[mid] <= r) li = mid; else hi = mid - 1;
+      if (s_rows[mid] <= r)
+        li = mid;
+      else
+        hi = mid - 1;
     }
     return (le_begin + li) * rows_per_expert + (r - s_rows[li]);
   };
@@ -55,7 +58,7 @@ __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyP
   __syncthreads();
   for (int s = threadIdx.x; s < R; s += blockDim.x) {
     if (atomic_add_acq_rel_gpu(&p.source_done[s], 1) != gridDim.x - 1) continue;
-    p.source_done[s] = 0;  // the next launch starts after this kernel ends
+    p.source_done[s] = 0;                  // the next launch starts after this kernel ends
     const uint32_t rows = p.rows_from[s];  // summed by the dispatch receive
     p.rows_from[s] = 0;
     // The release is cumulative, as in the dispatch send.
@@ -116,7 +119,8 @@ __device__ __forceinline__ int row_slot(const LowLatencyParams& p, int t, int k)
 // weight, then each thread sums 16-byte output vectors of the batch:
 // acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0, rounded once to bf16. The loads of
 // up to kSlotsInFlight slots are issued before their sums.
-__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm) ll_combine_recv_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
+    ll_combine_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   constexpr int kSlotsInFlight = 8;
   extern __shared__ int s_expected[];  // [R]
@@ -150,8 +154,9 @@ __global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm) ll_combine_
         for (int u = 0; u < kSlotsInFlight; ++u) {
           const int k = k0 + u;
           if (k < K && slots[k] >= 0) {
-            v[u] = ld_na(reinterpret_cast<const uint4*>(
-                             p.layout.combine_row(local, p.buffer, t, slots[k])) + c);
+            v[u] = ld_na(
+                reinterpret_cast<const uint4*>(p.layout.combine_row(local, p.buffer, t, slots[k])) +
+                c);
           }
         }
 #pragma unroll
@@ -190,14 +195,12 @@ cudaError_t load_ll_combine_kernels() {
   return load_kernels(ll_combine_send_kernel, ll_combine_recv_kernel);
 }
 
-void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks,
-                            cudaStream_t stream) {
+void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
   const int most_experts = (p.experts_per_rank + num_blocks - 1) / num_blocks;
   ll_combine_send_kernel<<<num_blocks, kLlThreads, sizeof(int) * (most_experts + 1), stream>>>(p);
 }
 
-void launch_ll_combine_recv(const cuda::LowLatencyParams& p, int num_blocks,
-                            cudaStream_t stream) {
+void launch_ll_combine_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
   ll_combine_recv_kernel<<<num_blocks, kLlThreads, sizeof(int) * p.num_ranks, stream>>>(p);
 }
 

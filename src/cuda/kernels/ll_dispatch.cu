@@ -2,9 +2,9 @@
 // rank's tokens, computes each (token, expert) message's slot as the token's position among
 // this rank's tokens routed to that expert, and writes the message straight into the expert's
 // rank. The block that finishes an expert last publishes its message count (tagged with the
-// round and whether rows are fp8). Receive: each block takes local experts, waits for every source's count, and packs
-// the messages into recv_x in source order, then token order. No atomics decide a slot, so the
-// output is deterministic.
+// round and whether rows are fp8). Receive: each block takes local experts, waits for every
+// source's count, and packs the messages into recv_x in source order, then token order. No
+// atomics decide a slot, so the output is deterministic.
 #include "common/ll_common.cuh"
 #include "common/wait.cuh"
 #include "common/warp_copy.cuh"
@@ -28,8 +28,9 @@ constexpr uint32_t kFp8CountFlag = 1u << 31;
 // The whole block writes the batch's messages: headers, then rows (copied or cast to fp8).
 __device__ void send_batch(const LowLatencyParams& p, const Message* batch, int n) {
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    st_na(reinterpret_cast<uint4*>(batch[j].dst),
-          make_uint4(static_cast<uint32_t>(batch[j].token), static_cast<uint32_t>(batch[j].k), 0, 0));
+    st_na(
+        reinterpret_cast<uint4*>(batch[j].dst),
+        make_uint4(static_cast<uint32_t>(batch[j].token), static_cast<uint32_t>(batch[j].k), 0, 0));
   }
   const uint16_t* x = p.x;
   const int H = p.hidden;
@@ -41,15 +42,15 @@ __device__ void send_batch(const LowLatencyParams& p, const Message* batch, int 
         [&](int j) { return reinterpret_cast<float*>(batch[j].dst + scales_offset); });
   } else {
     block_copy_rows<true>(
-        n, 2 * static_cast<size_t>(H), [&](int j) { return x + static_cast<size_t>(batch[j].token) * H; },
+        n, 2 * static_cast<size_t>(H),
+        [&](int j) { return x + static_cast<size_t>(batch[j].token) * H; },
         [&](int j) { return batch[j].dst + 16; });
   }
 }
 
 // Counts, per expert, the messages of tokens before `t_begin` (s_next: this block's first slot)
 // and of all tokens (s_total). Block 0 reports ids out of range (they are sent nowhere).
-__device__ void count_messages(const LowLatencyParams& p, int t_begin, int* s_next,
-                               int* s_total) {
+__device__ void count_messages(const LowLatencyParams& p, int t_begin, int* s_next, int* s_total) {
   const int K = p.num_topk;
   for (int i = threadIdx.x; i < p.num_tokens * K; i += blockDim.x) {
     const int t = i / K, k = i % K;
@@ -61,8 +62,8 @@ __device__ void count_messages(const LowLatencyParams& p, int t_begin, int* s_ne
     }
     const int64_t raw = load_topk(p.topk_idx, p.idx_int64, i);
     if (blockIdx.x == 0 && (raw < -1 || raw >= p.num_experts)) {
-      record_error(p.wait.errors, cuda::kDevLlInvalidExpert, cuda::kPhaseNone, p.rank, -1, 0, 0,
-                   t, k, raw);
+      record_error(p.wait.errors, cuda::kDevLlInvalidExpert, cuda::kPhaseNone, p.rank, -1, 0, 0, t,
+                   k, raw);
     }
   }
 }
@@ -91,8 +92,8 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatency
   if (rank_failed(p.wait.state)) return;
   const int E = p.num_experts;
   extern __shared__ int s_ints[];
-  int* s_next = s_ints;        // [E]
-  int* s_total = s_ints + E;   // [E]
+  int* s_next = s_ints;       // [E]
+  int* s_total = s_ints + E;  // [E]
   auto* s_batch = reinterpret_cast<Message*>(s_total + E);
   auto** s_peers = reinterpret_cast<char**>(s_batch + kMaxBatchMessages);
   __shared__ int s_batch_size;
@@ -103,8 +104,10 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatency
   __syncthreads();
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int t_begin = static_cast<int>(static_cast<long long>(p.num_tokens) * blockIdx.x / gridDim.x);
-  const int t_end = static_cast<int>(static_cast<long long>(p.num_tokens) * (blockIdx.x + 1) / gridDim.x);
+  const int t_begin =
+      static_cast<int>(static_cast<long long>(p.num_tokens) * blockIdx.x / gridDim.x);
+  const int t_end =
+      static_cast<int>(static_cast<long long>(p.num_tokens) * (blockIdx.x + 1) / gridDim.x);
   count_messages(p, t_begin, s_next, s_total);
   __syncthreads();
   const int batch_tokens = kMaxBatchMessages / p.num_topk;
@@ -192,7 +195,10 @@ __device__ __forceinline__ int last_at_most(const int* table, int n, int value) 
   int lo = 0, hi = n;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (table[mid] <= value) lo = mid; else hi = mid - 1;
+    if (table[mid] <= value)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
@@ -201,14 +207,15 @@ __device__ __forceinline__ int last_at_most(const int* table, int n, int value) 
 // time (all of the block's experts in parallel), then the whole block copies the rows of all its
 // experts as one range: row r belongs to expert li where s_rows[li] <= r < s_rows[li + 1], and
 // within it to the source found in that expert's first-row table.
-__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm) ll_dispatch_recv_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
+    ll_dispatch_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank;
   const int le_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);
   const int le_end = static_cast<int>(static_cast<long long>(Le) * (blockIdx.x + 1) / gridDim.x);
   const int num_le = le_end - le_begin;
   extern __shared__ int s_tables[];
-  int* s_first = s_tables;                  // [num_le][R + 1]
+  int* s_first = s_tables;                    // [num_le][R + 1]
   int* s_rows = s_tables + num_le * (R + 1);  // [num_le + 1]
   const uint32_t tag = p.counters->round[p.buffer] + 1;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -290,10 +297,9 @@ size_t ll_send_shared_bytes(int num_experts, int num_ranks) {
          sizeof(char*) * num_ranks;
 }
 
-void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks,
-                             cudaStream_t stream) {
-  ll_dispatch_send_kernel<<<num_blocks, kLlThreads, ll_send_shared_bytes(p.num_experts, p.num_ranks),
-                            stream>>>(p);
+void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
+  ll_dispatch_send_kernel<<<num_blocks, kLlThreads,
+                            ll_send_shared_bytes(p.num_experts, p.num_ranks), stream>>>(p);
 }
 
 size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks, int num_blocks) {
@@ -301,8 +307,7 @@ size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks, int num_blocks)
   return sizeof(int) * (static_cast<size_t>(most_experts) * (num_ranks + 1) + most_experts + 1);
 }
 
-void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks,
-                             cudaStream_t stream) {
+void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
   ll_dispatch_recv_kernel<<<num_blocks, kLlThreads,
                             ll_recv_shared_bytes(p.experts_per_rank, p.num_ranks, num_blocks),
                             stream>>>(p);

@@ -19,11 +19,11 @@ struct LowLatencyCounters {
 
 // The outputs of one buffer, in the rank's own memory.
 struct LowLatencyOutputs {
-  char* recv_x;          // [Le][R * M][row bytes]
-  float* recv_scales;    // [Le][R * M][H / 128]
-  int* recv_count;       // [Le]
-  int32_t* recv_src;     // [Le][R * M][3]: rank, token, top-k slot
-  int* layout_range;     // [Le][R][2]
+  char* recv_x;        // [Le][R * M][row bytes]
+  float* recv_scales;  // [Le][R * M][H / 128]
+  int* recv_count;     // [Le]
+  int32_t* recv_src;   // [Le][R * M][3]: rank, token, top-k slot
+  int* layout_range;   // [Le][R][2]
 };
 
 struct LowLatencyParams {
@@ -33,16 +33,16 @@ struct LowLatencyParams {
   int buffer;
   bool use_fp8;
   bool idx_int64;
-  const uint16_t* x;           // dispatch: [T][H] bf16
-  const void* topk_idx;        // [T][K]
-  const float* topk_weights;   // combine: [T][K]
-  const uint16_t* y;           // combine: [Le][R * M][H] bf16
-  uint16_t* out;               // combine: [T][H] bf16
+  const uint16_t* x;          // dispatch: [T][H] bf16
+  const void* topk_idx;       // [T][K]
+  const float* topk_weights;  // combine: [T][K]
+  const uint16_t* y;          // combine: [Le][R * M][H] bf16
+  uint16_t* out;              // combine: [T][H] bf16
   LowLatencyOutputs recv;
-  uint32_t* expert_done;       // [E]: dispatch send blocks done with each expert (this buffer)
-  uint32_t* source_done;       // [R]: combine send blocks done with each source (this buffer)
-  uint32_t* rows_from;         // [R]: rows received from each source (summed by the dispatch
-                               // receive, read and reset by the combine send)
+  uint32_t* expert_done;  // [E]: dispatch send blocks done with each expert (this buffer)
+  uint32_t* source_done;  // [R]: combine send blocks done with each source (this buffer)
+  uint32_t* rows_from;    // [R]: rows received from each source (summed by the dispatch
+                          // receive, read and reset by the combine send)
   LowLatencyCounters* counters;
   WaitContext wait;
 };
