@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The 8-GPU run (machine kind nvidia-h200-x8), planned as two device calls of < 10 minutes:
+# The 8-GPU run (machine kind nvidia-h200-x8), planned as device calls of < 10 minutes each:
 #   scripts/gpu8_check.sh tests   build; compute-sanitizer; every test with one rank per GPU,
 #                                 in-process and under mpirun (np 2, 4, 8); logs as gpu_check.sh
 #   scripts/gpu8_check.sh bench   flat and ring at 8, 16, 24, 32 SMs per rank, bf16 and fp8,
 #                                 in-process (with the peer copy probe and NVLink fractions),
 #                                 then 8 processes under mpirun
+#   scripts/gpu8_check.sh llbench the low-latency mode, one rank per GPU (T = 1, 32, 128, 256;
+#                                 bf16 and fp8; eager, hook and graph)
 # NVLink multicast stays off: nothing here creates multicast objects, and the variables below
 # keep libraries that could from doing so.
 set -uo pipefail
@@ -40,8 +42,16 @@ case "${1:-}" in
     echo "bench under mpirun (8 processes, one per GPU): rc=$? ($((SECONDS - start)) s)"
     sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi.log"
     ;;
+  llbench)
+    [ -x "$BUILD/bench/epcomm-bench" ] || OUT="$OUT" bash scripts/gpu_check.sh build
+    start=$SECONDS
+    timeout 300 "$BUILD/bench/epcomm-bench" --mode ll --json "$OUT/bench_ll.json" \
+      >"$OUT/bench_ll.log" 2>&1
+    echo "low-latency bench: rc=$? ($((SECONDS - start)) s)"
+    sed -n '/^epcomm-bench/,$p' "$OUT/bench_ll.log"
+    ;;
   *)
-    echo "usage: scripts/gpu8_check.sh tests|bench" >&2
+    echo "usage: scripts/gpu8_check.sh tests|bench|llbench" >&2
     exit 2
     ;;
 esac
