@@ -6,7 +6,6 @@
 // acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0 in fp32, rounded once to bf16.
 #include "common/ll_common.cuh"
 #include "common/wait.cuh"
-#include "common/warp_copy.cuh"
 #include "launch.hpp"
 
 namespace epcomm::kernels {

@@ -7,7 +7,6 @@
 // atomics decide a slot, so the output is deterministic.
 #include "common/ll_common.cuh"
 #include "common/wait.cuh"
-#include "common/warp_copy.cuh"
 #include "launch.hpp"
 
 namespace epcomm::kernels {

@@ -8,11 +8,7 @@
 namespace epcomm::kernels {
 
 // One warp copies `bytes` (a multiple of 16) from src to dst; four vectors per lane in flight.
-// kLocalInput: src is this rank's input, which nobody writes while the kernel runs (the
-// non-coherent path); otherwise src may have been written by a peer (coherent loads).
-template <bool kLocalInput>
-__device__ __forceinline__ void warp_copy_vectors(char* dst, const char* src, size_t bytes,
-                                                  int lane) {
+__device__ __forceinline__ void warp_copy(char* dst, const char* src, size_t bytes, int lane) {
   constexpr int kUnroll = 4;
   const int num_vec = static_cast<int>(bytes / 16);
   const auto* s = reinterpret_cast<const uint4*>(src);
@@ -22,7 +18,7 @@ __device__ __forceinline__ void warp_copy_vectors(char* dst, const char* src, si
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + lane + 32 * u;
-      if (i < num_vec) v[u] = kLocalInput ? ld_nc_na(s + i) : ld_na(s + i);
+      if (i < num_vec) v[u] = ld_na(s + i);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -30,15 +26,6 @@ __device__ __forceinline__ void warp_copy_vectors(char* dst, const char* src, si
       if (i < num_vec) st_na(d + i, v[u]);
     }
   }
-}
-
-__device__ __forceinline__ void warp_copy(char* dst, const char* src, size_t bytes, int lane) {
-  warp_copy_vectors<false>(dst, src, bytes, lane);
-}
-
-__device__ __forceinline__ void warp_copy_input(char* dst, const char* src, size_t bytes,
-                                                int lane) {
-  warp_copy_vectors<true>(dst, src, bytes, lane);
 }
 
 __device__ __forceinline__ void accumulate_bf16x8(float (&acc)[8], const uint4& v) {
