@@ -210,15 +210,7 @@ LowLatencyRankData make_ll_rank_data(const LowLatencyShape& shape, Routing routi
   const size_t idx_bytes = index_bytes(shape.index_type);
   d.topk_idx.resize(static_cast<size_t>(T) * K * idx_bytes);
   for (int t = 0; t < T; ++t) {
-    std::vector<int64_t> experts = draw_experts(rng, weight, K);
-    if (routing == Routing::kWithHoles) {
-      // Holes, tokens sent nowhere, and (legal in this mode) an expert named twice.
-      const bool nowhere = rng.below(8) == 0;
-      for (auto& e : experts) {
-        if (nowhere || rng.below(4) == 0) e = -1;
-      }
-      if (K > 1 && rng.below(3) == 0) experts[1 + rng.below(K - 1)] = experts[0];
-    }
+    const std::vector<int64_t> experts = draw_token_experts(rng, weight, K, routing, true);
     store_ids(d.topk_idx.data() + static_cast<size_t>(t) * K * idx_bytes, experts, idx_bytes);
   }
   d.topk_weights.resize(static_cast<size_t>(T) * K);

@@ -118,6 +118,18 @@ void store_ids(unsigned char* dst, const std::vector<int64_t>& ids, size_t index
   }
 }
 
+std::vector<int64_t> draw_token_experts(Rng& rng, const std::vector<double>& weight, int K,
+                                        Routing routing, bool repeat_experts) {
+  std::vector<int64_t> experts = draw_experts(rng, weight, K);
+  if (routing != Routing::kWithHoles) return experts;
+  const bool nowhere = rng.below(8) == 0;
+  for (auto& e : experts) {
+    if (nowhere || rng.below(4) == 0) e = -1;
+  }
+  if (repeat_experts && K > 1 && rng.below(3) == 0) experts[1 + rng.below(K - 1)] = experts[0];
+  return experts;
+}
+
 RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int rank) {
   Rng rng(seed * 1000003ull + static_cast<uint64_t>(rank) * 7919ull + 17);
   const int T = shape.num_tokens, K = shape.num_topk, H = shape.hidden, E = shape.num_experts;
@@ -130,13 +142,7 @@ RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int 
   const size_t idx_bytes = index_bytes(shape.index_type);
   d.topk_idx.resize(static_cast<size_t>(T) * K * idx_bytes);
   for (int t = 0; t < T; ++t) {
-    std::vector<int64_t> experts = draw_experts(rng, weight, K);
-    if (routing == Routing::kWithHoles) {
-      const bool nowhere = rng.below(8) == 0;
-      for (auto& e : experts) {
-        if (nowhere || rng.below(4) == 0) e = -1;
-      }
-    }
+    const std::vector<int64_t> experts = draw_token_experts(rng, weight, K, routing, false);
     store_ids(d.topk_idx.data() + static_cast<size_t>(t) * K * idx_bytes, experts, idx_bytes);
   }
   if (shape.with_weights) {

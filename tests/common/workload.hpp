@@ -63,6 +63,12 @@ class Rng {
 // only rank 0's experts (all to one), none of the last rank's (one rank empty).
 std::vector<double> routing_weights(Routing routing, int num_experts, int num_ranks);
 
+// One token's K expert ids: draw_experts under `routing`; with holes, some slots -1 and some
+// tokens sent nowhere, and with repeat_experts (legal in the low-latency mode) sometimes an
+// expert named twice.
+std::vector<int64_t> draw_token_experts(Rng& rng, const std::vector<double>& weight, int K,
+                                        Routing routing, bool repeat_experts);
+
 // Writes ids as int64 or int32 (index_bytes 8 or 4), one after another.
 void store_ids(unsigned char* dst, const std::vector<int64_t>& ids, size_t index_bytes);
 

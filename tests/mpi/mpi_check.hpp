@@ -14,6 +14,9 @@
 
 namespace epcomm::testing {
 
+// Bootstrap waits of the case-list programs: 8 processes may share one GPU without MPS.
+constexpr int kMpiBootstrapTimeoutMs = 120000;
+
 // Counts failed checks of this rank and prints each with the rank, so that mpirun's merged
 // output says who failed.
 class Checks {
@@ -75,8 +78,8 @@ inline int pick_gpu(const char* program) {
 // returns false to stop (a rank failed in a way that leaves the job unusable). Returns the
 // exit code every rank agrees on.
 template <typename MakeCases, typename RunCase>
-int run_case_program(int argc, char** argv, const char* program, int bootstrap_timeout_ms,
-                     MakeCases make_cases, RunCase run_case) {
+int run_case_program(int argc, char** argv, const char* program, MakeCases make_cases,
+                     RunCase run_case) {
   MPI_Init(&argc, &argv);
   size_t first_cases = SIZE_MAX;
   if (argc == 3 && std::string(argv[1]) == "--first") first_cases = std::stoul(argv[2]);
@@ -90,7 +93,7 @@ int run_case_program(int argc, char** argv, const char* program, int bootstrap_t
   }
   Checks checks(world_rank);
   {
-    auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, bootstrap_timeout_ms);
+    auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, kMpiBootstrapTimeoutMs);
     auto memory = make_memory(Backend::kCuda, device);
     const auto cases = make_cases(world_size);
     for (size_t i = 0; i < cases.size() && i < first_cases; ++i) {

@@ -18,8 +18,6 @@ using testing::RoundOptions;
 using testing::Routing;
 using testing::Shape;
 
-constexpr int kBootstrapTimeoutMs = 120000;  // 8 processes may share one GPU without MPS
-
 struct Case {
   Shape shape;
   Routing routing = Routing::kUniform;
@@ -127,5 +125,5 @@ bool run_case(Checks& checks, const std::shared_ptr<MpiBootstrap>& bootstrap,
 // Usage: mpi_conformance_test [--first N]   (N: run only the first N cases)
 int main(int argc, char** argv) {
   using namespace epcomm;
-  return testing::run_case_program(argc, argv, "mpi_conformance_test", kBootstrapTimeoutMs, make_cases, run_case);
+  return testing::run_case_program(argc, argv, "mpi_conformance_test", make_cases, run_case);
 }

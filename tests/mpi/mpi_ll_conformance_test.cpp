@@ -19,8 +19,6 @@ using testing::LowLatencyRoundOptions;
 using testing::LowLatencyShape;
 using testing::Routing;
 
-constexpr int kBootstrapTimeoutMs = 120000;  // 8 processes may share one GPU without MPS
-
 struct Case {
   LowLatencyShape shape;
   Routing routing = Routing::kUniform;
@@ -132,5 +130,5 @@ bool run_case(Checks& checks, const std::shared_ptr<MpiBootstrap>& bootstrap,
 // Usage: mpi_ll_conformance_test [--first N]   (N: run only the first N cases)
 int main(int argc, char** argv) {
   using namespace epcomm;
-  return testing::run_case_program(argc, argv, "mpi_ll_conformance_test", kBootstrapTimeoutMs, make_cases, run_case);
+  return testing::run_case_program(argc, argv, "mpi_ll_conformance_test", make_cases, run_case);
 }
