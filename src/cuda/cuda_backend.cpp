@@ -162,6 +162,9 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   EPCOMM_CUDA_CHECK(cudaMemset(d_ring_received_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
   routing_pool_ = std::make_shared<RoutingPool>(device_, config_.max_tokens_per_rank, num_ranks_,
                                                 layout_.ring.channels, 2);
+  // The stream gets its first kernel now, before the barriers that end creation: no peer's
+  // kernel waits yet (kernels/stream_prime.cu; the routing pool primes its own stream).
+  prime_stream(own_stream_);
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
   domain_ = std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes);
   if (config_.ll_max_tokens_per_rank > 0) {
@@ -201,6 +204,16 @@ void CudaBackend::set_stream(Stream stream) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   cudaStream_t next = stream ? reinterpret_cast<cudaStream_t>(stream) : own_stream_;
   if (next == stream_) return;
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  EPCOMM_CUDA_CHECK(cudaStreamIsCapturing(next, &capturing));
+  if (capturing == cudaStreamCaptureStatusNone &&
+      std::find(primed_.begin(), primed_.end(), next) == primed_.end()) {
+    // A stream's first kernel may be held back while a peer's kernel waits: run it now, while
+    // this rank waits for nobody (the caller sets streams before the collectives that use them).
+    prime_stream(next);
+    EPCOMM_CUDA_CHECK(cudaStreamSynchronize(next));
+    primed_.push_back(next);
+  }
   // The new stream starts after everything issued so far (routing buffers are reused in order).
   cudaEvent_t done;
   EPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
@@ -208,6 +221,11 @@ void CudaBackend::set_stream(Stream stream) {
   EPCOMM_CUDA_CHECK(cudaStreamWaitEvent(next, done, 0));
   EPCOMM_CUDA_CHECK(cudaEventDestroy(done));
   stream_ = next;
+}
+
+void CudaBackend::prime_stream(cudaStream_t stream) {
+  kernels::launch_stream_prime(stream);
+  EPCOMM_LAUNCH_CHECK("stream_prime_kernel");
 }
 
 WaitContext CudaBackend::wait_context() const {

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <vector>
 
 #include "../backend.hpp"
 #include "low_latency_engine.hpp"
@@ -63,6 +64,8 @@ class CudaBackend final : public detail::CommBackend {
   OutputPointers outputs_for(const DispatchOutputs& outs) const;
   WaitContext wait_context() const;
   ErrorSink error_sink() const;
+  // Issues a stream's first kernel (an empty one): see kernels/stream_prime.cu.
+  void prime_stream(cudaStream_t stream);
   // Sends rows (and meta), waits for arrivals, drains meta, copies recv_x when asked.
   void send_and_receive(const CudaHandle& handle, const void* x, const float* x_scales,
                         const DispatchInputs* fresh, const OutputPointers& outs);
@@ -88,6 +91,7 @@ class CudaBackend final : public detail::CommBackend {
   std::shared_ptr<RoutingPool> routing_pool_;
   cudaStream_t own_stream_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  std::vector<cudaStream_t> primed_;  // callers' streams set_stream has primed
   cudaEvent_t counts_known_ = nullptr;
   DeviceState* d_state_ = nullptr;
   MappedHostState* h_mapped_ = nullptr;  // host view

@@ -2,6 +2,7 @@
 #include "routing_pool.hpp"
 
 #include "cuda_check.hpp"
+#include "kernels/launch.hpp"
 
 namespace epcomm::cuda {
 
@@ -13,6 +14,8 @@ RoutingPool::RoutingPool(int device, int max_tokens, int num_ranks, int ring_cha
       ring_channels_(ring_channels) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   EPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&alloc_stream_, cudaStreamNonBlocking));
+  kernels::launch_stream_prime(alloc_stream_);  // its first kernel, before any peer waits
+  EPCOMM_LAUNCH_CHECK("stream_prime_kernel");
   for (int i = 0; i < initial_buffers; ++i) free_.push_back(allocate());
 }
 

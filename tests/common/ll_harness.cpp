@@ -2,6 +2,7 @@
 #include "ll_harness.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <numeric>
@@ -403,6 +404,10 @@ std::vector<std::vector<std::vector<LowLatencyRankOutputs>>> run_ll_cluster(
         auto outs = run_ll_round(*comm, *shared[rank], *memory, shape, routing,
                                  seed + 2 * static_cast<uint64_t>(round), options);
         for (size_t p = 0; p < outs.size(); ++p) outputs[round][p][rank] = std::move(outs[p]);
+      } catch (const std::exception& e) {
+        // run_on_ranks rethrows one rank's error; every failing rank's says who waited for whom.
+        std::fprintf(stderr, "rank %d failed: %s\n", rank, e.what());
+        failure = std::current_exception();
       } catch (...) {
         failure = std::current_exception();
       }

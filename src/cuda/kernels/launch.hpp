@@ -18,6 +18,7 @@ cudaError_t load_gather_combine_kernels();
 cudaError_t load_ring_kernels();
 cudaError_t load_ll_dispatch_kernels();
 cudaError_t load_ll_combine_kernels();
+cudaError_t load_stream_prime_kernels();
 
 // Loads every kernel of the library. Called while creating a communicator: under lazy loading
 // a kernel's first launch can wait for the whole context, and so for a peer's kernel that is
@@ -25,12 +26,15 @@ cudaError_t load_ll_combine_kernels();
 inline cudaError_t load_all_kernels() {
   for (auto load : {load_layout_kernels, load_notify_kernels, load_flat_send_kernels,
                     load_drain_kernels, load_gather_combine_kernels, load_ring_kernels,
-                    load_ll_dispatch_kernels, load_ll_combine_kernels}) {
+                    load_ll_dispatch_kernels, load_ll_combine_kernels, load_stream_prime_kernels}) {
     const cudaError_t err = load();
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
 }
+
+// Launches an empty kernel: a stream's first launch, issued while no peer waits (stream_prime.cu).
+void launch_stream_prime(cudaStream_t stream);
 
 size_t layout_shared_bytes(int num_experts, int num_ranks);
 size_t notify_shared_bytes(int num_ranks, int experts_per_rank);
