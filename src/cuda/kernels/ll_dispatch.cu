@@ -24,26 +24,72 @@ constexpr int kMaxBatchMessages = 512;
 // written or report the mismatch.
 constexpr uint32_t kFp8CountFlag = 1u << 31;
 
-// The whole block writes the batch's messages: headers, then rows (copied or cast to fp8).
-__device__ void send_batch(const LowLatencyParams& p, const Message* batch, int n) {
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+// The batch's token b (of n_tokens) goes to messages batch[first[b] .. first[b + 1]).
+// Each token's row is read once and written to all its messages: threads take 16-byte columns
+// (bf16) or a half-warp takes a 128-element group (fp8, cast once per token) of kUnroll items
+// at a time, loads them all, then stores each to every message of its token.
+__device__ void send_batch(const LowLatencyParams& p, const Message* batch, const int* first,
+                           int n_tokens) {
+  for (int j = threadIdx.x; j < first[n_tokens]; j += blockDim.x) {
     st_na(
         reinterpret_cast<uint4*>(batch[j].dst),
         make_uint4(static_cast<uint32_t>(batch[j].token), static_cast<uint32_t>(batch[j].k), 0, 0));
   }
-  const uint16_t* x = p.x;
   const int H = p.hidden;
-  if (p.use_fp8) {
-    const size_t scales_offset = p.layout.message_scales_offset();
-    block_cast_rows_to_fp8(
-        n, H, [&](int j) { return x + static_cast<size_t>(batch[j].token) * H; },
-        [&](int j) { return reinterpret_cast<uint8_t*>(batch[j].dst + 16); },
-        [&](int j) { return reinterpret_cast<float*>(batch[j].dst + scales_offset); });
-  } else {
-    block_copy_rows<true>(
-        n, 2 * static_cast<size_t>(H),
-        [&](int j) { return x + static_cast<size_t>(batch[j].token) * H; },
-        [&](int j) { return batch[j].dst + 16; });
+  auto x_row = [&](int b) { return p.x + static_cast<size_t>(batch[first[b]].token) * H; };
+  if (!p.use_fp8) {
+    constexpr int kUnroll = 4;
+    const int row_vectors = H / 8;
+    const int items = n_tokens * row_vectors;
+    for (int i0 = 0; i0 < items; i0 += kUnroll * blockDim.x) {
+      uint4 v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = i0 + u * blockDim.x + threadIdx.x;
+        if (i < items) {
+          v[u] = ld_nc_na(reinterpret_cast<const uint4*>(x_row(i / row_vectors)) + i % row_vectors);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = i0 + u * blockDim.x + threadIdx.x;
+        if (i >= items) continue;
+        const int b = i / row_vectors, c = i % row_vectors;
+        for (int j = first[b]; j < first[b + 1]; ++j) {
+          st_na(reinterpret_cast<uint4*>(batch[j].dst + 16) + c, v[u]);
+        }
+      }
+    }
+    return;
+  }
+  constexpr int kUnroll = 2;
+  const int groups = H / 128, items = n_tokens * groups;
+  const int half_warps = blockDim.x / 16, hw = threadIdx.x / 16, sub = threadIdx.x % 16;
+  const size_t scales_offset = p.layout.message_scales_offset();
+  // NOTE: the bound is the same for both halves of a warp: the shuffles need every lane.
+  for (int i0 = 0; i0 < items; i0 += kUnroll * half_warps) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = i0 + u * half_warps + hw;
+      v[u] = make_uint4(0, 0, 0, 0);
+      if (i < items) {
+        v[u] = ld_nc_na(reinterpret_cast<const uint4*>(x_row(i / groups) + (i % groups) * 128) +
+                        sub);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = i0 + u * half_warps + hw;
+      float scale;
+      const uint2 q = cast_group_to_fp8(v[u], &scale);
+      if (i >= items) continue;
+      const int b = i / groups, g = i % groups;
+      for (int j = first[b]; j < first[b + 1]; ++j) {
+        *reinterpret_cast<uint2*>(batch[j].dst + 16 + g * 128 + sub * 8) = q;
+        if (sub == 0) reinterpret_cast<float*>(batch[j].dst + scales_offset)[g] = scale;
+      }
+    }
   }
 }
 
@@ -68,10 +114,12 @@ __device__ void count_messages(const LowLatencyParams& p, int t_begin, int* s_ne
 }
 
 // Warp 0 lists the messages of tokens [t_first, t_last) in token order; a message's slot is
-// the token's position among this rank's tokens routed to the expert.
+// the token's position among this rank's tokens routed to the expert. The tokens with at least
+// one message get s_first entries (their first message; one past the last at the end); returns
+// how many tokens that is.
 __device__ int plan_batch(const LowLatencyParams& p, char* const* peers, int t_first, int t_last,
-                          int* s_next, Message* s_batch, int lane) {
-  int n = 0;
+                          int* s_next, Message* s_batch, int* s_first, int lane) {
+  int n = 0, tokens = 0;
   for (int t = t_first; t < t_last; ++t) {
     const int e = lane < p.num_topk
                       ? first_expert(p.topk_idx, p.idx_int64, t, lane, p.num_topk, p.num_experts)
@@ -82,9 +130,14 @@ __device__ int plan_batch(const LowLatencyParams& p, char* const* peers, int t_f
       char* dst = p.layout.message(peers[d], p.buffer, le, p.rank, s_next[e]++);
       s_batch[n + __popc(mask & lanemask_lt())] = Message{dst, t, lane};
     }
+    if (mask != 0) {
+      if (lane == 0) s_first[tokens] = n;
+      ++tokens;
+    }
     n += __popc(mask);
   }
-  return n;
+  if (lane == 0) s_first[tokens] = n;
+  return tokens;
 }
 
 __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatencyParams p) {
@@ -95,7 +148,8 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatency
   int* s_total = s_ints + E;  // [E]
   auto* s_batch = reinterpret_cast<Message*>(s_total + E);
   auto** s_peers = reinterpret_cast<char**>(s_batch + kMaxBatchMessages);
-  __shared__ int s_batch_size;
+  __shared__ int s_first[kMaxBatchMessages + 1];  // per token of the batch: its first message
+  __shared__ int s_batch_tokens;
   for (int e = threadIdx.x; e < E; e += blockDim.x) s_next[e] = s_total[e] = 0;
   for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) s_peers[d] = p.peers[d];
   // Read before any block of this round can finish: the tag is the same for every block.
@@ -112,12 +166,12 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatency
   const int batch_tokens = kMaxBatchMessages / p.num_topk;
   for (int t0 = t_begin; t0 < t_end; t0 += batch_tokens) {
     if (warp == 0) {
-      const int n =
-          plan_batch(p, s_peers, t0, min(t0 + batch_tokens, t_end), s_next, s_batch, lane);
-      if (lane == 0) s_batch_size = n;
+      const int n = plan_batch(p, s_peers, t0, min(t0 + batch_tokens, t_end), s_next, s_batch,
+                               s_first, lane);
+      if (lane == 0) s_batch_tokens = n;
     }
     __syncthreads();
-    send_batch(p, s_batch, s_batch_size);
+    send_batch(p, s_batch, s_first, s_batch_tokens);
     __syncthreads();  // the batch area is reused; all messages written before the counts below
   }
 
