@@ -66,16 +66,6 @@ class CommBackend {
   virtual void ll_dispatch_receive(int buffer) = 0;
   virtual void ll_combine_send(const LowLatencyCombineArgs& args, int buffer) = 0;
   virtual void ll_combine_receive(int buffer) = 0;
-  // Both phases of a call without the hook; a backend may issue them as one step.
-  virtual LowLatencyDispatchResult ll_dispatch(const LowLatencyDispatchInputs& in, int buffer) {
-    LowLatencyDispatchResult result = ll_dispatch_send(in, buffer);
-    ll_dispatch_receive(buffer);
-    return result;
-  }
-  virtual void ll_combine(const LowLatencyCombineArgs& args, int buffer) {
-    ll_combine_send(args, buffer);
-    ll_combine_receive(buffer);
-  }
 };
 
 std::unique_ptr<CommBackend> make_host_backend(std::shared_ptr<Bootstrap> bootstrap,

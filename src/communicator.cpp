@@ -226,11 +226,13 @@ LowLatencyDispatchResult Communicator::low_latency_dispatch(const LowLatencyDisp
   slot.call = call;
   slot.phase = kLlDispatchSent;
   try {
-    LowLatencyDispatchResult result = guarded(broken_, [&] {
-      return send_only ? impl_->ll_dispatch_send(in, buffer) : impl_->ll_dispatch(in, buffer);
-    });
+    LowLatencyDispatchResult result =
+        guarded(broken_, [&] { return impl_->ll_dispatch_send(in, buffer); });
     result.handle = LowLatencyHandle(std::move(state));
-    if (!send_only) slot.phase = kLlDispatched;
+    if (!send_only) {
+      guarded(broken_, [&] { impl_->ll_dispatch_receive(buffer); });
+      slot.phase = kLlDispatched;
+    }
     return result;
   } catch (const Error&) {
     // A rejected input (the host reference rejects on every rank at once) leaves the buffer as
@@ -280,13 +282,13 @@ void Communicator::low_latency_combine(const void* y, const void* topk_idx,
     if (out == nullptr) invalid(caller, "out is null");
   }
   ll_buffers_[buffer].phase = kLlCombineSent;
-  const detail::LowLatencyCombineArgs args{y, topk_idx, topk_weights, out};
-  if (send_only) {
-    guarded(broken_, [&] { impl_->ll_combine_send(args, buffer); });
-    return;
+  guarded(broken_, [&] {
+    impl_->ll_combine_send(detail::LowLatencyCombineArgs{y, topk_idx, topk_weights, out}, buffer);
+  });
+  if (!send_only) {
+    guarded(broken_, [&] { impl_->ll_combine_receive(buffer); });
+    ll_buffers_[buffer].phase = kLlIdle;
   }
-  guarded(broken_, [&] { impl_->ll_combine(args, buffer); });
-  ll_buffers_[buffer].phase = kLlIdle;
 }
 
 void Communicator::low_latency_receive(const LowLatencyHandle& handle) {

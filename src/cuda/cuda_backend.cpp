@@ -571,14 +571,4 @@ void CudaBackend::ll_combine_receive(int buffer) {
   ll_->combine_receive(buffer, stream_);
 }
 
-LowLatencyDispatchResult CudaBackend::ll_dispatch(const LowLatencyDispatchInputs& in, int buffer) {
-  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
-  return ll_->dispatch(in, buffer, stream_);
-}
-
-void CudaBackend::ll_combine(const detail::LowLatencyCombineArgs& args, int buffer) {
-  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
-  ll_->combine(args, buffer, stream_);
-}
-
 }  // namespace epcomm::cuda

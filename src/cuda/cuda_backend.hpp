@@ -50,8 +50,6 @@ class CudaBackend final : public detail::CommBackend {
   void ll_dispatch_receive(int buffer) override;
   void ll_combine_send(const detail::LowLatencyCombineArgs& args, int buffer) override;
   void ll_combine_receive(int buffer) override;
-  LowLatencyDispatchResult ll_dispatch(const LowLatencyDispatchInputs& in, int buffer) override;
-  void ll_combine(const detail::LowLatencyCombineArgs& args, int buffer) override;
 
  private:
   // Outputs go to the caller's buffer where one is given, else to this backend's own.

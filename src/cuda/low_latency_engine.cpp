@@ -132,12 +132,6 @@ LowLatencyDispatchResult LowLatencyEngine::dispatch_send(const LowLatencyDispatc
   kernels::launch_ll_dispatch_send(params(buffer, false),
                                    clamp_blocks(in.num_tokens, config_.dispatch_sms), stream);
   EPCOMM_LAUNCH_CHECK("ll_dispatch_send_kernel");
-  return result_of(buffer);
-}
-
-LowLatencyDispatchResult LowLatencyEngine::result_of(int buffer) const {
-  const BufferCall& call = calls_[buffer];
-  const LowLatencyDispatchInputs& in = call.in;
   LowLatencyDispatchResult r;
   r.recv_x = call.outputs.recv_x;
   r.recv_scales = in.use_fp8 ? call.outputs.recv_scales : nullptr;
@@ -146,18 +140,6 @@ LowLatencyDispatchResult LowLatencyEngine::result_of(int buffer) const {
   r.layout_range = call.outputs.layout_range;
   r.rows_per_expert = static_cast<int>(layout_.rows_per_expert());
   return r;
-}
-
-LowLatencyDispatchResult LowLatencyEngine::dispatch(const LowLatencyDispatchInputs& in, int buffer,
-                                                    cudaStream_t stream) {
-  BufferCall& call = calls_[buffer];
-  call.in = in;
-  call.combine = {};
-  const int blocks = std::max(clamp_blocks(in.num_tokens, config_.dispatch_sms),
-                              clamp_blocks(experts_per_rank_, config_.dispatch_sms));
-  kernels::launch_ll_dispatch(params(buffer, false), blocks, stream);
-  EPCOMM_LAUNCH_CHECK("ll_dispatch_kernel");
-  return result_of(buffer);
 }
 
 void LowLatencyEngine::dispatch_receive(int buffer, cudaStream_t stream) {
@@ -172,15 +154,6 @@ void LowLatencyEngine::combine_send(const detail::LowLatencyCombineArgs& args, i
   kernels::launch_ll_combine_send(params(buffer, true),
                                   clamp_blocks(experts_per_rank_, config_.combine_sms), stream);
   EPCOMM_LAUNCH_CHECK("ll_combine_send_kernel");
-}
-
-void LowLatencyEngine::combine(const detail::LowLatencyCombineArgs& args, int buffer,
-                               cudaStream_t stream) {
-  calls_[buffer].combine = args;
-  const int blocks = std::max(clamp_blocks(experts_per_rank_, config_.combine_sms),
-                              clamp_blocks(calls_[buffer].in.num_tokens, config_.combine_sms));
-  kernels::launch_ll_combine(params(buffer, true), blocks, stream);
-  EPCOMM_LAUNCH_CHECK("ll_combine_kernel");
 }
 
 void LowLatencyEngine::combine_receive(int buffer, cudaStream_t stream) {

@@ -1,6 +1,5 @@
 // The low-latency mode of the CUDA backend (DESIGN section 10): its own symmetric region (two
-// buffers), the outputs of each buffer, and the launches of a round: four with the hook, two
-// (send and receive fused) without.
+// buffers), the outputs of each buffer, and the four launches of a round.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -27,10 +26,6 @@ class LowLatencyEngine {
   void dispatch_receive(int buffer, cudaStream_t stream);
   void combine_send(const detail::LowLatencyCombineArgs& args, int buffer, cudaStream_t stream);
   void combine_receive(int buffer, cudaStream_t stream);
-  // Send and receive in one launch each (the calls without the hook).
-  LowLatencyDispatchResult dispatch(const LowLatencyDispatchInputs& in, int buffer,
-                                    cudaStream_t stream);
-  void combine(const detail::LowLatencyCombineArgs& args, int buffer, cudaStream_t stream);
 
  private:
   // What a buffer's latest call was given; the receive launches reuse it.
@@ -44,8 +39,6 @@ class LowLatencyEngine {
   };
   // `combine`: topk_idx from the combine's arguments, else from the dispatch's.
   LowLatencyParams params(int buffer, bool combine) const;
-  // The views of a buffer's outputs for its latest dispatch.
-  LowLatencyDispatchResult result_of(int buffer) const;
 
   Config config_;
   int rank_, num_ranks_, experts_per_rank_;

@@ -56,11 +56,8 @@ size_t ll_send_shared_bytes(int num_experts, int num_ranks);
 size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks, int num_blocks);
 void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
 void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
-// Send and receive in one launch (the call without the hook).
-void launch_ll_dispatch(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
 void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
 void launch_ll_combine_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
-void launch_ll_combine(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
 // Blocks of either low-latency receive kernel that fit on an SM.
 int ll_receive_blocks_per_sm();
 // Blocks of one ring kernel that fit on an SM (the ring kernels wait inside wide grids).

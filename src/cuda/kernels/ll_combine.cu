@@ -14,8 +14,8 @@ namespace {
 using cuda::LowLatencyParams;
 
 // Block b takes local experts [Le*b/G, Le*(b+1)/G) and copies all their rows as one range.
-// The send phase (all blocks of the grid take part).
-__device__ __forceinline__ void combine_send(const LowLatencyParams& p) {
+__global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyParams p) {
+  if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank, H = p.hidden;
   const int le_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);
   const int le_end = static_cast<int>(static_cast<long long>(Le) * (blockIdx.x + 1) / gridDim.x);
@@ -118,7 +118,9 @@ __device__ __forceinline__ int row_slot(const LowLatencyParams& p, int t, int k)
 // weight, then each thread sums 16-byte output vectors of the batch:
 // acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0, rounded once to bf16. The loads of
 // up to kSlotsInFlight slots are issued before their sums.
-__device__ __forceinline__ void combine_receive(const LowLatencyParams& p) {
+__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
+    ll_combine_recv_kernel(LowLatencyParams p) {
+  if (rank_failed(p.wait.state)) return;
   constexpr int kSlotsInFlight = 8;
   extern __shared__ int s_expected[];  // [R]
   __shared__ int s_row_slot[kSlotTable];
@@ -180,61 +182,25 @@ __device__ __forceinline__ void combine_receive(const LowLatencyParams& p) {
   }
 }
 
-__global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyParams p) {
-  if (rank_failed(p.wait.state)) return;
-  combine_send(p);
-}
-
-__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
-    ll_combine_recv_kernel(LowLatencyParams p) {
-  if (rank_failed(p.wait.state)) return;
-  combine_receive(p);
-}
-
-// Both phases in one launch (no hook), as ll_dispatch_kernel.
-__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
-    ll_combine_kernel(LowLatencyParams p) {
-  if (rank_failed(p.wait.state)) return;
-  combine_send(p);
-  __syncthreads();  // the receive reuses the shared memory
-  combine_receive(p);
-}
-
-size_t combine_send_shared_bytes(int experts_per_rank, int num_blocks) {
-  const int most_experts = (experts_per_rank + num_blocks - 1) / num_blocks;
-  return sizeof(int) * (most_experts + 1);
-}
-
 }  // namespace
 
 int ll_combine_recv_blocks_per_sm() {
-  int n = 1 << 20;
-  for (const void* kernel : {reinterpret_cast<const void*>(ll_combine_recv_kernel),
-                             reinterpret_cast<const void*>(ll_combine_kernel)}) {
-    int k = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k, kernel, kLlThreads, 0);
-    n = k < n ? k : n;
-  }
+  int n = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ll_combine_recv_kernel, kLlThreads, 0);
   return n;
 }
 
 cudaError_t load_ll_combine_kernels() {
-  return load_kernels(ll_combine_send_kernel, ll_combine_recv_kernel, ll_combine_kernel);
+  return load_kernels(ll_combine_send_kernel, ll_combine_recv_kernel);
 }
 
 void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
-  ll_combine_send_kernel<<<num_blocks, kLlThreads,
-                           combine_send_shared_bytes(p.experts_per_rank, num_blocks), stream>>>(p);
+  const int most_experts = (p.experts_per_rank + num_blocks - 1) / num_blocks;
+  ll_combine_send_kernel<<<num_blocks, kLlThreads, sizeof(int) * (most_experts + 1), stream>>>(p);
 }
 
 void launch_ll_combine_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
   ll_combine_recv_kernel<<<num_blocks, kLlThreads, sizeof(int) * p.num_ranks, stream>>>(p);
-}
-
-void launch_ll_combine(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
-  const size_t send = combine_send_shared_bytes(p.experts_per_rank, num_blocks);
-  const size_t recv = sizeof(int) * p.num_ranks;
-  ll_combine_kernel<<<num_blocks, kLlThreads, send > recv ? send : recv, stream>>>(p);
 }
 
 }  // namespace epcomm::kernels

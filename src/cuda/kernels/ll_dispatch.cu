@@ -140,8 +140,8 @@ __device__ int plan_batch(const LowLatencyParams& p, char* const* peers, int t_f
   return tokens;
 }
 
-// The send phase (all blocks of the grid take part).
-__device__ __forceinline__ void dispatch_send(const LowLatencyParams& p) {
+__global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatencyParams p) {
+  if (rank_failed(p.wait.state)) return;
   const int E = p.num_experts;
   extern __shared__ int s_ints[];
   int* s_next = s_ints;       // [E]
@@ -260,7 +260,9 @@ __device__ __forceinline__ int last_at_most(const int* table, int n, int value) 
 // time (all of the block's experts in parallel), then the whole block copies the rows of all its
 // experts as one range: row r belongs to expert li where s_rows[li] <= r < s_rows[li + 1], and
 // within it to the source found in that expert's first-row table.
-__device__ __forceinline__ void dispatch_receive(const LowLatencyParams& p) {
+__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
+    ll_dispatch_recv_kernel(LowLatencyParams p) {
+  if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank;
   const int le_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);
   const int le_end = static_cast<int>(static_cast<long long>(Le) * (blockIdx.x + 1) / gridDim.x);
@@ -329,45 +331,18 @@ __device__ __forceinline__ void dispatch_receive(const LowLatencyParams& p) {
   }
 }
 
-__global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatencyParams p) {
-  if (rank_failed(p.wait.state)) return;
-  dispatch_send(p);
-}
-
-__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
-    ll_dispatch_recv_kernel(LowLatencyParams p) {
-  if (rank_failed(p.wait.state)) return;
-  dispatch_receive(p);
-}
-
-// Both phases in one launch (no hook): a block sends its tokens, then receives its experts. No
-// block waits before its own sends are written, and all ranks' grids are resident (checked at
-// creation), so every count a block waits for is posted.
-__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
-    ll_dispatch_kernel(LowLatencyParams p) {
-  if (rank_failed(p.wait.state)) return;
-  dispatch_send(p);
-  __syncthreads();  // the receive reuses the shared memory
-  dispatch_receive(p);
-}
-
 }  // namespace
 
 int ll_combine_recv_blocks_per_sm();  // ll_combine.cu
 
 int ll_receive_blocks_per_sm() {
-  int n = ll_combine_recv_blocks_per_sm();
-  for (const void* kernel : {reinterpret_cast<const void*>(ll_dispatch_recv_kernel),
-                             reinterpret_cast<const void*>(ll_dispatch_kernel)}) {
-    int k = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k, kernel, kLlThreads, 0);
-    n = k < n ? k : n;
-  }
-  return n;
+  int n = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ll_dispatch_recv_kernel, kLlThreads, 0);
+  return n < ll_combine_recv_blocks_per_sm() ? n : ll_combine_recv_blocks_per_sm();
 }
 
 cudaError_t load_ll_dispatch_kernels() {
-  return load_kernels(ll_dispatch_send_kernel, ll_dispatch_recv_kernel, ll_dispatch_kernel);
+  return load_kernels(ll_dispatch_send_kernel, ll_dispatch_recv_kernel);
 }
 
 size_t ll_send_shared_bytes(int num_experts, int num_ranks) {
@@ -389,12 +364,6 @@ void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks, cu
   ll_dispatch_recv_kernel<<<num_blocks, kLlThreads,
                             ll_recv_shared_bytes(p.experts_per_rank, p.num_ranks, num_blocks),
                             stream>>>(p);
-}
-
-void launch_ll_dispatch(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
-  const size_t send = ll_send_shared_bytes(p.num_experts, p.num_ranks);
-  const size_t recv = ll_recv_shared_bytes(p.experts_per_rank, p.num_ranks, num_blocks);
-  ll_dispatch_kernel<<<num_blocks, kLlThreads, send > recv ? send : recv, stream>>>(p);
 }
 
 }  // namespace epcomm::kernels
