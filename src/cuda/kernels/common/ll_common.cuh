@@ -114,53 +114,6 @@ __device__ __forceinline__ uint2 cast_group_to_fp8(const uint4& v, float* scale)
   return make_uint2(packed[0], packed[1]);
 }
 
-// The whole block casts `num_rows` rows of `hidden` bf16 (a multiple of 128) to fp8 with one
-// scale per 128 elements: row j from src_of(j) (local input) into dst_of(j) and scales_of(j).
-// Addresses are tabled as in block_copy_rows; a half-warp takes one group of 128 elements of
-// kUnroll rows at a time. Every thread of the block must call it.
-template <typename SrcOf, typename DstOf, typename ScalesOf>
-__device__ __forceinline__ void block_cast_rows_to_fp8(int num_rows, int hidden, SrcOf src_of,
-                                                       DstOf dst_of, ScalesOf scales_of) {
-  constexpr int kUnroll = 4;
-  __shared__ const uint16_t* s_src[kRowTable];
-  __shared__ uint8_t* s_dst[kRowTable];
-  __shared__ float* s_scales[kRowTable];
-  const int groups = hidden / 128;
-  const int half_warps = blockDim.x / 16, hw = threadIdx.x / 16, sub = threadIdx.x % 16;
-  for (int r0 = 0; r0 < num_rows; r0 += kRowTable) {
-    const int n = min(kRowTable, num_rows - r0);
-    __syncthreads();
-    for (int r = threadIdx.x; r < n; r += blockDim.x) {
-      s_src[r] = src_of(r0 + r);
-      s_dst[r] = dst_of(r0 + r);
-      s_scales[r] = scales_of(r0 + r);
-    }
-    __syncthreads();
-    for (int r = 0; r < n; r += kUnroll) {
-      // NOTE: the bound is the same for both halves of a warp: the shuffles need every lane.
-      for (int g0 = 0; g0 < groups; g0 += half_warps) {
-        const int g = g0 + hw;
-        uint4 v[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          v[u] = make_uint4(0, 0, 0, 0);
-          if (r + u < n && g < groups) {
-            v[u] = ld_nc_na(reinterpret_cast<const uint4*>(s_src[r + u] + g * 128) + sub);
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          float scale;
-          const uint2 q = cast_group_to_fp8(v[u], &scale);
-          if (r + u >= n || g >= groups) continue;
-          *reinterpret_cast<uint2*>(s_dst[r + u] + g * 128 + sub * 8) = q;
-          if (sub == 0) s_scales[r + u][g] = scale;
-        }
-      }
-    }
-  }
-}
-
 __device__ __forceinline__ uint32_t atomic_add_acq_rel_gpu(uint32_t* p, uint32_t v) {
   uint32_t old;
   asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;"
