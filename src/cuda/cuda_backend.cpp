@@ -206,12 +206,15 @@ void CudaBackend::set_stream(Stream stream) {
   if (next == stream_) return;
   cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
   EPCOMM_CUDA_CHECK(cudaStreamIsCapturing(next, &capturing));
-  if (capturing == cudaStreamCaptureStatusNone &&
+  if (capturing == cudaStreamCaptureStatusNone && next != own_stream_ &&
       std::find(primed_.begin(), primed_.end(), next) == primed_.end()) {
     // A stream's first kernel may be held back while a peer's kernel waits: run it now, while
     // this rank waits for nobody (the caller sets streams before the collectives that use them).
     prime_stream(next);
     EPCOMM_CUDA_CHECK(cudaStreamSynchronize(next));
+    // The latest few: a program that makes a stream per step would grow the list forever;
+    // a stream forgotten and set again is only primed again.
+    if (primed_.size() == kPrimedStreams) primed_.erase(primed_.begin());
     primed_.push_back(next);
   }
   // The new stream starts after everything issued so far (routing buffers are reused in order).

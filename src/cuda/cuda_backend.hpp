@@ -91,7 +91,8 @@ class CudaBackend final : public detail::CommBackend {
   std::shared_ptr<RoutingPool> routing_pool_;
   cudaStream_t own_stream_ = nullptr;
   cudaStream_t stream_ = nullptr;
-  std::vector<cudaStream_t> primed_;  // callers' streams set_stream has primed
+  static constexpr size_t kPrimedStreams = 64;
+  std::vector<cudaStream_t> primed_;  // callers' streams set_stream has primed (the latest)
   cudaEvent_t counts_known_ = nullptr;
   DeviceState* d_state_ = nullptr;
   MappedHostState* h_mapped_ = nullptr;  // host view
