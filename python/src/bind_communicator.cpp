@@ -11,39 +11,6 @@
 namespace epcomm::python {
 namespace {
 
-// Owns a Communicator that Python may close before garbage collection: the CUDA backend's
-// destructor is collective (a barrier), so with ranks as threads it must run with the GIL
-// released, or a peer thread could never reach its own.
-class PyCommunicator {
- public:
-  explicit PyCommunicator(std::unique_ptr<Communicator> comm) : comm_(std::move(comm)) {}
-
-  Communicator& get() const {
-    if (!comm_) throw Error(ErrorCode::kInvalidArgument, "the communicator is closed");
-    return *comm_;
-  }
-  bool closed() const { return comm_ == nullptr; }
-  // Collective for the CUDA backend; call with the GIL released.
-  void close() { comm_.reset(); }
-
- private:
-  std::unique_ptr<Communicator> comm_;
-};
-
-// Binds a pointer member of Class as an integer address property.
-template <typename Class, typename Pointee>
-void def_address(py::class_<Class>& cls, const char* name, Pointee* Class::*member,
-                 bool writable) {
-  auto getter = [member](const Class& object) { return to_address(object.*member); };
-  if (!writable) {
-    cls.def_property_readonly(name, getter);
-    return;
-  }
-  cls.def_property(name, getter, [member](Class& object, Address address) {
-    object.*member = from_address<Pointee>(address);
-  });
-}
-
 void bind_handle_and_results(py::module_& m) {
   py::class_<DispatchHandle>(m, "DispatchHandle", "Routing of one dispatch (opaque).")
       .def_property_readonly("valid", &DispatchHandle::valid)
@@ -116,9 +83,11 @@ void get_dispatch_layout(const PyCommunicator& self, Address topk_idx, int num_t
 void bind_communicator(py::module_& m) {
   bind_handle_and_results(m);
   using release_gil = py::call_guard<py::gil_scoped_release>;
-  py::class_<PyCommunicator>(m, "Communicator",
-                             "epcomm::Communicator, one rank's endpoint. See "
-                             "include/epcomm/communicator.hpp for every call's contract.")
+  py::class_<PyCommunicator> communicator(
+      m, "Communicator",
+      "epcomm::Communicator, one rank's endpoint. See include/epcomm/communicator.hpp for every "
+      "call's contract.");
+  communicator
       .def_static(
           "create",
           [](std::shared_ptr<Bootstrap> bootstrap, const Config& config, Backend backend,
@@ -163,6 +132,7 @@ void bind_communicator(py::module_& m) {
           py::arg("y"), py::arg("handle"), py::arg("out"), release_gil())
       .def(
           "synchronize", [](const PyCommunicator& c) { c.get().synchronize(); }, release_gil());
+  bind_low_latency(m, communicator);
 }
 
 }  // namespace epcomm::python
