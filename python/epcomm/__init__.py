@@ -1,7 +1,8 @@
 """epcomm: expert-parallel dispatch and combine for Mixture-of-Experts layers.
 
-`epcomm.Buffer` follows DeepEP's V1 high-throughput API, so a DeepEP caller switches with
-`import epcomm as deep_ep`; each method's docstring lists where epcomm's semantics differ.
+`epcomm.Buffer` follows DeepEP's V1 API (high-throughput and low-latency), so a DeepEP caller
+switches with `import epcomm as deep_ep`; each method's docstring lists where epcomm's semantics
+differ.
 docs/python.md explains the design. The C++ library does the work, through the extension
 module _epcomm (arrays cross as addresses; the C++ side never sees PyTorch).
 """
@@ -12,7 +13,7 @@ from .buffer import Buffer
 from .config import Config
 from .event import EventOverlap
 from .groups import ThreadGroup, TorchGroupBootstrap, make_thread_groups
-from .handle import DispatchHandle
+from .handle import DispatchHandle, LowLatencyHandle
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "EpcommError",
     "ErrorCode",
     "EventOverlap",
+    "LowLatencyHandle",
     "ThreadGroup",
     "TorchGroupBootstrap",
     "make_thread_groups",

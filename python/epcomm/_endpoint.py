@@ -20,6 +20,7 @@ class EndpointKind:
     hidden: int
     num_experts: int
     num_worst_tokens: int  # 0: exact sizes; > 0: the pool holds exactly this many rows
+    ll_max_tokens_per_rank: int = 0  # > 0: the low-latency communicator, for M tokens a rank
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,30 @@ class Endpoint:
 # The Config fields every rank must agree on, in the order they are exchanged.
 _AGREED_FIELDS = ("dtype", "index_type", "hidden", "num_experts", "max_tokens_per_rank",
                   "max_topk", "max_recv_rows", "dispatch_sms", "combine_sms", "algorithm",
-                  "wait_timeout_ms")
+                  "wait_timeout_ms", "ll_max_tokens_per_rank")
 
 
-def make_config(kind: EndpointKind, sizing: PoolSizing, num_ranks: int, num_topk: int,
-                dispatch_sms: int, combine_sms: int) -> _epcomm.Config:
+def _base_config(kind: EndpointKind, sizing: PoolSizing, num_topk: int, dispatch_sms: int,
+                 combine_sms: int) -> _epcomm.Config:
+    """The Config fields both modes set alike."""
     config = _epcomm.Config()
     config.dtype = kind.dtype
     config.index_type = kind.index_type
     config.hidden = kind.hidden
     config.num_experts = kind.num_experts
     config.max_topk = sizing.max_topk or max(num_topk, 8)
+    config.dispatch_sms = dispatch_sms
+    config.combine_sms = combine_sms
+    config.algorithm = sizing.algorithm
+    config.wait_timeout_ms = sizing.timeout_ms
+    # epcomm rounds per-expert counts itself; the Buffer applies each call's expert_alignment.
+    config.expert_alignment = 1
+    return config
+
+
+def make_config(kind: EndpointKind, sizing: PoolSizing, num_ranks: int, num_topk: int,
+                dispatch_sms: int, combine_sms: int) -> _epcomm.Config:
+    config = _base_config(kind, sizing, num_topk, dispatch_sms, combine_sms)
     fp8 = kind.dtype == _epcomm.DType.fp8_e4m3
     if sizing.max_tokens_per_rank:
         config.max_tokens_per_rank = sizing.max_tokens_per_rank
@@ -69,12 +83,18 @@ def make_config(kind: EndpointKind, sizing: PoolSizing, num_ranks: int, num_topk
                 f"{kind.hidden} on {num_ranks} ranks: give Buffer a larger num_nvl_bytes or "
                 f"max_tokens_per_rank")
     config.max_recv_rows = kind.num_worst_tokens
-    config.dispatch_sms = dispatch_sms
-    config.combine_sms = combine_sms
-    config.algorithm = sizing.algorithm
-    config.wait_timeout_ms = sizing.timeout_ms
-    # epcomm rounds per-expert counts itself; the Buffer applies each call's expert_alignment.
-    config.expert_alignment = 1
+    return config
+
+
+def make_low_latency_config(kind: EndpointKind, sizing: PoolSizing, num_topk: int,
+                            num_sms: int) -> _epcomm.Config:
+    """The communicator of the low-latency calls: buffers for kind.ll_max_tokens_per_rank
+    tokens a rank. Its high-throughput pool is never used, so it holds one token a rank (and
+    the ring's stage buffers are not built)."""
+    config = _base_config(kind, sizing, num_topk, num_sms, num_sms)
+    config.max_tokens_per_rank = 1
+    config.algorithm = _epcomm.Algorithm.flat
+    config.ll_max_tokens_per_rank = kind.ll_max_tokens_per_rank
     return config
 
 

@@ -16,8 +16,6 @@ from . import _tensors
 from ._endpoint import Endpoint
 from ._streams import CallStreams
 
-_INDEX_TORCH_DTYPES = {_epcomm.IndexType.int64: torch.int64, _epcomm.IndexType.int32: torch.int32}
-
 
 @dataclass
 class ReceivedRows:
@@ -41,8 +39,8 @@ def _allocate(endpoint: Endpoint, streams: CallStreams, rows: int, x_dtype: torc
                                  device=device)
         received = ReceivedRows(None, None, x, scales)
         if num_topk:
-            received.topk_idx = torch.empty(rows, num_topk, device=device,
-                                            dtype=_INDEX_TORCH_DTYPES[endpoint.kind.index_type])
+            index_dtype = _tensors.TORCH_INDEX_DTYPES[endpoint.kind.index_type]
+            received.topk_idx = torch.empty(rows, num_topk, dtype=index_dtype, device=device)
             received.topk_weights = torch.empty(rows, num_topk, dtype=torch.float32, device=device)
     return received
 

@@ -13,6 +13,7 @@ import _epcomm
 # too (PyTorch before 2.1 has no fp8 dtype).
 FP8_DTYPES = tuple(d for d in (getattr(torch, "float8_e4m3fn", None), torch.uint8) if d is not None)
 INDEX_DTYPES = {torch.int64: _epcomm.IndexType.int64, torch.int32: _epcomm.IndexType.int32}
+TORCH_INDEX_DTYPES = {index_type: dtype for dtype, index_type in INDEX_DTYPES.items()}
 
 
 def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:

@@ -1,29 +1,33 @@
-"""Buffer: DeepEP's V1 high-throughput API (get_dispatch_layout, dispatch, combine) on epcomm."""
+"""Buffer: DeepEP's V1 API on epcomm: high-throughput (get_dispatch_layout, dispatch, combine)
+and low-latency (low_latency_dispatch, low_latency_combine)."""
 import sys
-from typing import Dict, List, Optional, Tuple, Union
+from dataclasses import replace
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
 import _epcomm
 
-from . import _args, _tensors
-from ._endpoint import Endpoint, EndpointKind, PoolSizing, create_endpoint, make_config
+from . import _args, _low_latency, _tensors
+from ._endpoint import (Endpoint, EndpointKind, PoolSizing, create_endpoint, make_config,
+                        make_low_latency_config)
 from ._layout import dispatch_layout
 from ._recv import receive_exact, receive_into_worst_case
 from ._streams import CallStreams
-from .config import Config
+from .config import Config, low_latency_region_bytes
 from .event import EventOverlap
 from .groups import bootstrap_for
-from .handle import DispatchHandle
+from .handle import DispatchHandle, LowLatencyHandle
 
 XType = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
 class Buffer:
     """Expert-parallel dispatch and combine between the ranks of `group`, with DeepEP's V1
-    high-throughput interface (intranode) and epcomm's guarantees: outputs are bit-identical
-    across runs, backends and SM counts (rows arrive ordered by source rank, then source token;
-    combine adds in fp32 in ascending rank order and rounds once to bf16).
+    interface (intranode high-throughput, and low-latency with low_latency_mode=True) and
+    epcomm's guarantees: outputs are bit-identical across runs, backends and SM counts (rows
+    arrive ordered by source rank, then source token; combine adds in fp32 in a fixed order and
+    rounds once to bf16).
 
     group: a torch.distributed process group (None: the default group), one rank per process,
         several processes per GPU allowed (under MPS; use gloo, NCCL refuses shared GPUs); or an
@@ -43,8 +47,10 @@ class Buffer:
     - The SM count (Buffer.num_sms, or a call's config.num_sms) is fixed when a communicator is
       created; a later call asking for a different one raises ValueError.
     - num_rdma_bytes, num_qps_per_rank, allow_nvlink_for_low_latency_mode and allow_mnnvl are
-      accepted and unused (one NVLink domain, no RDMA); low_latency_mode=True raises
-      NotImplementedError.
+      accepted and unused (one NVLink domain, no RDMA). low_latency_mode=True enables
+      low_latency_dispatch / low_latency_combine, whose buffers are sized by the first
+      low_latency_dispatch's num_max_dispatch_tokens_per_rank, hidden and num_experts (not by
+      num_rdma_bytes); num_nvl_bytes may then be 0 if the high-throughput calls are not used.
     - destroy() is collective (a barrier before the regions are unmapped). Without it the
       communicators are destroyed when the Buffer is garbage collected, which is collective
       too: call destroy() on every rank before torch.distributed.destroy_process_group().
@@ -63,8 +69,7 @@ class Buffer:
                  max_topk: Optional[int] = None, algorithm: str = "flat",
                  timeout_ms: int = 5000) -> None:
         if low_latency_mode:
-            raise NotImplementedError("low_latency_mode: epcomm's Python Buffer offers the "
-                                      "high-throughput mode only")
+            _args.check_count("num_qps_per_rank", num_qps_per_rank, minimum=1)
         for name, value in (("num_nvl_bytes", num_nvl_bytes), ("num_rdma_bytes", num_rdma_bytes)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} = {value!r}: must be a non-negative int")
@@ -76,7 +81,7 @@ class Buffer:
         algorithms = {"flat": _epcomm.Algorithm.flat, "ring": _epcomm.Algorithm.ring}
         if algorithm not in algorithms:
             raise ValueError(f"algorithm = {algorithm!r}: must be 'flat' or 'ring'")
-        if not max_tokens_per_rank and num_nvl_bytes == 0:
+        if not max_tokens_per_rank and num_nvl_bytes == 0 and not low_latency_mode:
             raise ValueError("num_nvl_bytes = 0 and no max_tokens_per_rank: epcomm sizes its "
                              "receive pool from one of them")
 
@@ -86,11 +91,12 @@ class Buffer:
         self.group_size = self._bootstrap.size()
         self.num_nvl_bytes = num_nvl_bytes
         self.num_rdma_bytes = num_rdma_bytes
-        self.low_latency_mode = False
+        self.low_latency_mode = bool(low_latency_mode)
         self.explicitly_destroy = explicitly_destroy
         self._sizing = PoolSizing(num_nvl_bytes, max_tokens_per_rank, max_topk,
                                   algorithms[algorithm], timeout_ms)
-        self._endpoints: Dict[EndpointKind, Endpoint] = {}
+        self._endpoints: Dict[EndpointKind, Endpoint] = {}  # both modes, in creation order
+        self._low_latency: Optional[Endpoint] = None  # created by the first low_latency_dispatch
         self._comm_stream: Optional[torch.cuda.Stream] = None
         self._destroyed = False
 
@@ -121,6 +127,22 @@ class Buffer:
         event.record(torch.cuda.current_stream())
         return EventOverlap(event)
 
+    @staticmethod
+    def get_low_latency_rdma_size_hint(num_max_dispatch_tokens_per_rank: int, hidden: int,
+                                       num_ranks: int, num_experts: int,
+                                       max_topk: int = 8) -> int:
+        """Bytes of the symmetric region a rank's low-latency communicator allocates (both
+        buffers) for M = num_max_dispatch_tokens_per_rank; max_topk is the Buffer's (default
+        8). Informational: epcomm sizes the region itself at the first low_latency_dispatch and
+        does not read num_rdma_bytes. The received rows ([Le, R * M, H] per buffer) live in the
+        rank's own memory on top of this."""
+        for name, value in (("num_max_dispatch_tokens_per_rank", num_max_dispatch_tokens_per_rank),
+                            ("hidden", hidden), ("num_ranks", num_ranks), ("max_topk", max_topk)):
+            _args.check_count(name, value, minimum=1)
+        _args.check_num_experts("num_experts", num_experts, num_ranks)
+        return low_latency_region_bytes(num_max_dispatch_tokens_per_rank, hidden, num_ranks,
+                                        num_experts, max_topk)
+
     def get_comm_stream(self) -> Optional[torch.cuda.Stream]:
         """The stream every CUDA call of this Buffer runs on (None before the first one)."""
         return self._comm_stream
@@ -136,6 +158,7 @@ class Buffer:
         for endpoint in self._endpoints.values():
             endpoint.comm.close()
         self._endpoints.clear()
+        self._low_latency = None
 
     def __del__(self) -> None:
         if getattr(self, "_destroyed", True):
@@ -343,6 +366,157 @@ class Buffer:
         event = streams.finish([x, topk_weights], [combined_x, combined_weights])
         return combined_x, combined_weights, event
 
+    # ---- low-latency mode --------------------------------------------------------------------
+
+    def low_latency_dispatch(self, x: torch.Tensor, topk_idx: torch.Tensor,
+                             num_max_dispatch_tokens_per_rank: int, num_experts: int,
+                             cumulative_local_expert_recv_stats: Optional[torch.Tensor] = None,
+                             use_fp8: bool = True, round_scale: bool = False,
+                             use_ue8m0: bool = False, async_finish: bool = False,
+                             return_recv_hook: bool = False
+                             ) -> Tuple[XType, torch.Tensor, LowLatencyHandle, EventOverlap,
+                                        Optional[Callable[[], None]]]:
+        """Collective; needs low_latency_mode=True. Sends each token once to each of its
+        experts (a repeated id once, under its first slot) straight into a fixed slot at the
+        expert's rank: no count exchange, nothing waits on the host. Returns (recv_x,
+        recv_count, handle, event, hook).
+
+        x: [T, H] bf16, T <= M = num_max_dispatch_tokens_per_rank, H a multiple of 128, finite
+            when use_fp8. topk_idx: [T, K] int64 (or int32), ids in [-1, num_experts); -1 sends
+            nothing.
+        recv_x: [Le, R * M, H] bf16; with use_fp8 the tuple (rows [Le, R * M, H] as
+            torch.float8_e4m3fn, or uint8 where PyTorch has no fp8; fp32 scales
+            [Le, R * M, H / 128]), cast per 128-element block: a = max(amax, 1e-4),
+            scale = a / 448, rows = e4m3(x * (448 / a)) rounded to nearest even, saturated.
+            Rows of local expert le come from source rank 0 (its tokens in ascending order),
+            then rank 1, ...; only the first recv_count[le] rows are written.
+        recv_count: [Le] int32. handle: for low_latency_combine; its recv_src and layout_range
+            say where each row came from.
+        cumulative_local_expert_recv_stats: [Le] int32 or None; recv_count is added to it once
+            the rows are received.
+        return_recv_hook: the call only sends and returns hook, a callable that receives; call
+            it before reading the outputs (on CUDA it is ordered on the current stream).
+            Otherwise hook is None. async_finish (CUDA): an EventOverlap to wait on instead of
+            the current stream waiting (not together with return_recv_hook).
+
+        The returned tensors are views of the communicator's buffers, not copies (as in
+        DeepEP): calls alternate between two buffers, so they are overwritten by the
+        low-latency dispatch two calls later, and freed by destroy(). Clone what must live
+        longer.
+
+        Differences from DeepEP:
+        - The buffers are sized by the first call's M, hidden, num_experts and topk_idx dtype
+          (and Buffer's max_topk, default max(8, K)): a later call with others raises
+          ValueError. num_rdma_bytes is not read.
+        - round_scale and use_ue8m0 raise ValueError. The scales are fp32, row-major
+          [Le, R * M, H / 128] (DeepEP's are a column-major view).
+        - At most two dispatches may be in flight: a third before the first's combine raises
+          EpcommError (invalid_argument), on every rank.
+        - dispatch_wait_recv_cost_stats is not accepted.
+        """
+        self._check_usable()
+        self._check_low_latency_mode("low_latency_dispatch")
+        _low_latency.reject_unsupported(round_scale=round_scale, use_ue8m0=use_ue8m0)
+        _low_latency.check_flags(async_finish, return_recv_hook)
+        stats = cumulative_local_expert_recv_stats
+        num_tokens, hidden, num_topk = _low_latency.check_dispatch(
+            x, topk_idx, num_max_dispatch_tokens_per_rank, num_experts, self.group_size, stats)
+        device = x.device
+        kind = EndpointKind(self._backend_for(device), _epcomm.DType.bf16,
+                            _tensors.INDEX_DTYPES[topk_idx.dtype], hidden, num_experts, 0,
+                            num_max_dispatch_tokens_per_rank)
+        streams = self._streams(device, None, async_finish, False)
+        endpoint = self._low_latency_endpoint(kind, num_topk, device)
+        use_fp8 = bool(use_fp8)
+        result = endpoint.comm.low_latency_dispatch(
+            _tensors.address(x), _tensors.address(topk_idx), num_tokens, num_topk,
+            use_fp8=use_fp8, send_only=return_recv_hook)
+        received = _low_latency.received_views(result, endpoint, use_fp8, device)
+        handle = LowLatencyHandle(self, endpoint, result.handle, num_tokens, num_topk, use_fp8,
+                                  received.src, received.layout_range)
+
+        def count_received() -> None:
+            if stats is not None:
+                with streams.working():
+                    stats.add_(received.count)
+
+        hook = None
+        if return_recv_hook:
+            hook = _low_latency.receive_hook(endpoint, result.handle, streams, count_received,
+                                             (x, topk_idx))
+        else:
+            count_received()
+        event = streams.finish([x, topk_idx, stats], [])
+        recv_x = (received.x, received.scales) if use_fp8 else received.x
+        return recv_x, received.count, handle, event, hook
+
+    def low_latency_combine(self, x: torch.Tensor, topk_idx: torch.Tensor,
+                            topk_weights: torch.Tensor, handle: LowLatencyHandle,
+                            use_logfmt: bool = False, zero_copy: bool = False,
+                            async_finish: bool = False, return_recv_hook: bool = False,
+                            out: Optional[torch.Tensor] = None
+                            ) -> Tuple[torch.Tensor, EventOverlap, Optional[Callable[[], None]]]:
+        """Collective. Returns (combined_x, event, hook): combined_x [T, H] bf16, where
+        combined_x[t] = bf16(acc) with acc = fmaf(topk_weights[t][k], y(t, k), acc) over k
+        ascending from 0 in fp32, y(t, k) being the row expert topk_idx[t][k] computed for
+        token t. Slots with id -1 add nothing; a repeated id adds its one row again with that
+        slot's weight; tokens with no expert come back as zeros.
+
+        x: [Le, R * M, H] bf16, the experts' outputs in recv_x's row order (rows past
+            recv_count are not read). topk_idx: the [T, K] ids given to the dispatch of
+            `handle`; topk_weights: [T, K] fp32. out: a [T, H] bf16 tensor to write into, or
+            None for a new one. return_recv_hook: the call only sends; combined_x is valid
+            once hook() has run. async_finish as for low_latency_dispatch.
+
+        Differences from DeepEP: use_logfmt and zero_copy=True raise ValueError; x may be any
+        tensor, so there is no combine buffer to write into first (and no
+        get_next_low_latency_combine_buffer). handle must be the latest dispatch on its buffer,
+        received and not yet combined, else EpcommError (stale_handle).
+        combine_wait_recv_cost_stats is not accepted.
+        """
+        self._check_usable()
+        if not isinstance(handle, LowLatencyHandle) or handle._owner is not self:
+            raise ValueError("handle must be a LowLatencyHandle from this Buffer's "
+                             f"low_latency_dispatch, not {type(handle).__name__}")
+        _low_latency.reject_unsupported(use_logfmt=use_logfmt, zero_copy=zero_copy)
+        _low_latency.check_flags(async_finish, return_recv_hook)
+        endpoint = handle._endpoint
+        device = self._device_of(endpoint)
+        kind = endpoint.kind
+        T, K, H = handle.num_tokens, handle.num_topk, kind.hidden
+        _tensors.check_tensor("x", x, (torch.bfloat16,), (
+            endpoint.experts_per_rank, self.group_size * kind.ll_max_tokens_per_rank, H), device)
+        _tensors.check_tensor("topk_idx", topk_idx, (_tensors.TORCH_INDEX_DTYPES[kind.index_type],),
+                              (T, K), device)
+        _tensors.check_tensor("topk_weights", topk_weights, (torch.float32,), (T, K), device)
+        if out is not None:
+            _tensors.check_tensor("out", out, (torch.bfloat16,), (T, H), device)
+        streams = self._streams(device, None, async_finish, False)
+        with streams.allocating():
+            combined_x = out if out is not None else torch.empty(T, H, dtype=torch.bfloat16,
+                                                                 device=device)
+        endpoint.comm.low_latency_combine(
+            _tensors.address(x), _tensors.address(topk_idx), _tensors.address(topk_weights),
+            handle._native, _tensors.address(combined_x), send_only=return_recv_hook)
+        hook = None
+        if return_recv_hook:
+            hook = _low_latency.receive_hook(endpoint, handle._native, streams, lambda: None,
+                                             (x, topk_idx, topk_weights, combined_x))
+        event = streams.finish([x, topk_idx, topk_weights], [combined_x])
+        return combined_x, event, hook
+
+    def clean_low_latency_buffer(self, num_max_dispatch_tokens_per_rank: int, hidden: int,
+                                 num_experts: int) -> None:
+        """Local and cheap. Unlike DeepEP's, there is nothing to clean: epcomm's receivers
+        reset the counts and signals they read, so the buffers are ready whenever no call is in
+        flight. Checks the sizes against the low-latency buffers, if created (ValueError)."""
+        self._check_usable()
+        self._check_low_latency_mode("clean_low_latency_buffer")
+        if self._low_latency is not None:
+            wanted = replace(self._low_latency.kind, hidden=hidden, num_experts=num_experts,
+                             ll_max_tokens_per_rank=num_max_dispatch_tokens_per_rank)
+            _low_latency.check_same_communicator(self._low_latency, wanted, num_topk=1)
+
     # ---- helpers -----------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
@@ -353,6 +527,10 @@ class Buffer:
         if not isinstance(handle, DispatchHandle) or handle._owner is not self:
             raise ValueError("handle must be a DispatchHandle from this Buffer's dispatch, not "
                              f"{type(handle).__name__}")
+
+    def _check_low_latency_mode(self, caller: str) -> None:
+        if not self.low_latency_mode:
+            raise ValueError(f"{caller} needs a Buffer created with low_latency_mode=True")
 
     def _backend_for(self, device: torch.device) -> _epcomm.Backend:
         if device.type == "cuda":
@@ -394,6 +572,21 @@ class Buffer:
         config = make_config(kind, self._sizing, self.group_size, num_topk, dispatch_sms,
                              Buffer.num_sms)
         _args.check_fits(config, num_tokens, num_topk)
+        return self._create_endpoint(kind, config, device)
+
+    def _low_latency_endpoint(self, kind: EndpointKind, num_topk: int,
+                              device: torch.device) -> Endpoint:
+        """The low-latency communicator, created now (collectively) by the first
+        low_latency_dispatch; later calls must fit it."""
+        if self._low_latency is not None:
+            _low_latency.check_same_communicator(self._low_latency, kind, num_topk)
+            return self._low_latency
+        config = make_low_latency_config(kind, self._sizing, num_topk, Buffer.num_sms)
+        self._low_latency = self._create_endpoint(kind, config, device)
+        return self._low_latency
+
+    def _create_endpoint(self, kind: EndpointKind, config: _epcomm.Config,
+                         device: torch.device) -> Endpoint:
         stream = self._comm_stream.cuda_stream if device.type == "cuda" else 0
         device_index = device.index if device.type == "cuda" else -1
         endpoint = create_endpoint(self._bootstrap, kind, config, device_index, stream)

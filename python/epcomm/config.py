@@ -1,4 +1,5 @@
-"""Config: DeepEP's per-call tuning object, and how Buffer sizes its receive pool from bytes."""
+"""Config: DeepEP's per-call tuning object, how Buffer sizes its receive pool from bytes, and
+the size of the low-latency region."""
 
 # Rows are padded to this many bytes in the receive pool's meta area (region_layout.hpp).
 _META_ALIGN = 16
@@ -9,14 +10,31 @@ HINT_TOKENS_PER_RANK = 4096
 HINT_MAX_TOPK = 8
 
 
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
 def pool_row_bytes(hidden: int, max_topk: int, fp8: bool) -> int:
     """About how many bytes of the receive pool one received row takes: the row itself (bf16
     width, since combine reuses the slot) plus its meta row (source, top-k ids and weights,
     fp8 scales)."""
     scales = hidden // _FP8_SCALE_BLOCK if fp8 else 0
     meta = 8 + 8 * max_topk + 4 * scales
-    meta = (meta + _META_ALIGN - 1) // _META_ALIGN * _META_ALIGN
+    meta = _align(meta, _META_ALIGN)
     return 2 * hidden + meta
+
+
+def low_latency_region_bytes(max_tokens: int, hidden: int, num_ranks: int, num_experts: int,
+                             max_topk: int) -> int:
+    """Bytes of a rank's low-latency region, two buffers of: message counts [Le][R] and combine
+    signals [R] (8 bytes each), messages [Le][R][M] (a 16-byte header, room for a bf16 row,
+    fp32 scales), combine rows [M][K][H] bf16; each part 128-byte aligned (docs/design.md
+    section 20)."""
+    experts_per_rank = num_experts // num_ranks
+    message = 16 + _align(2 * hidden, 16) + _align(4 * (hidden // _FP8_SCALE_BLOCK), 16)
+    parts = (8 * experts_per_rank * num_ranks, 8 * num_ranks, message * num_experts * max_tokens,
+             2 * hidden * max_topk * max_tokens)
+    return 2 * sum(_align(part, 128) for part in parts)
 
 
 class Config:

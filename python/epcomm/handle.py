@@ -1,4 +1,5 @@
-"""DispatchHandle: what combine and a cached dispatch need from a dispatch."""
+"""DispatchHandle and LowLatencyHandle: what a combine (and a cached dispatch) needs from its
+dispatch."""
 from typing import Optional
 
 import torch
@@ -39,3 +40,38 @@ class DispatchHandle:
         recv = self.num_recv if self.num_recv is not None else f"<= {self.num_worst_tokens}"
         return (f"DispatchHandle(num_tokens={self.num_tokens}, num_topk={self.num_topk}, "
                 f"num_recv={recv}, epoch={self._native.epoch})")
+
+
+class LowLatencyHandle:
+    """One low-latency dispatch, for its combine: pass it unchanged to low_latency_combine.
+
+    Differences from DeepEP, whose handle is the tuple (src_info, layout_range,
+    num_max_dispatch_tokens_per_rank, hidden, num_experts): this is an object with those as
+    attributes. recv_src ([Le, R * M, 3] int32: source rank, token, top-k slot of each received
+    row) and layout_range ([Le, R, 2] int32: first row and row count from each source rank) are
+    views of the communicator's buffers, like recv_x: valid until the low-latency dispatch two
+    calls later.
+    """
+
+    def __init__(self, owner, endpoint: Endpoint, native, num_tokens: int, num_topk: int,
+                 use_fp8: bool, recv_src: torch.Tensor, layout_range: torch.Tensor) -> None:
+        self._owner = owner  # the Buffer that made it
+        self._endpoint = endpoint
+        self._native = native  # _epcomm.LowLatencyHandle
+        self.num_tokens = num_tokens
+        self.num_topk = num_topk
+        self.use_fp8 = use_fp8
+        self.recv_src = recv_src
+        self.layout_range = layout_range
+        self.num_max_dispatch_tokens_per_rank = endpoint.kind.ll_max_tokens_per_rank
+        self.hidden = endpoint.kind.hidden
+        self.num_experts = endpoint.kind.num_experts
+
+    @property
+    def src_info(self) -> torch.Tensor:
+        """DeepEP's name for recv_src."""
+        return self.recv_src
+
+    def __repr__(self) -> str:
+        return (f"LowLatencyHandle(call={self._native.call}, num_tokens={self.num_tokens}, "
+                f"num_topk={self.num_topk}, use_fp8={self.use_fp8})")

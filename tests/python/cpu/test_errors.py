@@ -125,8 +125,6 @@ def test_cached_dispatch_checks(buffer):
 
 def test_buffer_arguments():
     group = epcomm.make_thread_groups(1)[0]
-    with pytest.raises(NotImplementedError, match="low_latency_mode"):
-        epcomm.Buffer(group, 10**6, low_latency_mode=True)
     with pytest.raises(ValueError, match="num_nvl_bytes = 0 and no max_tokens_per_rank"):
         epcomm.Buffer(group)
     with pytest.raises(ValueError, match="algorithm = 'tree'"):
