@@ -1,0 +1,105 @@
+"""Runs one rank's side of a low-latency case through epcomm.Buffer and copies every output to
+the host, so CUDA runs, the host backend and the numpy model can be compared bit for bit."""
+from typing import Dict, List
+
+import torch
+
+import epcomm
+
+from .ll_workload import LLCase, ll_expert_output, ll_inputs
+from .runner import _bits, run_on_threads
+
+
+def _record_dispatch(recv_x, recv_count, handle: epcomm.LowLatencyHandle, fp8: bool) -> Dict:
+    out = {"recv_count": recv_count.cpu().clone(), "recv_src": handle.recv_src.cpu().clone(),
+           "layout_range": handle.layout_range.cpu().clone()}
+    if fp8:
+        assert isinstance(recv_x, tuple) and len(recv_x) == 2
+        out["recv_x"], out["recv_scales"] = _bits(recv_x[0]).clone(), _bits(recv_x[1]).clone()
+    else:
+        assert isinstance(recv_x, torch.Tensor)
+        out["recv_x"] = _bits(recv_x).clone()
+    return out
+
+
+def run_ll_round(buffer: epcomm.Buffer, case: LLCase, rank: int, device: torch.device,
+                 stats: torch.Tensor) -> List[Dict]:
+    """The case's micro-batches on this rank: every dispatch (with hooks, all sends first and
+    then the receives), then every combine likewise. Returns one dict per micro-batch."""
+    cuda = device.type == "cuda"
+    async_finish = case.async_finish and cuda
+
+    def wait(event: epcomm.EventOverlap) -> None:
+        if async_finish:
+            assert event.event is not None
+            event.current_stream_wait()
+        else:
+            assert event.event is None
+
+    def finish(hooks) -> None:
+        for hook in hooks:
+            assert callable(hook)
+            hook()
+
+    batches = [{k: v.to(device) for k, v in ll_inputs(case, rank, mb).items()}
+               for mb in range(case.micro_batches)]
+    dispatched, hooks = [], []
+    for inputs in batches:
+        recv_x, recv_count, handle, event, hook = buffer.low_latency_dispatch(
+            inputs["x"], inputs["topk_idx"], case.max_tokens, case.num_experts,
+            cumulative_local_expert_recv_stats=stats, use_fp8=case.fp8,
+            async_finish=async_finish, return_recv_hook=case.hook)
+        assert (hook is not None) == case.hook
+        wait(event)
+        dispatched.append((recv_x, recv_count, handle))
+        hooks.append(hook)
+    if case.hook:
+        finish(hooks)
+    if cuda:
+        torch.cuda.current_stream().synchronize()
+    outputs = [_record_dispatch(*d, case.fp8) for d in dispatched]
+
+    combined, hooks = [], []
+    for mb, (inputs, (_, _, handle)) in enumerate(zip(batches, dispatched)):
+        y = ll_expert_output(case, rank, mb).to(device)
+        out = None
+        if case.out_arg:
+            out = torch.full((case.tokens_of(rank), case.hidden), 7.0, dtype=torch.bfloat16,
+                             device=device)
+        combined_x, event, hook = buffer.low_latency_combine(
+            y, inputs["topk_idx"], inputs["topk_weights"], handle, async_finish=async_finish,
+            return_recv_hook=case.hook, out=out)
+        assert (hook is not None) == case.hook
+        assert out is None or combined_x is out
+        wait(event)
+        combined.append(combined_x)
+        hooks.append(hook)
+    if case.hook:
+        finish(hooks)
+    if cuda:
+        torch.cuda.current_stream().synchronize()
+    for output, combined_x in zip(outputs, combined):
+        output["combined_x"] = _bits(combined_x).clone()
+    return outputs
+
+
+def run_ll_case(buffer: epcomm.Buffer, case: LLCase, rank: int,
+                device: torch.device) -> List[List[Dict]]:
+    """Every round of the case; the last round's first micro-batch also carries "stats", the
+    cumulative_local_expert_recv_stats accumulated over all of them."""
+    stats = torch.zeros(case.experts_per_rank, dtype=torch.int32, device=device)
+    rounds = [run_ll_round(buffer, case.round(i), rank, device, stats)
+              for i in range(case.rounds)]
+    rounds[-1][0]["stats"] = stats.cpu()
+    return rounds
+
+
+def host_ll_reference(case: LLCase) -> List[List[List[Dict]]]:
+    """Every rank's outputs from the C++ host reference backend (ranks as threads, CPU)."""
+    def body(rank: int, group: epcomm.ThreadGroup):
+        buffer = epcomm.Buffer(group, low_latency_mode=True)
+        try:
+            return run_ll_case(buffer, case, rank, torch.device("cpu"))
+        finally:
+            buffer.destroy()
+    return run_on_threads(case.num_ranks, body)
