@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The Python package on the GPU machine: installs it with pip as the README says (no network),
-# runs the GPU pytest suite on 2, 4 and 8 processes (one rank each, sharing the GPU), then the
-# DeepEP-style caller and the README example. Logs and summary.txt go to $OUT (default
-# /tmp/epcomm-python-check); exits non-zero when any step fails. Every step is bounded by
-# `timeout`; the whole check takes under 4 minutes.
+# runs the GPU pytest suite (high-throughput and low-latency calls) on 2, 4 and 8 processes (one
+# rank each, sharing the GPU), then the DeepEP-style caller and the README example. Logs and
+# summary.txt go to $OUT (default /tmp/epcomm-python-check); exits non-zero when any step fails.
+# Every step is bounded by `timeout`; the whole check takes under 4 minutes.
 # Expects the caller to have started MPS and exported CUDA_MPS_PIPE_DIRECTORY and
 # CUDA_MPS_LOG_DIRECTORY (scripts/gpu_check.sh does); it starts nothing MPS-related itself.
 # BUILD: an existing build tree of this checkout to add the module to (only the module is
@@ -50,8 +50,9 @@ pytest_args=(-q -p no:cacheprovider -rfE)
 for n in 2 4 8; do
   start=$SECONDS
   log="$OUT/pytest_np$n.log"
-  timeout "$(limit $((20 + 5 * n)))" "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$n" \
-    -m pytest "${pytest_args[@]}" tests/python/gpu/test_buffer_gpu.py >"$log" 2>&1
+  timeout "$(limit $((30 + 6 * n)))" "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$n" \
+    -m pytest "${pytest_args[@]}" tests/python/gpu/test_buffer_gpu.py \
+    tests/python/gpu/test_low_latency_gpu.py >"$log" 2>&1
   rc=$?
   [ $rc -ne 0 ] && failed=1
   note "pytest, $n processes: rc=$rc ($((SECONDS - start)) s): $(grep -cE '^[0-9]+ passed in' "$log") of $n ranks passed all ($(grep -oE '^[0-9]+ passed' "$log" | head -1))"
