@@ -27,11 +27,12 @@ def pool_row_bytes(hidden: int, max_topk: int, fp8: bool) -> int:
 def low_latency_region_bytes(max_tokens: int, hidden: int, num_ranks: int, num_experts: int,
                              max_topk: int) -> int:
     """Bytes of a rank's low-latency region, two buffers of: message counts [Le][R] and combine
-    signals [R] (8 bytes each), messages [Le][R][M] (a 16-byte header, room for a bf16 row,
-    fp32 scales), combine rows [M][K][H] bf16; each part 128-byte aligned (docs/design.md
-    section 20)."""
+    signals [R] (8 bytes each), messages [Le][R][M] (room for a bf16 row, fp32 scales, a 16-byte
+    header; 128-byte multiples), combine rows [M][K][H] bf16; each part 128-byte aligned
+    (docs/design.md section 20)."""
     experts_per_rank = num_experts // num_ranks
-    message = 16 + _align(2 * hidden, 16) + _align(4 * (hidden // _FP8_SCALE_BLOCK), 16)
+    message = _align(_align(2 * hidden, 16) + _align(4 * (hidden // _FP8_SCALE_BLOCK), 16) + 16,
+                     128)
     parts = (8 * experts_per_rank * num_ranks, 8 * num_ranks, message * num_experts * max_tokens,
              2 * hidden * max_topk * max_tokens)
     return 2 * sum(_align(part, 128) for part in parts)

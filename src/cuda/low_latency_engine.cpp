@@ -50,7 +50,7 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
       wait_(wait) {
   check_residency(config_, sharing, device);
   if (kernels::ll_send_shared_bytes(config_.num_experts, num_ranks_) > kDefaultSharedLimit ||
-      kernels::ll_recv_shared_bytes(experts_per_rank_, num_ranks_, 1) > kDefaultSharedLimit) {
+      kernels::ll_recv_shared_bytes(experts_per_rank_, num_ranks_) > kDefaultSharedLimit) {
     throw Error(ErrorCode::kUnsupported,
                 "low-latency mode: num_experts = " + std::to_string(config_.num_experts) +
                     " with " + std::to_string(num_ranks_) +
@@ -143,16 +143,14 @@ LowLatencyDispatchResult LowLatencyEngine::dispatch_send(const LowLatencyDispatc
 }
 
 void LowLatencyEngine::dispatch_receive(int buffer, cudaStream_t stream) {
-  kernels::launch_ll_dispatch_recv(params(buffer, false),
-                                   clamp_blocks(experts_per_rank_, config_.dispatch_sms), stream);
+  kernels::launch_ll_dispatch_recv(params(buffer, false), config_.dispatch_sms, stream);
   EPCOMM_LAUNCH_CHECK("ll_dispatch_recv_kernel");
 }
 
 void LowLatencyEngine::combine_send(const detail::LowLatencyCombineArgs& args, int buffer,
                                     cudaStream_t stream) {
   calls_[buffer].combine = args;
-  kernels::launch_ll_combine_send(params(buffer, true),
-                                  clamp_blocks(experts_per_rank_, config_.combine_sms), stream);
+  kernels::launch_ll_combine_send(params(buffer, true), config_.combine_sms, stream);
   EPCOMM_LAUNCH_CHECK("ll_combine_send_kernel");
 }
 

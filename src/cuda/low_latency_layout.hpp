@@ -3,8 +3,9 @@
 //
 // Per buffer: dispatch counts [Le][R] | combine signals [R] |
 //             dispatch messages [Le][R][M] | combine rows [M][K][H] bf16.
-// A message = 16-byte header (int32 token, int32 top-k slot) | row (room for H bf16; an fp8 row
-// uses the first H bytes) | H / 128 fp32 scales.
+// A message = row (room for H bf16; an fp8 row uses the first H bytes) | H / 128 fp32 scales |
+// 16-byte header (int32 token, int32 top-k slot), padded to 128 bytes: every row starts on a
+// 128-byte line, so a warp's 512-byte store or load touches 4 lines, not 5.
 #pragma once
 
 #include <cstddef>
@@ -32,8 +33,7 @@ struct LowLatencyLayout {
     l.max_tokens = max_tokens;
     l.max_topk = max_topk;
     l.hidden = hidden;
-    l.message_bytes = 16 + align_up(2 * static_cast<size_t>(hidden), 16) +
-                      align_up(4 * static_cast<size_t>(hidden / 128), 16);
+    l.message_bytes = align_up(l.message_header_offset() + 16, 128);
     size_t off = 0;
     l.counts_offset = off;
     off = align_up(off + 8 * static_cast<size_t>(experts_per_rank) * num_ranks, 128);
@@ -64,8 +64,12 @@ struct LowLatencyLayout {
     const size_t index = (static_cast<size_t>(le) * num_ranks + s) * max_tokens + slot;
     return base + buffer * buffer_bytes + messages_offset + index * message_bytes;
   }
+  // The row starts the message.
   EPCOMM_HD size_t message_scales_offset() const {
-    return 16 + align_up(2 * static_cast<size_t>(hidden), 16);
+    return align_up(2 * static_cast<size_t>(hidden), 16);
+  }
+  EPCOMM_HD size_t message_header_offset() const {
+    return message_scales_offset() + align_up(4 * static_cast<size_t>(hidden / 128), 16);
   }
   EPCOMM_HD char* combine_row(char* base, int buffer, int token, int k) const {
     const size_t index = static_cast<size_t>(token) * max_topk + k;

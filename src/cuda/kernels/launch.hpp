@@ -53,7 +53,7 @@ void launch_ring_dispatch(const cuda::RingParams& p, cudaStream_t stream);
 void launch_ring_combine(const cuda::RingParams& p, cudaStream_t stream);
 // Low-latency mode (ll_params.hpp). The receive kernels wait inside their grids.
 size_t ll_send_shared_bytes(int num_experts, int num_ranks);
-size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks, int num_blocks);
+size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks);
 void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
 void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
 void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);

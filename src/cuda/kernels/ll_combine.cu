@@ -1,5 +1,5 @@
-// Low-latency combine (DESIGN section 10). Send: each block takes local experts and returns
-// every packed row of y to its source rank's combine rows at [token][top-k slot] (both known
+// Low-latency combine (DESIGN section 10). Send: each block takes an equal share of the packed
+// rows of y and returns each to its source rank's combine rows at [token][top-k slot] (both known
 // from recv_src); the last block to finish posts each source the number of rows returned to it
 // (tagged, release). Receive: every block counts the rows each peer owes it (from topk_idx,
 // locally), waits for every peer's signal and checks it, and reduces its tokens:
@@ -13,40 +13,37 @@ namespace {
 
 using cuda::LowLatencyParams;
 
-// Block b takes local experts [Le*b/G, Le*(b+1)/G) and copies all their rows as one range.
+// Block b copies rows [N*b/G, N*(b+1)/G) of the N packed rows (expert order), whatever experts
+// they belong to.
 __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank, H = p.hidden;
-  const int le_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);
-  const int le_end = static_cast<int>(static_cast<long long>(Le) * (blockIdx.x + 1) / gridDim.x);
-  const int num_le = le_end - le_begin;
-  extern __shared__ int s_rows[];  // [num_le + 1]: the block's first row of each expert
+  extern __shared__ int s_rows[];  // [Le + 1]: each expert's first row in the packed order
   const uint32_t tag = p.counters->round[p.buffer] + 1;
-  for (int li = threadIdx.x; li < num_le; li += blockDim.x) {
-    s_rows[li + 1] = p.recv.recv_count[le_begin + li];
-  }
+  for (int le = threadIdx.x; le < Le; le += blockDim.x) s_rows[le] = p.recv.recv_count[le];
   __syncthreads();
-  if (threadIdx.x == 0) {
-    s_rows[0] = 0;
-    for (int li = 0; li < num_le; ++li) s_rows[li + 1] += s_rows[li];
-  }
+  if (threadIdx.x < 32) warp_exclusive_scan(s_rows, Le, threadIdx.x);
   __syncthreads();
+  const int total = s_rows[Le];
+  const int r_begin = static_cast<int>(static_cast<long long>(total) * blockIdx.x / gridDim.x);
+  const int r_end = static_cast<int>(static_cast<long long>(total) * (blockIdx.x + 1) / gridDim.x);
   const size_t rows_per_expert = p.layout.rows_per_expert();
   auto packed_row = [&](int r) {
-    int li = 0, hi = num_le;  // the last li with s_rows[li] <= r
-    while (li < hi) {
-      const int mid = (li + hi + 1) / 2;
+    int le = 0, hi = Le;  // the last le with s_rows[le] <= r
+    while (le < hi) {
+      const int mid = (le + hi + 1) / 2;
       if (s_rows[mid] <= r)
-        li = mid;
+        le = mid;
       else
         hi = mid - 1;
     }
-    return (le_begin + li) * rows_per_expert + (r - s_rows[li]);
+    return le * rows_per_expert + (r - s_rows[le]);
   };
   block_copy_rows<true>(
-      s_rows[num_le], 2 * static_cast<size_t>(H), [&](int r) { return p.y + packed_row(r) * H; },
-      [&](int r) {
-        const int32_t* src = p.recv.recv_src + packed_row(r) * 3;  // rank, token, slot
+      r_end - r_begin, 2 * static_cast<size_t>(H),
+      [&](int i) { return p.y + packed_row(r_begin + i) * H; },
+      [&](int i) {
+        const int32_t* src = p.recv.recv_src + packed_row(r_begin + i) * 3;  // rank, token, slot
         return p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]);
       });
   // NOTE: the barrier comes before the release: the signal must not overtake rows other warps
@@ -195,8 +192,8 @@ cudaError_t load_ll_combine_kernels() {
 }
 
 void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
-  const int most_experts = (p.experts_per_rank + num_blocks - 1) / num_blocks;
-  ll_combine_send_kernel<<<num_blocks, kLlThreads, sizeof(int) * (most_experts + 1), stream>>>(p);
+  ll_combine_send_kernel<<<num_blocks, kLlThreads, sizeof(int) * (p.experts_per_rank + 1),
+                           stream>>>(p);
 }
 
 void launch_ll_combine_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {

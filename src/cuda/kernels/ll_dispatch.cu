@@ -2,9 +2,9 @@
 // rank's tokens, computes each (token, expert) message's slot as the token's position among
 // this rank's tokens routed to that expert, and writes the message straight into the expert's
 // rank. The block that finishes an expert last publishes its message count (tagged with the
-// round and whether rows are fp8). Receive: each block takes local experts, waits for every
-// source's count, and packs the messages into recv_x in source order, then token order. No
-// atomics decide a slot, so the output is deterministic.
+// round and whether rows are fp8). Receive: every block waits for every source's count of every
+// local expert, then packs an equal share of all messages into recv_x (expert, then source, then
+// token order). No atomics decide a slot, so the output is deterministic.
 #include "common/ll_common.cuh"
 #include "common/wait.cuh"
 #include "launch.hpp"
@@ -30,9 +30,10 @@ constexpr uint32_t kFp8CountFlag = 1u << 31;
 // at a time, loads them all, then stores each to every message of its token.
 __device__ void send_batch(const LowLatencyParams& p, const Message* batch, const int* first,
                            int n_tokens) {
+  const size_t header_offset = p.layout.message_header_offset();
   for (int j = threadIdx.x; j < first[n_tokens]; j += blockDim.x) {
     st_na(
-        reinterpret_cast<uint4*>(batch[j].dst),
+        reinterpret_cast<uint4*>(batch[j].dst + header_offset),
         make_uint4(static_cast<uint32_t>(batch[j].token), static_cast<uint32_t>(batch[j].k), 0, 0));
   }
   const int H = p.hidden;
@@ -56,7 +57,7 @@ __device__ void send_batch(const LowLatencyParams& p, const Message* batch, cons
         if (i >= items) continue;
         const int b = i / row_vectors, c = i % row_vectors;
         for (int j = first[b]; j < first[b + 1]; ++j) {
-          st_na(reinterpret_cast<uint4*>(batch[j].dst + 16) + c, v[u]);
+          st_na(reinterpret_cast<uint4*>(batch[j].dst) + c, v[u]);
         }
       }
     }
@@ -86,7 +87,7 @@ __device__ void send_batch(const LowLatencyParams& p, const Message* batch, cons
       if (i >= items) continue;
       const int b = i / groups, g = i % groups;
       for (int j = first[b]; j < first[b + 1]; ++j) {
-        *reinterpret_cast<uint2*>(batch[j].dst + 16 + g * 128 + sub * 8) = q;
+        *reinterpret_cast<uint2*>(batch[j].dst + g * 128 + sub * 8) = q;
         if (sub == 0) reinterpret_cast<float*>(batch[j].dst + scales_offset)[g] = scale;
       }
     }
@@ -189,58 +190,34 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatency
   }
 }
 
-// Lanes of one warp wait for every source's count of local expert le and return the first row
-// of each source in first[0..R] (first[R] = rows in all); lane 0 also writes layout_range and
-// recv_count. A count with another round's tag, another fp8 setting, or more than M messages
-// is recorded as an error and read as 0.
-__device__ void wait_for_counts(const LowLatencyParams& p, int le, uint32_t tag, int* first,
-                                int lane) {
-  const int R = p.num_ranks;
-  char* local = p.peers[p.rank];
-  int carry = 0;
-  for (int s0 = 0; s0 < R; s0 += 32) {  // warp-uniform bound: the scan below needs every lane
-    const int s = s0 + lane;
-    int n = 0;
-    if (s < R) {
-      uint64_t word = 0;
-      const bool ok = bounded_wait(
-          p.wait, p.layout.count(local, p.buffer, le, s), [](uint64_t v) { return v != 0; },
-          static_cast<uint64_t>(tag) << 32, cuda::kPhaseLlDispatch, s, &word);
-      const uint32_t low = static_cast<uint32_t>(word);
-      n = ok ? static_cast<int>(low & ~kFp8CountFlag) : 0;
-      int32_t code = cuda::kDevNone;
-      uint64_t expected = 0, seen = 0;
-      if (ok && static_cast<uint32_t>(word >> 32) != tag) {
-        code = cuda::kDevLlRoundMismatch, expected = tag, seen = word >> 32;
-      } else if (ok && ((low & kFp8CountFlag) != 0) != p.use_fp8) {
-        code = cuda::kDevLlFp8Mismatch, expected = p.use_fp8, seen = !p.use_fp8;
-      } else if (n > p.layout.max_tokens) {
-        code = cuda::kDevLlOverflow, expected = p.layout.max_tokens, seen = n;
-      }
-      if (code != cuda::kDevNone) {
-        record_error(p.wait.errors, code, cuda::kPhaseLlDispatch, p.rank, s, expected, seen);
-        *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
-        n = 0;
-      }
-    }
-    int inclusive = n;  // prefix over sources by shuffles
-#pragma unroll
-    for (int d = 1; d < 32; d *= 2) {
-      const int v = __shfl_up_sync(0xffffffffu, inclusive, d);
-      if (lane >= d) inclusive += v;
-    }
-    if (s < R) {
-      if (n > 0) atomicAdd(&p.rows_from[s], static_cast<uint32_t>(n));  // for the combine signal
-      first[s] = carry + inclusive - n;
-      p.recv.layout_range[(le * R + s) * 2] = carry + inclusive - n;
-      p.recv.layout_range[(le * R + s) * 2 + 1] = n;
-    }
-    carry += __shfl_sync(0xffffffffu, inclusive, 31);
+// One thread waits for the count source s posted for local expert le and returns its message
+// count. A count with another round's tag, another fp8 setting, or more than M messages reads as
+// 0; the expert's owner block records it as an error.
+__device__ int wait_for_count(const LowLatencyParams& p, int le, int s, uint32_t tag, bool owner) {
+  uint64_t word = 0;
+  if (!bounded_wait(
+          p.wait, p.layout.count(p.peers[p.rank], p.buffer, le, s),
+          [](uint64_t v) { return v != 0; }, static_cast<uint64_t>(tag) << 32,
+          cuda::kPhaseLlDispatch, s, &word)) {
+    return 0;
   }
-  if (lane == 0) {
-    first[R] = carry;
-    p.recv.recv_count[le] = carry;
+  const uint32_t low = static_cast<uint32_t>(word);
+  const int n = static_cast<int>(low & ~kFp8CountFlag);
+  int32_t code = cuda::kDevNone;
+  uint64_t expected = 0, seen = 0;
+  if (static_cast<uint32_t>(word >> 32) != tag) {
+    code = cuda::kDevLlRoundMismatch, expected = tag, seen = word >> 32;
+  } else if (((low & kFp8CountFlag) != 0) != p.use_fp8) {
+    code = cuda::kDevLlFp8Mismatch, expected = p.use_fp8, seen = !p.use_fp8;
+  } else if (n > p.layout.max_tokens) {
+    code = cuda::kDevLlOverflow, expected = p.layout.max_tokens, seen = n;
   }
+  if (code == cuda::kDevNone) return n;
+  if (owner) {
+    record_error(p.wait.errors, code, cuda::kPhaseLlDispatch, p.rank, s, expected, seen);
+    *reinterpret_cast<volatile int32_t*>(&p.wait.state->failed) = 1;
+  }
+  return 0;
 }
 
 // The index of the last entry <= value in the ascending table[0..n] (table[0] <= value).
@@ -256,54 +233,73 @@ __device__ __forceinline__ int last_at_most(const int* table, int n, int value) 
   return lo;
 }
 
-// Block b takes local experts [Le*b/G, Le*(b+1)/G). Each warp waits for one expert's counts at a
-// time (all of the block's experts in parallel), then the whole block copies the rows of all its
-// experts as one range: row r belongs to expert li where s_rows[li] <= r < s_rows[li + 1], and
-// within it to the source found in that expert's first-row table.
+// Every block waits for all Le x R counts (a thread per count) and so knows where every row goes;
+// the block then copies an equal share of all rows (block b: rows [N*b/G, N*(b+1)/G) of the N in
+// expert, source, token order), whatever experts they belong to. Block b owns local experts
+// [Le*b/G, Le*(b+1)/G): it writes their layout_range and recv_count, adds their rows to rows_from
+// and reports their bad counts.
 __global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
     ll_dispatch_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank;
-  const int le_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);
-  const int le_end = static_cast<int>(static_cast<long long>(Le) * (blockIdx.x + 1) / gridDim.x);
-  const int num_le = le_end - le_begin;
+  const int own_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);
+  const int own_end = static_cast<int>(static_cast<long long>(Le) * (blockIdx.x + 1) / gridDim.x);
+  auto owns = [&](int le) { return le >= own_begin && le < own_end; };
   extern __shared__ int s_tables[];
-  int* s_first = s_tables;                    // [num_le][R + 1]
-  int* s_rows = s_tables + num_le * (R + 1);  // [num_le + 1]
+  int* s_first = s_tables;              // [Le][R + 1]: each source's first row in the expert
+  int* s_rows = s_tables + Le * (R + 1);  // [Le + 1]: each expert's first row in the block's order
   const uint32_t tag = p.counters->round[p.buffer] + 1;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int li = warp; li < num_le; li += kLlWarps) {
-    wait_for_counts(p, le_begin + li, tag, s_first + li * (R + 1), lane);
+  for (int i = threadIdx.x; i < Le * R; i += blockDim.x) {
+    const int le = i / R, s = i % R;
+    s_first[le * (R + 1) + s] = wait_for_count(p, le, s, tag, owns(le));
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    s_rows[0] = 0;
-    for (int li = 0; li < num_le; ++li) s_rows[li + 1] = s_rows[li] + s_first[li * (R + 1) + R];
+  for (int le = threadIdx.x; le < Le; le += blockDim.x) {
+    int* first = s_first + le * (R + 1);
+    int row = 0;
+    for (int s = 0; s < R; ++s) {
+      const int n = first[s];
+      first[s] = row;
+      if (owns(le)) {
+        if (n > 0) atomicAdd(&p.rows_from[s], static_cast<uint32_t>(n));  // for the combine
+        p.recv.layout_range[(le * R + s) * 2] = row;
+        p.recv.layout_range[(le * R + s) * 2 + 1] = n;
+      }
+      row += n;
+    }
+    first[R] = row;
+    s_rows[le] = row;
+    if (owns(le)) p.recv.recv_count[le] = row;
   }
+  __syncthreads();
+  if (threadIdx.x < 32) warp_exclusive_scan(s_rows, Le, threadIdx.x);
   __syncthreads();
 
   char* local = p.peers[p.rank];
   const size_t rows_per_expert = p.layout.rows_per_expert();
-  // Row r of the block: its expert li, its row j within the expert, its source s.
+  // Row r (of all rows): its expert le, its row j within the expert, its source s.
   struct Place {
-    int li, j, s;
+    int le, j, s;
   };
   auto place_of = [&](int r) {
     Place at;
-    at.li = last_at_most(s_rows, num_le, r);
-    at.j = r - s_rows[at.li];
-    at.s = last_at_most(s_first + at.li * (R + 1), R - 1, at.j);
+    at.le = last_at_most(s_rows, Le, r);
+    at.j = r - s_rows[at.le];
+    at.s = last_at_most(s_first + at.le * (R + 1), R - 1, at.j);
     return at;
   };
   auto message_of = [&](const Place& at) {
-    const int* first = s_first + at.li * (R + 1);
-    return p.layout.message(local, p.buffer, le_begin + at.li, at.s, at.j - first[at.s]);
+    const int* first = s_first + at.le * (R + 1);
+    return p.layout.message(local, p.buffer, at.le, at.s, at.j - first[at.s]);
   };
-  auto out_row = [&](const Place& at) { return (le_begin + at.li) * rows_per_expert + at.j; };
-  const int total = s_rows[num_le];
-  for (int r = threadIdx.x; r < total; r += blockDim.x) {
+  auto out_row = [&](const Place& at) { return at.le * rows_per_expert + at.j; };
+  const int total = s_rows[Le];
+  const int r_begin = static_cast<int>(static_cast<long long>(total) * blockIdx.x / gridDim.x);
+  const int r_end = static_cast<int>(static_cast<long long>(total) * (blockIdx.x + 1) / gridDim.x);
+  for (int r = r_begin + threadIdx.x; r < r_end; r += blockDim.x) {
     const Place at = place_of(r);
-    const uint4 header = ld_na(reinterpret_cast<const uint4*>(message_of(at)));  // a peer wrote it
+    const uint4 header =  // a peer wrote it
+        ld_na(reinterpret_cast<const uint4*>(message_of(at) + p.layout.message_header_offset()));
     int32_t* src = p.recv.recv_src + out_row(at) * 3;
     src[0] = at.s;
     src[1] = static_cast<int32_t>(header.x);
@@ -311,13 +307,13 @@ __global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
   }
   const size_t row_bytes = static_cast<size_t>(p.hidden) * (p.use_fp8 ? 1 : 2);
   block_copy_rows<false>(
-      total, row_bytes, [&](int r) { return message_of(place_of(r)) + 16; },
-      [&](int r) { return p.recv.recv_x + out_row(place_of(r)) * row_bytes; });
+      r_end - r_begin, row_bytes, [&](int i) { return message_of(place_of(r_begin + i)); },
+      [&](int i) { return p.recv.recv_x + out_row(place_of(r_begin + i)) * row_bytes; });
   if (p.use_fp8) {
     const int groups = p.hidden / 128;
     const size_t scales_offset = p.layout.message_scales_offset();
-    for (int i = threadIdx.x; i < total * groups; i += blockDim.x) {
-      const Place at = place_of(i / groups);
+    for (int i = threadIdx.x; i < (r_end - r_begin) * groups; i += blockDim.x) {
+      const Place at = place_of(r_begin + i / groups);
       p.recv.recv_scales[out_row(at) * groups + i % groups] =
           reinterpret_cast<const float*>(message_of(at) + scales_offset)[i % groups];
     }
@@ -355,14 +351,14 @@ void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks, cu
                             ll_send_shared_bytes(p.num_experts, p.num_ranks), stream>>>(p);
 }
 
-size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks, int num_blocks) {
-  const int most_experts = (experts_per_rank + num_blocks - 1) / num_blocks;
-  return sizeof(int) * (static_cast<size_t>(most_experts) * (num_ranks + 1) + most_experts + 1);
+size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks) {
+  return sizeof(int) *
+         (static_cast<size_t>(experts_per_rank) * (num_ranks + 1) + experts_per_rank + 1);
 }
 
 void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
   ll_dispatch_recv_kernel<<<num_blocks, kLlThreads,
-                            ll_recv_shared_bytes(p.experts_per_rank, p.num_ranks, num_blocks),
+                            ll_recv_shared_bytes(p.experts_per_rank, p.num_ranks),
                             stream>>>(p);
 }
 

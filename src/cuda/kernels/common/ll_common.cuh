@@ -46,6 +46,25 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& v, float (&f)[8]) {
   }
 }
 
+// One warp turns values[0..n) into their exclusive prefix sums in place and writes the total to
+// values[n] (shuffles, 32 entries at a time).
+__device__ __forceinline__ void warp_exclusive_scan(int* values, int n, int lane) {
+  int carry = 0;
+  for (int i0 = 0; i0 < n; i0 += 32) {  // warp-uniform bound: the shuffles need every lane
+    const int i = i0 + lane;
+    const int v = i < n ? values[i] : 0;
+    int inclusive = v;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int up = __shfl_up_sync(0xffffffffu, inclusive, d);
+      if (lane >= d) inclusive += up;
+    }
+    if (i < n) values[i] = carry + inclusive - v;
+    carry += __shfl_sync(0xffffffffu, inclusive, 31);
+  }
+  if (lane == 0) values[n] = carry;
+}
+
 // Rows whose addresses a block tables in shared memory at once.
 constexpr int kRowTable = 128;
 
