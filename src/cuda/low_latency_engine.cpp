@@ -26,7 +26,7 @@ void check_residency(const Config& config, int sharing, int device) {
   int sms = 0;
   EPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int waiting = sharing * std::max(config.dispatch_sms, config.combine_sms);
-  const int room = sms * kernels::ll_receive_blocks_per_sm() / 2;
+  const int room = sms * kernels::ll_blocks_per_sm() / 2;
   if (waiting > room) {
     throw Error(ErrorCode::kUnsupported,
                 "low-latency mode: " + std::to_string(sharing) + " ranks on GPU " +
@@ -69,10 +69,6 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
     call.outputs.recv_src = device_alloc<int32_t>(rows * 3);
     call.outputs.layout_range =
         device_alloc<int>(static_cast<size_t>(experts_per_rank_) * num_ranks_ * 2);
-    call.expert_done = device_alloc<uint32_t>(config_.num_experts);
-    EPCOMM_CUDA_CHECK(cudaMemset(call.expert_done, 0, sizeof(uint32_t) * config_.num_experts));
-    call.source_done = device_alloc<uint32_t>(num_ranks_);
-    EPCOMM_CUDA_CHECK(cudaMemset(call.source_done, 0, sizeof(uint32_t) * num_ranks_));
     call.rows_from = device_alloc<uint32_t>(num_ranks_);
     EPCOMM_CUDA_CHECK(cudaMemset(call.rows_from, 0, sizeof(uint32_t) * num_ranks_));
   }
@@ -88,8 +84,6 @@ LowLatencyEngine::~LowLatencyEngine() {
     cudaFree(call.outputs.recv_count);
     cudaFree(call.outputs.recv_src);
     cudaFree(call.outputs.layout_range);
-    cudaFree(call.expert_done);
-    cudaFree(call.source_done);
     cudaFree(call.rows_from);
   }
   cudaFree(d_counters_);
@@ -116,8 +110,6 @@ LowLatencyParams LowLatencyEngine::params(int buffer, bool combine) const {
   p.y = static_cast<const uint16_t*>(call.combine.y);
   p.out = static_cast<uint16_t*>(call.combine.out);
   p.recv = call.outputs;
-  p.expert_done = call.expert_done;
-  p.source_done = call.source_done;
   p.rows_from = call.rows_from;
   p.counters = d_counters_;
   p.wait = wait_;

@@ -33,8 +33,6 @@ class LowLatencyEngine {
     LowLatencyDispatchInputs in;
     detail::LowLatencyCombineArgs combine;
     LowLatencyOutputs outputs{};
-    uint32_t* expert_done = nullptr;  // [E]
-    uint32_t* source_done = nullptr;  // [R]
     uint32_t* rows_from = nullptr;    // [R]
   };
   // `combine`: topk_idx from the combine's arguments, else from the dispatch's.

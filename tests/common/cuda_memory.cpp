@@ -22,13 +22,16 @@ void check(cudaError_t err, const char* what) {
 // wait for peer ranks' kernels, which may be waiting for this rank.
 class CudaMemory final : public Memory {
  public:
-  explicit CudaMemory(int device) : device_(device) {
+  CudaMemory(int device, cudaStream_t borrowed) : device_(device), stream_(borrowed) {
     check(cudaSetDevice(device_), "cudaSetDevice");
-    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    if (stream_ == nullptr) {
+      check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+      owned_ = true;
+    }
   }
   ~CudaMemory() override {
     cudaSetDevice(device_);
-    cudaStreamDestroy(stream_);
+    if (owned_) cudaStreamDestroy(stream_);
   }
   void* alloc(size_t bytes) override {
     check(cudaSetDevice(device_), "cudaSetDevice");
@@ -63,12 +66,13 @@ class CudaMemory final : public Memory {
 
   int device_;
   cudaStream_t stream_ = nullptr;
+  bool owned_ = false;
 };
 }  // namespace
 
-std::unique_ptr<Memory> make_memory(Backend backend, int device) {
+std::unique_ptr<Memory> make_memory(Backend backend, int device, Stream stream) {
   if (backend == Backend::kHost) return make_host_memory();
-  return std::make_unique<CudaMemory>(device);
+  return std::make_unique<CudaMemory>(device, reinterpret_cast<cudaStream_t>(stream));
 }
 
 int cuda_device_count() {

@@ -21,7 +21,7 @@ class HostMemory final : public Memory {
 std::unique_ptr<Memory> make_host_memory() { return std::make_unique<HostMemory>(); }
 
 #ifndef EPCOMM_TESTING_WITH_CUDA
-std::unique_ptr<Memory> make_memory(Backend backend, int) {
+std::unique_ptr<Memory> make_memory(Backend backend, int, Stream) {
   if (backend == Backend::kCuda) throw Error(ErrorCode::kUnsupported, "built without CUDA");
   return make_host_memory();
 }

@@ -19,7 +19,10 @@ class Memory {
   virtual void fill(void* dst, unsigned char byte, size_t bytes) = 0;
 };
 
-std::unique_ptr<Memory> make_memory(Backend backend, int device = 0);
+// stream: a CUDA stream of the caller's to run every operation on (not owned; nullptr: a
+// private one). The bench passes its own, so that 8 in-process ranks keep to 3 streams each
+// (docs/design.md section 12).
+std::unique_ptr<Memory> make_memory(Backend backend, int device = 0, Stream stream = nullptr);
 int cuda_device_count();  // 0 when the build has no CUDA or no GPU is present
 
 // An allocation that frees itself.

@@ -58,8 +58,8 @@ void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks, cu
 void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
 void launch_ll_combine_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
 void launch_ll_combine_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);
-// Blocks of either low-latency receive kernel that fit on an SM.
-int ll_receive_blocks_per_sm();
+// Blocks of any low-latency kernel that fit on an SM (each is built for 2: one waiting, one not).
+int ll_blocks_per_sm();
 // Blocks of one ring kernel that fit on an SM (the ring kernels wait inside wide grids).
 int ring_blocks_per_sm();
 

@@ -15,7 +15,7 @@ using cuda::LowLatencyParams;
 
 // Block b copies rows [N*b/G, N*(b+1)/G) of the N packed rows (expert order), whatever experts
 // they belong to.
-__global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm) ll_combine_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank, H = p.hidden;
   extern __shared__ int s_rows[];  // [Le + 1]: each expert's first row in the packed order
@@ -46,21 +46,17 @@ __global__ void __launch_bounds__(kLlThreads) ll_combine_send_kernel(LowLatencyP
         const int32_t* src = p.recv.recv_src + packed_row(r_begin + i) * 3;  // rank, token, slot
         return p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]);
       });
-  // NOTE: the barrier comes before the release: the signal must not overtake rows other warps
-  // of this block are still writing. As in the dispatch send, the last block to finish posts
-  // each source's signal, also when it returns no rows: every rank's combine receive waits for
-  // every peer, which orders this rank's dispatch receive (and its resets) before any peer's
-  // next round on this buffer.
-  __syncthreads();
-  for (int s = threadIdx.x; s < R; s += blockDim.x) {
-    if (atomic_add_acq_rel_gpu(&p.source_done[s], 1) != gridDim.x - 1) continue;
-    p.source_done[s] = 0;                  // the next launch starts after this kernel ends
-    const uint32_t rows = p.rows_from[s];  // summed by the dispatch receive
-    p.rows_from[s] = 0;
-    // The release is cumulative, as in the dispatch send.
-    st_release_sys(p.layout.delivered(p.peers[s], p.buffer, p.rank),
-                   (static_cast<uint64_t>(tag) << 32) | rows);
-  }
+  // As in the dispatch send, the last block to finish posts each source's signal, also when
+  // it returns no rows: every rank's combine receive waits for every peer, which orders this
+  // rank's dispatch receive (and its resets) before any peer's next round on this buffer.
+  if (!last_block_done(&p.counters->blocks_done[p.buffer][cuda::kLlCombineSend])) return;
+  post_signals(
+      R, [&](int s) { return p.layout.delivered(p.peers[s], p.buffer, p.rank); },
+      [&](int s) {
+        const uint32_t rows = p.rows_from[s];  // summed by the dispatch receive
+        p.rows_from[s] = 0;
+        return (static_cast<uint64_t>(tag) << 32) | rows;
+      });
 }
 
 // Rows each peer owes this rank: this rank's (token, expert) messages to the peer's experts.
@@ -115,7 +111,7 @@ __device__ __forceinline__ int row_slot(const LowLatencyParams& p, int t, int k)
 // weight, then each thread sums 16-byte output vectors of the batch:
 // acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0, rounded once to bf16. The loads of
 // up to kSlotsInFlight slots are issued before their sums.
-__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
+__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm)
     ll_combine_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   constexpr int kSlotsInFlight = 8;
@@ -171,7 +167,7 @@ __global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
   // Signals are reset once every block has read them; a peer posts this buffer's signal again
   // only after this rank's next dispatch on it, which comes after this kernel.
   // The round advances here, the last kernel of a round on this buffer.
-  if (last_block_done(&p.counters->blocks_done[p.buffer][1])) {
+  if (last_block_done(&p.counters->blocks_done[p.buffer][cuda::kLlCombineReceive])) {
     for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) {
       *p.layout.delivered(local, p.buffer, d) = 0;
     }
@@ -181,10 +177,11 @@ __global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
 
 }  // namespace
 
-int ll_combine_recv_blocks_per_sm() {
-  int n = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ll_combine_recv_kernel, kLlThreads, 0);
-  return n;
+int ll_combine_blocks_per_sm() {
+  int send = 0, recv = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&send, ll_combine_send_kernel, kLlThreads, 0);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&recv, ll_combine_recv_kernel, kLlThreads, 0);
+  return send < recv ? send : recv;
 }
 
 cudaError_t load_ll_combine_kernels() {

@@ -1,10 +1,12 @@
 // Low-latency dispatch (DESIGN section 10). Send: every block takes a contiguous range of this
 // rank's tokens, computes each (token, expert) message's slot as the token's position among
 // this rank's tokens routed to that expert, and writes the message straight into the expert's
-// rank. The block that finishes an expert last publishes its message count (tagged with the
+// rank. The block that finishes last publishes every expert's message count (tagged with the
 // round and whether rows are fp8). Receive: every block waits for every source's count of every
 // local expert, then packs an equal share of all messages into recv_x (expert, then source, then
 // token order). No atomics decide a slot, so the output is deterministic.
+#include <algorithm>
+
 #include "common/ll_common.cuh"
 #include "common/wait.cuh"
 #include "launch.hpp"
@@ -39,11 +41,12 @@ __device__ void send_batch(const LowLatencyParams& p, const Message* batch, cons
   const int H = p.hidden;
   auto x_row = [&](int b) { return p.x + static_cast<size_t>(batch[first[b]].token) * H; };
   if (!p.use_fp8) {
+    // The loads of the next kUnroll items are issued before the stores of the current ones, so
+    // the block's stores do not stop for load latency.
     constexpr int kUnroll = 4;
     const int row_vectors = H / 8;
-    const int items = n_tokens * row_vectors;
-    for (int i0 = 0; i0 < items; i0 += kUnroll * blockDim.x) {
-      uint4 v[kUnroll];
+    const int items = n_tokens * row_vectors, step = kUnroll * blockDim.x;
+    auto load = [&](int i0, uint4(&v)[kUnroll]) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = i0 + u * blockDim.x + threadIdx.x;
@@ -51,6 +54,11 @@ __device__ void send_batch(const LowLatencyParams& p, const Message* batch, cons
           v[u] = ld_nc_na(reinterpret_cast<const uint4*>(x_row(i / row_vectors)) + i % row_vectors);
         }
       }
+    };
+    uint4 v[kUnroll], next[kUnroll];
+    load(0, v);
+    for (int i0 = 0; i0 < items; i0 += step) {
+      load(i0 + step, next);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = i0 + u * blockDim.x + threadIdx.x;
@@ -60,6 +68,8 @@ __device__ void send_batch(const LowLatencyParams& p, const Message* batch, cons
           st_na(reinterpret_cast<uint4*>(batch[j].dst) + c, v[u]);
         }
       }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) v[u] = next[u];
     }
     return;
   }
@@ -114,34 +124,33 @@ __device__ void count_messages(const LowLatencyParams& p, int t_begin, int* s_ne
   }
 }
 
-// Warp 0 lists the messages of tokens [t_first, t_last) in token order; a message's slot is
-// the token's position among this rank's tokens routed to the expert. The tokens with at least
-// one message get s_first entries (their first message; one past the last at the end); returns
-// how many tokens that is.
-__device__ int plan_batch(const LowLatencyParams& p, char* const* peers, int t_first, int t_last,
-                          int* s_next, Message* s_batch, int* s_first, int lane) {
-  int n = 0, tokens = 0;
-  for (int t = t_first; t < t_last; ++t) {
-    const int e = lane < p.num_topk
-                      ? first_expert(p.topk_idx, p.idx_int64, t, lane, p.num_topk, p.num_experts)
-                      : -1;
+// Warp 0 lists the messages of the batch's n tokens (from t_first, experts in s_expert) in token
+// order; a message's slot is the token's position among this rank's tokens routed to the
+// expert. The tokens with at least one message get s_first entries (their first message; one
+// past the last at the end); returns how many tokens that is.
+__device__ int plan_batch(const LowLatencyParams& p, char* const* peers, const int* s_expert,
+                          int t_first, int n, int* s_next, Message* s_batch, int* s_first,
+                          int lane) {
+  int messages = 0, tokens = 0;
+  for (int b = 0; b < n; ++b) {
+    const int e = lane < p.num_topk ? s_expert[b * p.num_topk + lane] : -1;
     const uint32_t mask = __ballot_sync(0xffffffffu, e >= 0);
     if (e >= 0) {  // the experts of one token are distinct: no two lanes share s_next[e]
       const int d = e / p.experts_per_rank, le = e % p.experts_per_rank;
       char* dst = p.layout.message(peers[d], p.buffer, le, p.rank, s_next[e]++);
-      s_batch[n + __popc(mask & lanemask_lt())] = Message{dst, t, lane};
+      s_batch[messages + __popc(mask & lanemask_lt())] = Message{dst, t_first + b, lane};
     }
     if (mask != 0) {
-      if (lane == 0) s_first[tokens] = n;
+      if (lane == 0) s_first[tokens] = messages;
       ++tokens;
     }
-    n += __popc(mask);
+    messages += __popc(mask);
   }
-  if (lane == 0) s_first[tokens] = n;
+  if (lane == 0) s_first[tokens] = messages;
   return tokens;
 }
 
-__global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm) ll_dispatch_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int E = p.num_experts;
   extern __shared__ int s_ints[];
@@ -150,6 +159,7 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatency
   auto* s_batch = reinterpret_cast<Message*>(s_total + E);
   auto** s_peers = reinterpret_cast<char**>(s_batch + kMaxBatchMessages);
   __shared__ int s_first[kMaxBatchMessages + 1];  // per token of the batch: its first message
+  __shared__ int s_expert[kMaxBatchMessages];     // [token of the batch][k]: first_expert
   __shared__ int s_batch_tokens;
   for (int e = threadIdx.x; e < E; e += blockDim.x) s_next[e] = s_total[e] = 0;
   for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) s_peers[d] = p.peers[d];
@@ -166,41 +176,41 @@ __global__ void __launch_bounds__(kLlThreads) ll_dispatch_send_kernel(LowLatency
   __syncthreads();
   const int batch_tokens = kMaxBatchMessages / p.num_topk;
   for (int t0 = t_begin; t0 < t_end; t0 += batch_tokens) {
+    // The ids are read by all threads at once, so warp 0's walk in token order touches shared
+    // memory only.
+    const int n = min(batch_tokens, t_end - t0);
+    for (int i = threadIdx.x; i < n * p.num_topk; i += blockDim.x) {
+      s_expert[i] = first_expert(p.topk_idx, p.idx_int64, t0 + i / p.num_topk, i % p.num_topk,
+                                 p.num_topk, E);
+    }
+    __syncthreads();
     if (warp == 0) {
-      const int n = plan_batch(p, s_peers, t0, min(t0 + batch_tokens, t_end), s_next, s_batch,
-                               s_first, lane);
-      if (lane == 0) s_batch_tokens = n;
+      const int tokens = plan_batch(p, s_peers, s_expert, t0, n, s_next, s_batch, s_first, lane);
+      if (lane == 0) s_batch_tokens = tokens;
     }
     __syncthreads();
     send_batch(p, s_batch, s_first, s_batch_tokens);
     __syncthreads();  // the batch area is reused; all messages written before the counts below
   }
 
-  // NOTE: every block counts itself done for every expert (also with no message to it), so the
-  // last one knows all messages to that expert are written and posts the count.
-  for (int e = threadIdx.x; e < E; e += blockDim.x) {
-    if (atomic_add_acq_rel_gpu(&p.expert_done[e], 1) != gridDim.x - 1) continue;
-    p.expert_done[e] = 0;  // the next launch starts after this kernel ends
-    const int d = e / p.experts_per_rank, le = e % p.experts_per_rank;
-    // The release is cumulative: it covers this block's messages (ordered by the barrier above)
-    // and those of the blocks whose acq_rel adds this thread's add read after.
-    st_release_sys(p.layout.count(s_peers[d], p.buffer, le, p.rank),
-                   (static_cast<uint64_t>(tag) << 32) | (p.use_fp8 ? kFp8CountFlag : 0u) |
-                       static_cast<uint32_t>(s_total[e]));
-  }
+  // The last block to finish posts every expert's count, also 0: the receivers wait for all.
+  if (!last_block_done(&p.counters->blocks_done[p.buffer][cuda::kLlDispatchSend])) return;
+  post_signals(
+      E,
+      [&](int e) {
+        return p.layout.count(s_peers[e / p.experts_per_rank], p.buffer, e % p.experts_per_rank,
+                              p.rank);
+      },
+      [&](int e) {
+        return (static_cast<uint64_t>(tag) << 32) | (p.use_fp8 ? kFp8CountFlag : 0u) |
+               static_cast<uint32_t>(s_total[e]);
+      });
 }
 
-// One thread waits for the count source s posted for local expert le and returns its message
-// count. A count with another round's tag, another fp8 setting, or more than M messages reads as
-// 0; the expert's owner block records it as an error.
-__device__ int wait_for_count(const LowLatencyParams& p, int le, int s, uint32_t tag, bool owner) {
-  uint64_t word = 0;
-  if (!bounded_wait(
-          p.wait, p.layout.count(p.peers[p.rank], p.buffer, le, s),
-          [](uint64_t v) { return v != 0; }, static_cast<uint64_t>(tag) << 32,
-          cuda::kPhaseLlDispatch, s, &word)) {
-    return 0;
-  }
+// The message count in a posted word. A count with another round's tag, another fp8 setting, or
+// more than M messages reads as 0; the expert's owner block records it as an error.
+__device__ int checked_count(const LowLatencyParams& p, uint64_t word, int s, uint32_t tag,
+                             bool owner) {
   const uint32_t low = static_cast<uint32_t>(word);
   const int n = static_cast<int>(low & ~kFp8CountFlag);
   int32_t code = cuda::kDevNone;
@@ -220,6 +230,25 @@ __device__ int wait_for_count(const LowLatencyParams& p, int le, int s, uint32_t
   return 0;
 }
 
+// The threads of the block wait for all Le x R counts (bounded; a thread per count, pausing
+// between polls) and write count[le][s] to counts[le * (R + 1) + s] (0 for a count never posted
+// or not valid).
+__device__ void wait_for_counts(const LowLatencyParams& p, uint32_t tag, int own_begin,
+                                int own_end, int* counts) {
+  constexpr uint32_t kBackoffNs = 100;
+  const int R = p.num_ranks;
+  char* local = p.peers[p.rank];
+  for (int i = threadIdx.x; i < p.experts_per_rank * R; i += blockDim.x) {
+    const int le = i / R, s = i % R;
+    uint64_t word = 0;
+    const bool posted = bounded_wait(
+        p.wait, p.layout.count(local, p.buffer, le, s), [](uint64_t v) { return v != 0; },
+        static_cast<uint64_t>(tag) << 32, cuda::kPhaseLlDispatch, s, &word, kBackoffNs);
+    counts[le * (R + 1) + s] =
+        posted ? checked_count(p, word, s, tag, le >= own_begin && le < own_end) : 0;
+  }
+}
+
 // The index of the last entry <= value in the ascending table[0..n] (table[0] <= value).
 __device__ __forceinline__ int last_at_most(const int* table, int n, int value) {
   int lo = 0, hi = n;
@@ -233,12 +262,12 @@ __device__ __forceinline__ int last_at_most(const int* table, int n, int value) 
   return lo;
 }
 
-// Every block waits for all Le x R counts (a thread per count) and so knows where every row goes;
-// the block then copies an equal share of all rows (block b: rows [N*b/G, N*(b+1)/G) of the N in
-// expert, source, token order), whatever experts they belong to. Block b owns local experts
+// Every block waits for all Le x R counts and so knows where every row goes; it then copies an
+// equal share of all rows (block b: rows [N*b/G, N*(b+1)/G) of the N in expert, source, token
+// order), whatever experts they belong to. Block b owns local experts
 // [Le*b/G, Le*(b+1)/G): it writes their layout_range and recv_count, adds their rows to rows_from
 // and reports their bad counts.
-__global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
+__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm)
     ll_dispatch_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank;
@@ -249,10 +278,7 @@ __global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
   int* s_first = s_tables;              // [Le][R + 1]: each source's first row in the expert
   int* s_rows = s_tables + Le * (R + 1);  // [Le + 1]: each expert's first row in the block's order
   const uint32_t tag = p.counters->round[p.buffer] + 1;
-  for (int i = threadIdx.x; i < Le * R; i += blockDim.x) {
-    const int le = i / R, s = i % R;
-    s_first[le * (R + 1) + s] = wait_for_count(p, le, s, tag, owns(le));
-  }
+  wait_for_counts(p, tag, own_begin, own_end, s_first);
   __syncthreads();
   for (int le = threadIdx.x; le < Le; le += blockDim.x) {
     int* first = s_first + le * (R + 1);
@@ -309,18 +335,26 @@ __global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
   block_copy_rows<false>(
       r_end - r_begin, row_bytes, [&](int i) { return message_of(place_of(r_begin + i)); },
       [&](int i) { return p.recv.recv_x + out_row(place_of(r_begin + i)) * row_bytes; });
-  if (p.use_fp8) {
+  if (p.use_fp8) {  // the scales: 16 bytes at a time where a row of them is a multiple of 16
     const int groups = p.hidden / 128;
+    const bool by_vector = groups % 4 == 0;
+    const int per_row = by_vector ? groups / 4 : groups;
     const size_t scales_offset = p.layout.message_scales_offset();
-    for (int i = threadIdx.x; i < (r_end - r_begin) * groups; i += blockDim.x) {
-      const Place at = place_of(r_begin + i / groups);
-      p.recv.recv_scales[out_row(at) * groups + i % groups] =
-          reinterpret_cast<const float*>(message_of(at) + scales_offset)[i % groups];
+    for (int i = threadIdx.x; i < (r_end - r_begin) * per_row; i += blockDim.x) {
+      const Place at = place_of(r_begin + i / per_row);
+      const int c = i % per_row;
+      const char* src = message_of(at) + scales_offset;
+      float* dst = p.recv.recv_scales + out_row(at) * groups;
+      if (by_vector) {
+        reinterpret_cast<uint4*>(dst)[c] = ld_na(reinterpret_cast<const uint4*>(src) + c);
+      } else {
+        dst[c] = reinterpret_cast<const float*>(src)[c];
+      }
     }
   }
   // Counts are reset once every block has read them; a source writes this buffer's counts
   // again only after this rank's next dispatch on it, which comes after this kernel.
-  if (last_block_done(&p.counters->blocks_done[p.buffer][0])) {
+  if (last_block_done(&p.counters->blocks_done[p.buffer][cuda::kLlDispatchReceive])) {
     for (int i = threadIdx.x; i < Le * R; i += blockDim.x) {
       *p.layout.count(local, p.buffer, i / R, i % R) = 0;
     }
@@ -329,12 +363,13 @@ __global__ void __launch_bounds__(kLlThreads, kLlReceiveBlocksPerSm)
 
 }  // namespace
 
-int ll_combine_recv_blocks_per_sm();  // ll_combine.cu
+int ll_combine_blocks_per_sm();  // ll_combine.cu
 
-int ll_receive_blocks_per_sm() {
-  int n = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ll_dispatch_recv_kernel, kLlThreads, 0);
-  return n < ll_combine_recv_blocks_per_sm() ? n : ll_combine_recv_blocks_per_sm();
+int ll_blocks_per_sm() {
+  int send = 0, recv = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&send, ll_dispatch_send_kernel, kLlThreads, 0);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&recv, ll_dispatch_recv_kernel, kLlThreads, 0);
+  return std::min({send, recv, ll_combine_blocks_per_sm()});
 }
 
 cudaError_t load_ll_dispatch_kernels() {

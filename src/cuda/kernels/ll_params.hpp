@@ -14,8 +14,11 @@ namespace epcomm::cuda {
 // block of a receive kernel writes it, after every block of that kernel has read it.
 struct LowLatencyCounters {
   uint32_t round[2];
-  uint32_t blocks_done[2][2];  // [buffer][0: dispatch receive, 1: combine receive]
+  uint32_t blocks_done[2][4];  // [buffer][LowLatencyKernel]
 };
+
+// The kernels of a round, indexing LowLatencyCounters::blocks_done.
+enum LowLatencyKernel { kLlDispatchSend, kLlDispatchReceive, kLlCombineSend, kLlCombineReceive };
 
 // The outputs of one buffer, in the rank's own memory.
 struct LowLatencyOutputs {
@@ -39,8 +42,6 @@ struct LowLatencyParams {
   const uint16_t* y;          // combine: [Le][R * M][H] bf16
   uint16_t* out;              // combine: [T][H] bf16
   LowLatencyOutputs recv;
-  uint32_t* expert_done;  // [E]: dispatch send blocks done with each expert (this buffer)
-  uint32_t* source_done;  // [R]: combine send blocks done with each source (this buffer)
   uint32_t* rows_from;    // [R]: rows received from each source (summed by the dispatch
                           // receive, read and reset by the combine send)
   LowLatencyCounters* counters;

@@ -231,7 +231,8 @@ def test_stats_count_every_received_row():
 
 def test_size_hint_follows_the_region_layout():
     M_, H, R, E, K = 128, 7168, 8, 256, 8
-    message = 16 + 2 * H + 4 * (H // 128)  # header, bf16 row, scales: all multiples of 16 here
+    # bf16 row, scales, header (all multiples of 16 here), padded to whole 128-byte lines
+    message = (2 * H + 4 * (H // 128) + 16 + 127) // 128 * 128
     per_buffer = E * M_ * message + 2 * M_ * K * H + 8 * E + 128  # + counts, signals (aligned)
     assert epcomm.Buffer.get_low_latency_rdma_size_hint(M_, H, R, E) == 2 * per_buffer
     assert epcomm.Buffer.get_low_latency_rdma_size_hint(M_, H, R, E, max_topk=9) > 2 * per_buffer

@@ -13,10 +13,13 @@ namespace epcomm::kernels {
 
 constexpr int kLlThreads = 512;
 constexpr int kLlWarps = kLlThreads / 32;
-// The receive kernels wait inside their grids; two of their blocks fit on an SM (registers
-// capped to match), which is what lets 8 ranks x 16 blocks stay resident on one H100 beside the
-// senders (checked at creation).
-constexpr int kLlReceiveBlocksPerSm = 2;
+// The receive kernels wait inside their grids. Two blocks of any low-latency kernel fit on an SM
+// (registers capped to match, send kernels included), so a send block always fits beside a
+// waiting one: that is what lets 8 ranks x 16 waiting blocks stay resident on one H100 beside
+// the senders (checked at creation). A send kernel at 110 registers (the combine send with
+// overlapped copies) did not fit beside a waiting block, and the H100 bench's first call timed
+// out in 3 of 5 runs.
+constexpr int kLlBlocksPerSm = 2;
 
 __device__ __forceinline__ int64_t load_topk(const void* topk_idx, bool idx_int64, size_t i) {
   return idx_int64 ? __ldg(static_cast<const long long*>(topk_idx) + i)
@@ -70,15 +73,16 @@ constexpr int kRowTable = 128;
 
 // The whole block copies `num_rows` rows of `row_bytes` (a multiple of 16), row j from src_of(j)
 // to dst_of(j). Each row's addresses are computed once, into a shared table; then every thread
-// takes 16-byte columns of kUnroll rows at a time (8: enough bytes in flight per SM to cover
-// the latency with one block per SM), so a handful of rows (decode batches) keeps
-// the whole block's loads in flight at once instead of one warp walking a row. kLocalInput: the
-// rows are this rank's own input, which nobody writes during the kernel (non-coherent loads).
-// Every thread of the block must call it (it synchronizes the block).
+// takes items (a 16-byte column of kUnroll rows; 8: enough bytes in flight per SM to cover the
+// latency with one block per SM), so a handful of rows (decode batches) keeps the whole block's
+// loads in flight. (Issuing the next item's loads before the current stores was slower in the
+// dispatch receive at 4 rows, and at 8 rows needs more registers than two blocks per SM leave.)
+// kLocalInput: the rows are
+// this rank's own input, which nobody writes during the kernel (non-coherent loads). Every
+// thread of the block must call it (it synchronizes the block).
 template <bool kLocalInput, typename SrcOf, typename DstOf>
 __device__ __forceinline__ void block_copy_rows(int num_rows, size_t row_bytes, SrcOf src_of,
                                                 DstOf dst_of) {
-  constexpr int kUnroll = 8;
   __shared__ const char* s_src[kRowTable];
   __shared__ char* s_dst[kRowTable];
   const int row_vectors = static_cast<int>(row_bytes / 16);
@@ -90,19 +94,20 @@ __device__ __forceinline__ void block_copy_rows(int num_rows, size_t row_bytes, 
       s_dst[r] = reinterpret_cast<char*>(dst_of(r0 + r));
     }
     __syncthreads();
-    for (int r = 0; r < n; r += kUnroll) {
-      for (int v = threadIdx.x; v < row_vectors; v += blockDim.x) {
-        uint4 vec[kUnroll];
+    constexpr int kUnroll = 8;
+    const int items = (n + kUnroll - 1) / kUnroll * row_vectors;
+    for (int i = threadIdx.x; i < items; i += blockDim.x) {
+      const int r = i / row_vectors * kUnroll, c = i % row_vectors;
+      uint4 v[kUnroll];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          if (r + u >= n) continue;
-          const auto* src = reinterpret_cast<const uint4*>(s_src[r + u]) + v;
-          vec[u] = kLocalInput ? ld_nc_na(src) : ld_na(src);
-        }
+      for (int u = 0; u < kUnroll; ++u) {
+        if (r + u >= n) continue;
+        const auto* src = reinterpret_cast<const uint4*>(s_src[r + u]) + c;
+        v[u] = kLocalInput ? ld_nc_na(src) : ld_na(src);
+      }
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          if (r + u < n) st_na(reinterpret_cast<uint4*>(s_dst[r + u]) + v, vec[u]);
-        }
+      for (int u = 0; u < kUnroll; ++u) {
+        if (r + u < n) st_na(reinterpret_cast<uint4*>(s_dst[r + u]) + c, v[u]);
       }
     }
   }
@@ -142,13 +147,11 @@ __device__ __forceinline__ uint32_t atomic_add_acq_rel_gpu(uint32_t* p, uint32_t
   return old;
 }
 
-__device__ __forceinline__ void st_release_sys(uint64_t* p, uint64_t v) {
-  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
 
 // Called by every thread of every block at the end of a kernel: true in the one block that
 // finishes last, after every other block's earlier reads and writes. That block may then reset
-// what all blocks read (and the counter itself, for the next launch).
+// what all blocks read (and the counter itself, for the next launch), or publish them: see
+// post_signals.
 __device__ __forceinline__ bool last_block_done(uint32_t* blocks_done) {
   __shared__ bool s_last;
   __syncthreads();
@@ -158,6 +161,17 @@ __device__ __forceinline__ bool last_block_done(uint32_t* blocks_done) {
   }
   __syncthreads();
   return s_last;
+}
+
+// Warp 0 of the last block (last_block_done) posts n signals: signal(i) gets value(i). One
+// system-scope fence, then relaxed stores: each lane's stores follow the fence (a release
+// pattern), and the fence is cumulative over every block's writes, which the last block
+// acquired. One fence per kernel instead of one per signal.
+template <typename SignalOf, typename ValueOf>
+__device__ __forceinline__ void post_signals(int n, SignalOf signal, ValueOf value) {
+  if (threadIdx.x >= 32) return;
+  fence_acq_rel_sys();
+  for (int i = threadIdx.x; i < n; i += 32) st_relaxed_sys(signal(i), value(i));
 }
 
 }  // namespace epcomm::kernels

@@ -47,10 +47,14 @@ __device__ __forceinline__ bool rank_failed(const cuda::DeviceState* state) {
   return *reinterpret_cast<const volatile int32_t*>(&state->failed) != 0;
 }
 
+// backoff_ns: a pause after each unsuccessful poll, for waits with many pollers at once (the
+// low-latency receive), which then take less of the memory system from the kernels they wait
+// for.
 template <typename Done>
 __device__ __forceinline__ bool bounded_wait(const WaitContext& ctx, const uint64_t* addr,
                                              Done done, uint64_t expected, int32_t phase,
-                                             int32_t peer, uint64_t* seen_out) {
+                                             int32_t peer, uint64_t* seen_out,
+                                             uint32_t backoff_ns = 0) {
   const uint64_t start = global_timer_ns();
   uint32_t spins = 0;
   while (true) {
@@ -59,6 +63,7 @@ __device__ __forceinline__ bool bounded_wait(const WaitContext& ctx, const uint6
       *seen_out = v;
       return true;
     }
+    if (backoff_ns != 0) __nanosleep(backoff_ns);
     if ((++spins & 63) == 0) {
       if (rank_failed(ctx.state)) return false;
       if (global_timer_ns() - start > ctx.timeout_ns) {
