@@ -145,6 +145,7 @@ __device__ int plan_batch(const LowLatencyParams& p, char* const* peers, const i
       ++tokens;
     }
     messages += __popc(mask);
+    __syncwarp();  // a later token's lane may take the same s_next[e] (racecheck)
   }
   if (lane == 0) s_first[tokens] = messages;
   return tokens;
