@@ -33,7 +33,7 @@ class LowLatencyEngine {
     LowLatencyDispatchInputs in;
     detail::LowLatencyCombineArgs combine;
     LowLatencyOutputs outputs{};
-    uint32_t* rows_from = nullptr;    // [R]
+    uint32_t* rows_from = nullptr;  // [R]
   };
   // `combine`: topk_idx from the combine's arguments, else from the dispatch's.
   LowLatencyParams params(int buffer, bool combine) const;

@@ -15,7 +15,8 @@ using cuda::LowLatencyParams;
 
 // Block b copies rows [N*b/G, N*(b+1)/G) of the N packed rows (expert order), whatever experts
 // they belong to.
-__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm) ll_combine_send_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm)
+    ll_combine_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank, H = p.hidden;
   extern __shared__ int s_rows[];  // [Le + 1]: each expert's first row in the packed order
@@ -29,14 +30,7 @@ __global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm) ll_combine_send_ke
   const int r_end = static_cast<int>(static_cast<long long>(total) * (blockIdx.x + 1) / gridDim.x);
   const size_t rows_per_expert = p.layout.rows_per_expert();
   auto packed_row = [&](int r) {
-    int le = 0, hi = Le;  // the last le with s_rows[le] <= r
-    while (le < hi) {
-      const int mid = (le + hi + 1) / 2;
-      if (s_rows[mid] <= r)
-        le = mid;
-      else
-        hi = mid - 1;
-    }
+    const int le = last_at_most(s_rows, Le, r);
     return le * rows_per_expert + (r - s_rows[le]);
   };
   block_copy_rows<true>(

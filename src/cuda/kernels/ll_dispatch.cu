@@ -85,8 +85,8 @@ __device__ void send_batch(const LowLatencyParams& p, const Message* batch, cons
       const int i = i0 + u * half_warps + hw;
       v[u] = make_uint4(0, 0, 0, 0);
       if (i < items) {
-        v[u] = ld_nc_na(reinterpret_cast<const uint4*>(x_row(i / groups) + (i % groups) * 128) +
-                        sub);
+        v[u] =
+            ld_nc_na(reinterpret_cast<const uint4*>(x_row(i / groups) + (i % groups) * 128) + sub);
       }
     }
 #pragma unroll
@@ -151,7 +151,8 @@ __device__ int plan_batch(const LowLatencyParams& p, char* const* peers, const i
   return tokens;
 }
 
-__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm) ll_dispatch_send_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm)
+    ll_dispatch_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int E = p.num_experts;
   extern __shared__ int s_ints[];
@@ -181,8 +182,8 @@ __global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm) ll_dispatch_send_k
     // memory only.
     const int n = min(batch_tokens, t_end - t0);
     for (int i = threadIdx.x; i < n * p.num_topk; i += blockDim.x) {
-      s_expert[i] = first_expert(p.topk_idx, p.idx_int64, t0 + i / p.num_topk, i % p.num_topk,
-                                 p.num_topk, E);
+      s_expert[i] =
+          first_expert(p.topk_idx, p.idx_int64, t0 + i / p.num_topk, i % p.num_topk, p.num_topk, E);
     }
     __syncthreads();
     if (warp == 0) {
@@ -234,8 +235,8 @@ __device__ int checked_count(const LowLatencyParams& p, uint64_t word, int s, ui
 // The threads of the block wait for all Le x R counts (bounded; a thread per count, pausing
 // between polls) and write count[le][s] to counts[le * (R + 1) + s] (0 for a count never posted
 // or not valid).
-__device__ void wait_for_counts(const LowLatencyParams& p, uint32_t tag, int own_begin,
-                                int own_end, int* counts) {
+__device__ void wait_for_counts(const LowLatencyParams& p, uint32_t tag, int own_begin, int own_end,
+                                int* counts) {
   constexpr uint32_t kBackoffNs = 100;
   const int R = p.num_ranks;
   char* local = p.peers[p.rank];
@@ -248,19 +249,6 @@ __device__ void wait_for_counts(const LowLatencyParams& p, uint32_t tag, int own
     counts[le * (R + 1) + s] =
         posted ? checked_count(p, word, s, tag, le >= own_begin && le < own_end) : 0;
   }
-}
-
-// The index of the last entry <= value in the ascending table[0..n] (table[0] <= value).
-__device__ __forceinline__ int last_at_most(const int* table, int n, int value) {
-  int lo = 0, hi = n;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (table[mid] <= value)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
 }
 
 // Every block waits for all Le x R counts and so knows where every row goes; it then copies an
@@ -276,7 +264,7 @@ __global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm)
   const int own_end = static_cast<int>(static_cast<long long>(Le) * (blockIdx.x + 1) / gridDim.x);
   auto owns = [&](int le) { return le >= own_begin && le < own_end; };
   extern __shared__ int s_tables[];
-  int* s_first = s_tables;              // [Le][R + 1]: each source's first row in the expert
+  int* s_first = s_tables;                // [Le][R + 1]: each source's first row in the expert
   int* s_rows = s_tables + Le * (R + 1);  // [Le + 1]: each expert's first row in the block's order
   const uint32_t tag = p.counters->round[p.buffer] + 1;
   wait_for_counts(p, tag, own_begin, own_end, s_first);
@@ -394,8 +382,7 @@ size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks) {
 
 void launch_ll_dispatch_recv(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream) {
   ll_dispatch_recv_kernel<<<num_blocks, kLlThreads,
-                            ll_recv_shared_bytes(p.experts_per_rank, p.num_ranks),
-                            stream>>>(p);
+                            ll_recv_shared_bytes(p.experts_per_rank, p.num_ranks), stream>>>(p);
 }
 
 }  // namespace epcomm::kernels

@@ -42,8 +42,8 @@ struct LowLatencyParams {
   const uint16_t* y;          // combine: [Le][R * M][H] bf16
   uint16_t* out;              // combine: [T][H] bf16
   LowLatencyOutputs recv;
-  uint32_t* rows_from;    // [R]: rows received from each source (summed by the dispatch
-                          // receive, read and reset by the combine send)
+  uint32_t* rows_from;  // [R]: rows received from each source (summed by the dispatch
+                        // receive, read and reset by the combine send)
   LowLatencyCounters* counters;
   WaitContext wait;
 };

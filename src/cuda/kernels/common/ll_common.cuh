@@ -49,6 +49,19 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& v, float (&f)[8]) {
   }
 }
 
+// The index of the last entry <= value in the ascending table[0..n] (table[0] <= value).
+__device__ __forceinline__ int last_at_most(const int* table, int n, int value) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (table[mid] <= value)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
 // One warp turns values[0..n) into their exclusive prefix sums in place and writes the total to
 // values[n] (shuffles, 32 entries at a time).
 __device__ __forceinline__ void warp_exclusive_scan(int* values, int n, int lane) {
@@ -146,7 +159,6 @@ __device__ __forceinline__ uint32_t atomic_add_acq_rel_gpu(uint32_t* p, uint32_t
                : "memory");
   return old;
 }
-
 
 // Called by every thread of every block at the end of a kernel: true in the one block that
 // finishes last, after every other block's earlier reads and writes. That block may then reset

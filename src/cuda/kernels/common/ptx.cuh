@@ -17,7 +17,9 @@ __device__ __forceinline__ void st_relaxed_sys(uint64_t* p, uint64_t v) {
 
 // With later strong writes of this thread, a release pattern (cumulative: it also covers what
 // this thread observed, e.g. its block's writes ordered before it by a barrier).
-__device__ __forceinline__ void fence_acq_rel_sys() { asm volatile("fence.acq_rel.sys;" ::: "memory"); }
+__device__ __forceinline__ void fence_acq_rel_sys() {
+  asm volatile("fence.acq_rel.sys;" ::: "memory");
+}
 
 // Adds with release semantics: earlier writes of this thread (and, after a barrier, of its
 // block) are visible to whoever acquires the new value.
