@@ -51,7 +51,6 @@ void fill_block(Rng& rng, uint16_t* block) {
   if (kind >= 14) block[rng.below(kFp8ScaleBlock)] = bf16_with_exponent(rng, 137, 137);  // 2^10
 }
 
-
 // The views of one low-latency buffer, as a dispatch on it returned them.
 struct BufferViews {
   void* recv_x = nullptr;
@@ -207,13 +206,7 @@ LowLatencyRankData make_ll_rank_data(const LowLatencyShape& shape, Routing routi
   LowLatencyRankData d;
   d.num_tokens = T;
 
-  const std::vector<double> weight = routing_weights(routing, E, R);
-  const size_t idx_bytes = index_bytes(shape.index_type);
-  d.topk_idx.resize(static_cast<size_t>(T) * K * idx_bytes);
-  for (int t = 0; t < T; ++t) {
-    const std::vector<int64_t> experts = draw_token_experts(rng, weight, K, routing, true);
-    store_ids(d.topk_idx.data() + static_cast<size_t>(t) * K * idx_bytes, experts, idx_bytes);
-  }
+  d.topk_idx = draw_topk_idx(rng, routing, E, R, T, K, shape.index_type, true);
   d.topk_weights.resize(static_cast<size_t>(T) * K);
   for (auto& w : d.topk_weights) w = static_cast<float>(rng.uniform() * 2.0 - 0.5);
   d.x.resize(static_cast<size_t>(T) * H);

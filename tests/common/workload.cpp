@@ -27,8 +27,6 @@ uint8_t random_fp8(Rng& rng) {
   return b;
 }
 
-}  // namespace
-
 // K distinct experts drawn with probability proportional to weight[e]; -1 where none are left.
 std::vector<int64_t> draw_experts(Rng& rng, const std::vector<double>& weight, int K) {
   std::vector<double> w = weight;
@@ -49,6 +47,8 @@ std::vector<int64_t> draw_experts(Rng& rng, const std::vector<double>& weight, i
   }
   return out;
 }
+
+}  // namespace
 
 const char* to_string(Routing routing) {
   switch (routing) {
@@ -90,6 +90,10 @@ int64_t RankData::expert(int token, int k) const {
   return v;
 }
 
+namespace {
+
+// Each expert's draw weight under `routing`: 1 (uniform, with holes), 1/(owner+1)^2 (skewed),
+// only rank 0's experts (all to one), none of the last rank's (one rank empty).
 std::vector<double> routing_weights(Routing routing, int num_experts, int num_ranks) {
   const int Le = num_experts / num_ranks;
   std::vector<double> weight(num_experts, 1.0);
@@ -107,6 +111,7 @@ std::vector<double> routing_weights(Routing routing, int num_experts, int num_ra
   return weight;
 }
 
+// Writes ids as int64 or int32 (index_bytes 8 or 4), one after another.
 void store_ids(unsigned char* dst, const std::vector<int64_t>& ids, size_t index_bytes) {
   for (size_t k = 0; k < ids.size(); ++k) {
     if (index_bytes == 8) {
@@ -118,6 +123,8 @@ void store_ids(unsigned char* dst, const std::vector<int64_t>& ids, size_t index
   }
 }
 
+// One token's K expert ids: draw_experts, then with holes some slots -1 and some tokens sent
+// nowhere, and with repeat_experts sometimes an expert named twice.
 std::vector<int64_t> draw_token_experts(Rng& rng, const std::vector<double>& weight, int K,
                                         Routing routing, bool repeat_experts) {
   std::vector<int64_t> experts = draw_experts(rng, weight, K);
@@ -130,6 +137,22 @@ std::vector<int64_t> draw_token_experts(Rng& rng, const std::vector<double>& wei
   return experts;
 }
 
+}  // namespace
+
+std::vector<unsigned char> draw_topk_idx(Rng& rng, Routing routing, int num_experts, int num_ranks,
+                                         int num_tokens, int K, IndexType index_type,
+                                         bool repeat_experts) {
+  const std::vector<double> weight = routing_weights(routing, num_experts, num_ranks);
+  const size_t idx_bytes = index_bytes(index_type);
+  std::vector<unsigned char> ids(static_cast<size_t>(num_tokens) * K * idx_bytes);
+  for (int t = 0; t < num_tokens; ++t) {
+    const std::vector<int64_t> experts =
+        draw_token_experts(rng, weight, K, routing, repeat_experts);
+    store_ids(ids.data() + static_cast<size_t>(t) * K * idx_bytes, experts, idx_bytes);
+  }
+  return ids;
+}
+
 RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int rank) {
   Rng rng(seed * 1000003ull + static_cast<uint64_t>(rank) * 7919ull + 17);
   const int T = shape.num_tokens, K = shape.num_topk, H = shape.hidden, E = shape.num_experts;
@@ -138,13 +161,7 @@ RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int 
   d.num_tokens = T;
   d.num_topk = K;
 
-  const std::vector<double> weight = routing_weights(routing, E, R);
-  const size_t idx_bytes = index_bytes(shape.index_type);
-  d.topk_idx.resize(static_cast<size_t>(T) * K * idx_bytes);
-  for (int t = 0; t < T; ++t) {
-    const std::vector<int64_t> experts = draw_token_experts(rng, weight, K, routing, false);
-    store_ids(d.topk_idx.data() + static_cast<size_t>(t) * K * idx_bytes, experts, idx_bytes);
-  }
+  d.topk_idx = draw_topk_idx(rng, routing, E, R, T, K, shape.index_type, false);
   if (shape.with_weights) {
     d.topk_weights.resize(static_cast<size_t>(T) * K);
     for (auto& w : d.topk_weights) w = static_cast<float>(rng.uniform());

@@ -59,20 +59,13 @@ class Rng {
   uint64_t state_;
 };
 
-// Each expert's draw weight under `routing`: 1 (uniform, with holes), 1/(owner+1)^2 (skewed),
-// only rank 0's experts (all to one), none of the last rank's (one rank empty).
-std::vector<double> routing_weights(Routing routing, int num_experts, int num_ranks);
-
-// One token's K expert ids: draw_experts under `routing`; with holes, some slots -1 and some
-// tokens sent nowhere, and with repeat_experts (legal in the low-latency mode) sometimes an
-// expert named twice.
-std::vector<int64_t> draw_token_experts(Rng& rng, const std::vector<double>& weight, int K,
-                                        Routing routing, bool repeat_experts);
-
-// Writes ids as int64 or int32 (index_bytes 8 or 4), one after another.
-void store_ids(unsigned char* dst, const std::vector<int64_t>& ids, size_t index_bytes);
-
-// K distinct experts drawn with probability proportional to weight[e]; -1 where none are left.
-std::vector<int64_t> draw_experts(Rng& rng, const std::vector<double>& weight, int K);
+// T tokens' expert ids, [T][K] as int64 or int32 (index_type): K distinct experts per token,
+// drawn with each expert's weight under `routing` (1 uniform and with holes, 1/(owner+1)^2
+// skewed, only rank 0's experts all to one, none of the last rank's one rank empty); with holes,
+// some slots -1 and some tokens sent nowhere, and with repeat_experts (legal in the low-latency
+// mode) sometimes an expert named twice.
+std::vector<unsigned char> draw_topk_idx(Rng& rng, Routing routing, int num_experts, int num_ranks,
+                                         int num_tokens, int K, IndexType index_type,
+                                         bool repeat_experts);
 
 }  // namespace epcomm::testing
