@@ -3,9 +3,8 @@ model of the contract: every output of every rank, bit for bit, over several rou
 import pytest
 import torch
 
-import epcomm
 from helpers.expect import compare_round, expected_round
-from helpers.runner import run_case, run_on_threads
+from helpers.runner import host_reference
 from helpers.workload import Case
 
 CASES = [
@@ -25,19 +24,9 @@ CASES = [
 ]
 
 
-def _run(case: Case):
-    def body(rank: int, group: epcomm.ThreadGroup):
-        buffer = epcomm.Buffer(group, max_tokens_per_rank=case.max_tokens_per_rank)
-        try:
-            return run_case(buffer, case, rank, torch.device("cpu"))
-        finally:
-            buffer.destroy()
-    return run_on_threads(case.num_ranks, body)
-
-
 @pytest.mark.parametrize("case", CASES, ids=Case.name)
 def test_every_output_matches_the_numpy_model(case: Case):
-    got = _run(case)
+    got = host_reference(case)
     for index in range(case.rounds):
         want = expected_round(case.round(index))
         for rank in range(case.num_ranks):
@@ -47,7 +36,7 @@ def test_every_output_matches_the_numpy_model(case: Case):
 def test_a_wrong_model_is_caught():
     """The comparison itself can fail: one flipped bit in combined_x is reported."""
     case = CASES[3]
-    got = _run(case)
+    got = host_reference(case)
     want = expected_round(case.round(0))
     got[1][0]["combined_x"][0, 0] ^= 1
     with pytest.raises(AssertionError, match="combined_x"):
