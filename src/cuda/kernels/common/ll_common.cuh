@@ -17,8 +17,7 @@ constexpr int kLlWarps = kLlThreads / 32;
 // (registers capped to match, send kernels included), so a send block always fits beside a
 // waiting one: that is what lets 8 ranks x 16 waiting blocks stay resident on one H100 beside
 // the senders (checked at creation). A send kernel at 110 registers (the combine send with
-// overlapped copies) did not fit beside a waiting block, and the H100 bench's first call timed
-// out in 3 of 5 runs.
+// overlapped copies) would not fit beside a waiting block.
 constexpr int kLlBlocksPerSm = 2;
 
 __device__ __forceinline__ int64_t load_topk(const void* topk_idx, bool idx_int64, size_t i) {
