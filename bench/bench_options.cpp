@@ -34,6 +34,8 @@ void usage() {
       "                          M = ll_max_tokens_per_rank = the largest\n"
       "  --ll-dtypes LIST        comma list of bf16,fp8 (both)\n"
       "  --replays N             timed replays per figure (200; host: 20), after --warmup\n"
+      "  --loop-calls N          dispatch + combine pairs per graph of the loop timing (16;\n"
+      "                          0: no loop timing; CUDA only)\n"
       "  --sms N                 one value: dispatch_sms = combine_sms of the LL kernels (16)\n");
 }
 
@@ -68,6 +70,11 @@ void finish_low_latency_options(const std::string& tokens, BenchOptions* o) {
   }
   if (o->replays == 0) o->replays = gpu ? 200 : 20;
   if (o->replays < 1) throw Error(ErrorCode::kInvalidArgument, "--replays must be at least 1");
+  if (o->loop_calls < 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "--loop-calls = " + std::to_string(o->loop_calls) + " is negative");
+  }
+  if (!gpu) o->loop_calls = 0;
   if (o->ll_dtypes.empty()) throw Error(ErrorCode::kInvalidArgument, "--ll-dtypes is empty");
   if (o->sms.size() != 1) {
     throw Error(ErrorCode::kInvalidArgument, "--mode ll takes one --sms value");
@@ -97,7 +104,8 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
         return false;
       } else if (flag == "--backend") {
         const std::string v = value();
-        if (v != "host" && v != "cuda") throw Error(ErrorCode::kInvalidArgument, "--backend = " + v);
+        if (v != "host" && v != "cuda")
+          throw Error(ErrorCode::kInvalidArgument, "--backend = " + v);
         o->backend = v == "host" ? Backend::kHost : Backend::kCuda;
       } else if (flag == "--launcher") {
         const std::string v = value();
@@ -123,6 +131,8 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
         }
       } else if (flag == "--replays") {
         o->replays = to_int(flag, value());
+      } else if (flag == "--loop-calls") {
+        o->loop_calls = to_int(flag, value());
       } else if (flag == "--hidden") {
         o->hidden = to_int(flag, value());
       } else if (flag == "--topk") {

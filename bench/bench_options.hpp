@@ -38,6 +38,7 @@ struct BenchOptions {
   std::vector<int> ll_tokens;
   std::vector<DType> ll_dtypes{DType::kBF16, DType::kFP8E4M3};
   int replays = 0;
+  int loop_calls = 16;  // --mode ll on GPUs: dispatch + combine pairs per loop graph (0: none)
 
   // Set by main for --launcher mpi: the job's bootstrap, this process's GPU, and whether it
   // prints (rank 0 only).

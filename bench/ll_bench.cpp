@@ -1,7 +1,7 @@
 // epcomm-bench --mode ll: one communicator per rank for the whole sweep (M = the largest T, so
 // buffers are allocated once). For each dtype and T: one round checked against the host
-// reference, then the eager, hook and graph timings (ll_timing.cpp), each followed by a check
-// that the timed replays still produced the reference output.
+// reference, then the eager, hook, graph and graph-loop timings (ll_timing.cpp), each followed by a
+// check that the timed replays still produced the reference output.
 #include "ll_bench.hpp"
 
 #include <algorithm>
@@ -27,8 +27,8 @@ constexpr testing::Routing kRouting = testing::Routing::kUniform;
 constexpr int kBootstrapTimeoutMs = 300000;
 constexpr unsigned char kPoison = 0xA5;
 // Samples of each mode, packed in this order for the gather (ll_timing.hpp gives the spans).
-constexpr size_t kEagerSpans = 3, kHookSpans = 4, kGraphSpans = 3;
-constexpr size_t kAllSpans = kEagerSpans + kHookSpans + kGraphSpans;
+constexpr size_t kEagerSpans = 3, kHookSpans = 4, kGraphSpans = 3, kLoopSpans = 3;
+constexpr size_t kAllSpans = kEagerSpans + kHookSpans + kGraphSpans + kLoopSpans;
 
 int max_tokens(const BenchOptions& o) {
   return *std::max_element(o.ll_tokens.begin(), o.ll_tokens.end());
@@ -56,7 +56,7 @@ struct LlShared {
 // One rank's part of a case before the ranks are combined.
 struct RankCase {
   std::string problem;  // agreed by all ranks
-  Samples eager, hook, graph;
+  Samples eager, hook, graph, loop;
   double messages = 0;  // received by this rank
   double tokens = 0;    // sent by this rank
 };
@@ -87,15 +87,16 @@ LatencyStat latency_stat(std::vector<double> ms) {
 }
 
 // The fewest bytes each operation moves, all ranks, on its data path (DESIGN section 10).
-// Dispatch, per (token, expert) message: the sender reads the x row (2H) and writes the
-// message row (2H bf16, or H fp8 + H/128 fp32 scales) into the expert rank's staging; the
-// receive reads it back and writes it into the packed recv_x: 2H + 3 x message row.
+// Dispatch: the sender reads each token's x row once (2H; it sends the row to all the token's
+// experts from registers) and, per (token, expert) message, writes the message row (2H bf16, or
+// H fp8 + H/128 fp32 scales) into the expert rank's staging; the receive reads it back and
+// writes it into the packed recv_x: 2H per token + 3 x message row per message.
 // Combine, per message: the expert rank reads its y row (2H), writes it into the source's
 // staging, and the reduction reads it (3 x 2H); plus each output row written once (2H).
 void set_min_bytes(double tokens, int hidden, LlCase* c) {
   const double H = hidden;
   const double message_row = c->use_fp8 ? H + 4.0 * H / kFp8ScaleBlock : 2.0 * H;
-  c->dispatch_min_bytes = c->num_messages * (2.0 * H + 3.0 * message_row);
+  c->dispatch_min_bytes = tokens * 2.0 * H + c->num_messages * 3.0 * message_row;
   c->combine_min_bytes = c->num_messages * 3.0 * 2.0 * H + tokens * 2.0 * H;
 }
 
@@ -169,6 +170,7 @@ LlRankSession::LlRankSession(const BenchOptions& o, std::shared_ptr<Bootstrap> b
   setup.device = device;
   setup.warmup = o.warmup;
   setup.replays = o.replays;
+  setup.loop_calls = o.loop_calls;
   timer_ = std::make_unique<LlTimer>(setup);
 }
 
@@ -222,8 +224,9 @@ void LlRankSession::run_case(const testing::LowLatencyShape& shape, LlCase* c) {
     c->problem = "MISMATCH: " + diff;
     return;
   }
-  say("identical (%.1f s)\n[%s T=%d] timing %d replays (eager, hook%s)... ", seconds(), dtype,
-      shape.num_tokens, o_.replays, o_.backend == Backend::kCuda ? ", graph" : "");
+  say("identical (%.1f s)\n[%s T=%d] timing %d replays (eager, hook%s%s)... ", seconds(), dtype,
+      shape.num_tokens, o_.replays, o_.backend == Backend::kCuda ? ", graph" : "",
+      o_.loop_calls > 0 ? ", graph loop" : "");
   const RankCase mine = time_case(shape, got);
   if (!mine.problem.empty()) {
     say("MISMATCH after timing: %s\n", mine.problem.c_str());
@@ -344,6 +347,7 @@ RankCase LlRankSession::time_case(const testing::LowLatencyShape& shape,
   rc.eager = timed("eager", &LlTimer::time_eager);
   rc.hook = timed("hook", &LlTimer::time_hook);
   if (o_.backend == Backend::kCuda) rc.graph = timed("graph", &LlTimer::time_graph);
+  if (o_.loop_calls > 0) rc.loop = timed("graph loop", &LlTimer::time_graph_loop);
   return rc;
 }
 
@@ -359,6 +363,7 @@ void LlRankSession::summarize(const RankCase& mine, LlCase* c) {
   put(mine.eager, 0);
   put(mine.hook, kEagerSpans);
   put(mine.graph, kEagerSpans + kHookSpans);
+  put(mine.loop, kEagerSpans + kHookSpans + kGraphSpans);
   packed[kAllSpans * n] = mine.messages;
   packed[kAllSpans * n + 1] = mine.tokens;
   std::vector<double> all(per_rank * bs_->size());
@@ -383,6 +388,11 @@ void LlRankSession::summarize(const RankCase& mine, LlCase* c) {
     c->graph_dispatch = stat(7);
     c->graph_combine = stat(8);
     c->graph_dispatch_combine = stat(9);
+  }
+  if (!mine.loop.empty()) {
+    c->loop_dispatch = stat(10);
+    c->loop_combine = stat(11);
+    c->loop_dispatch_combine = stat(12);
   }
   double tokens = 0;
   for (int r = 0; r < bs_->size(); ++r) {

@@ -20,8 +20,9 @@ struct LlCase {
   int tokens = 0;  // T (the harness workload gives the last rank T / 2)
   bool use_fp8 = false;
   std::string problem;  // a mismatch or an error: nothing of this row is reported
-  LatencyStat dispatch, combine, dispatch_combine;                       // eager calls
-  LatencyStat graph_dispatch, graph_combine, graph_dispatch_combine;     // inside one CUDA graph
+  LatencyStat dispatch, combine, dispatch_combine;                    // eager calls
+  LatencyStat graph_dispatch, graph_combine, graph_dispatch_combine;  // inside one CUDA graph
+  LatencyStat loop_dispatch, loop_combine, loop_dispatch_combine;     // per call, graph of a loop
   LatencyStat dispatch_send, dispatch_recv, combine_send, combine_recv;  // send_only + receive
   double num_messages = 0;                               // (token, expert) messages, all ranks
   double dispatch_min_bytes = 0, combine_min_bytes = 0;  // all ranks; see set_min_bytes()

@@ -13,6 +13,7 @@ namespace epcomm::bench {
 cudaError_t launch_gate_wait(cudaStream_t stream, const uint32_t* d_flag, uint32_t ticket,
                              uint64_t timeout_ns, uint32_t* d_gave_up);  // ll_gate.cu
 cudaError_t load_gate_kernel();                                          // ll_gate.cu
+cudaError_t launch_stamp(cudaStream_t stream, uint64_t* slot);           // ll_gate.cu
 
 namespace {
 
@@ -56,6 +57,44 @@ class CudaStepClock final : public StepClock {
  private:
   cudaStream_t stream_;
   std::vector<cudaEvent_t> events_;
+};
+
+// Mark i: a one-thread kernel writes the global timer into stamps[i] (device memory). wait()
+// synchronizes the stream and reads all stamps back on it.
+class CudaStampClock final : public StepClock {
+ public:
+  CudaStampClock(Stream stream, int device, int num_marks)
+      : stream_(native(stream)), host_(num_marks, 0) {
+    check(cudaSetDevice(device), "cudaSetDevice");
+    check(cudaMalloc(reinterpret_cast<void**>(&stamps_), sizeof(uint64_t) * num_marks),
+          "cudaMalloc (stamps)");
+  }
+  ~CudaStampClock() override { cudaFree(stamps_); }
+  void mark(int i) override {
+    check(launch_stamp(stream_, stamps_ + checked(i)), "launch of a stamp");
+  }
+  void wait(int) override {
+    check(cudaMemcpyAsync(host_.data(), stamps_, sizeof(uint64_t) * host_.size(),
+                          cudaMemcpyDeviceToHost, stream_),
+          "cudaMemcpyAsync (stamps)");
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (stamps)");
+  }
+  double ms_between(int a, int b) override {
+    return static_cast<double>(static_cast<int64_t>(host_.at(b) - host_.at(a))) * 1e-6;
+  }
+
+ private:
+  size_t checked(int i) const {
+    if (i < 0 || static_cast<size_t>(i) >= host_.size()) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "stamp mark " + std::to_string(i) + " of " + std::to_string(host_.size()));
+    }
+    return static_cast<size_t>(i);
+  }
+
+  cudaStream_t stream_;
+  uint64_t* stamps_ = nullptr;
+  std::vector<uint64_t> host_;
 };
 
 // Two words of pinned host memory mapped into every device: [0] the opened ticket, [1] set by
@@ -108,6 +147,10 @@ class CudaGraph final : public CapturedGraph {
 
 std::unique_ptr<StepClock> make_cuda_step_clock(Stream stream, int device, int num_marks) {
   return std::make_unique<CudaStepClock>(stream, device, num_marks);
+}
+
+std::unique_ptr<StepClock> make_cuda_stamp_clock(Stream stream, int device, int num_marks) {
+  return std::make_unique<CudaStampClock>(stream, device, num_marks);
 }
 
 std::shared_ptr<StartGate> make_cuda_start_gate(int device) {

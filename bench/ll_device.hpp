@@ -51,6 +51,13 @@ class CapturedGraph {
 
 std::unique_ptr<StepClock> make_step_clock(Backend backend, Stream stream, int device,
                                            int num_marks);
+// Marks that are one-thread kernels writing the device's global timer (ns; one clock for every
+// stream of the GPU). Captured, a mark is a kernel node: the next kernel follows it as it follows
+// any kernel, where an event-record node between two calls delayed the next call's start on some
+// of 8 in-process ranks by up to 20-30 us (docs/perf.md). A mark costs about one kernel launch.
+// The host backend gets host marks.
+std::unique_ptr<StepClock> make_stamp_clock(Backend backend, Stream stream, int device,
+                                            int num_marks);
 // One gate for the ranks of this process: all of them, or just this one under mpirun. Its
 // memory is pinned from `device` (no context is made on another GPU).
 std::shared_ptr<StartGate> make_start_gate(Backend backend, int device);
@@ -64,6 +71,7 @@ void destroy_bench_stream(Backend backend, Stream stream);
 
 // The CUDA versions (ll_cuda_support.cpp, or stubs that throw kUnsupported without CUDA).
 std::unique_ptr<StepClock> make_cuda_step_clock(Stream stream, int device, int num_marks);
+std::unique_ptr<StepClock> make_cuda_stamp_clock(Stream stream, int device, int num_marks);
 std::shared_ptr<StartGate> make_cuda_start_gate(int device);
 std::unique_ptr<CapturedGraph> capture_cuda_graph(Stream stream, int device,
                                                   const std::function<void()>& issue);

@@ -1,5 +1,6 @@
 // The start gate's wait: one thread spins on a flag in mapped host memory until the host opens
-// the gate with the ticket, then the stream goes on. See StartGate in ll_device.hpp.
+// the gate with the ticket, then the stream goes on. See StartGate in ll_device.hpp. Also the
+// stamp clock's mark: one thread writes the global timer.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -27,12 +28,20 @@ __global__ void gate_wait_kernel(const volatile uint32_t* flag, uint32_t ticket,
   }
 }
 
+__global__ void stamp_kernel(uint64_t* slot) { *slot = global_ns(); }
+
 }  // namespace
 
-// See StartGate::prepare (ll_device.hpp).
+// See StartGate::prepare (ll_device.hpp); the stamp kernel is loaded with it, for the same reason.
 cudaError_t load_gate_kernel() {
   cudaFuncAttributes attr;
-  return cudaFuncGetAttributes(&attr, gate_wait_kernel);
+  const cudaError_t gate = cudaFuncGetAttributes(&attr, gate_wait_kernel);
+  return gate != cudaSuccess ? gate : cudaFuncGetAttributes(&attr, stamp_kernel);
+}
+
+cudaError_t launch_stamp(cudaStream_t stream, uint64_t* slot) {
+  stamp_kernel<<<1, 1, 0, stream>>>(slot);
+  return cudaGetLastError();
 }
 
 cudaError_t launch_gate_wait(cudaStream_t stream, const uint32_t* d_flag, uint32_t ticket,

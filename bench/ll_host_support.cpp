@@ -42,6 +42,12 @@ std::unique_ptr<StepClock> make_step_clock(Backend backend, Stream stream, int d
   return std::make_unique<HostStepClock>(num_marks);
 }
 
+std::unique_ptr<StepClock> make_stamp_clock(Backend backend, Stream stream, int device,
+                                            int num_marks) {
+  if (backend == Backend::kCuda) return make_cuda_stamp_clock(stream, device, num_marks);
+  return std::make_unique<HostStepClock>(num_marks);
+}
+
 std::shared_ptr<StartGate> make_start_gate(Backend backend, int device) {
   if (backend == Backend::kCuda) return make_cuda_start_gate(device);
   return std::make_shared<OpenGate>();

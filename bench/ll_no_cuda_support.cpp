@@ -10,6 +10,7 @@ namespace {
 }  // namespace
 
 std::unique_ptr<StepClock> make_cuda_step_clock(Stream, int, int) { no_cuda(); }
+std::unique_ptr<StepClock> make_cuda_stamp_clock(Stream, int, int) { no_cuda(); }
 std::shared_ptr<StartGate> make_cuda_start_gate(int) { no_cuda(); }
 std::unique_ptr<CapturedGraph> capture_cuda_graph(Stream, int, const std::function<void()>&) {
   no_cuda();

@@ -25,12 +25,21 @@ std::string median_only(const LatencyStat& s) {
   return buf;
 }
 
-// The roofline uses the graph time (what a decode step replays), the eager one without graphs.
-double roofline(const LlReport& rep, double min_bytes, const LatencyStat& graph,
-                const LatencyStat& eager) {
-  const LatencyStat& t = graph.measured ? graph : eager;
+// The roofline uses the loop time (calls back to back in a graph, as a decode step replays
+// them), else the one-call graph time, else the eager one.
+double roofline(const LlReport& rep, double min_bytes, const LatencyStat& loop,
+                const LatencyStat& graph, const LatencyStat& eager) {
+  const LatencyStat& t = loop.measured ? loop : graph.measured ? graph : eager;
   if (rep.copy_gbps <= 0 || !t.measured || t.median_us <= 0) return 0;
   return min_bytes / (t.median_us * 1e-6) / 1e9 / rep.copy_gbps;
+}
+
+double dispatch_roofline(const LlReport& rep, const LlCase& c) {
+  return roofline(rep, c.dispatch_min_bytes, c.loop_dispatch, c.graph_dispatch, c.dispatch);
+}
+
+double combine_roofline(const LlReport& rep, const LlCase& c) {
+  return roofline(rep, c.combine_min_bytes, c.loop_combine, c.graph_combine, c.combine);
 }
 
 std::string fraction(double f) {
@@ -45,15 +54,16 @@ void print_row(const LlReport& rep, const LlCase& c) {
     std::printf("%5d  %s\n", c.tokens, c.problem.c_str());
     return;
   }
-  std::printf("%5d %8.0f %14s %14s %14s %14s %14s %14s %7s %7s %7s %7s %6s %6s\n", c.tokens,
-              c.num_messages / rep.options.ranks, med_p99(c.dispatch).c_str(),
+  std::printf("%5d %8.0f %14s %14s %14s %14s %14s %14s %14s %14s %14s %7s %7s %7s %7s %6s %6s\n",
+              c.tokens, c.num_messages / rep.options.ranks, med_p99(c.dispatch).c_str(),
               med_p99(c.combine).c_str(), med_p99(c.dispatch_combine).c_str(),
               med_p99(c.graph_dispatch).c_str(), med_p99(c.graph_combine).c_str(),
-              med_p99(c.graph_dispatch_combine).c_str(), median_only(c.dispatch_send).c_str(),
-              median_only(c.dispatch_recv).c_str(), median_only(c.combine_send).c_str(),
-              median_only(c.combine_recv).c_str(),
-              fraction(roofline(rep, c.dispatch_min_bytes, c.graph_dispatch, c.dispatch)).c_str(),
-              fraction(roofline(rep, c.combine_min_bytes, c.graph_combine, c.combine)).c_str());
+              med_p99(c.graph_dispatch_combine).c_str(), med_p99(c.loop_dispatch).c_str(),
+              med_p99(c.loop_combine).c_str(), med_p99(c.loop_dispatch_combine).c_str(),
+              median_only(c.dispatch_send).c_str(), median_only(c.dispatch_recv).c_str(),
+              median_only(c.combine_send).c_str(), median_only(c.combine_recv).c_str(),
+              fraction(dispatch_roofline(rep, c)).c_str(),
+              fraction(combine_roofline(rep, c)).c_str());
 }
 
 std::string json_string(const std::string& s) {
@@ -83,15 +93,18 @@ void write_case(std::ofstream& f, const LlReport& rep, const LlCase& c) {
       << json_stat("dispatch", c.dispatch) << ", " << json_stat("combine", c.combine) << ", "
       << json_stat("dispatch_combine", c.dispatch_combine) << "},\n     \"graph\": {"
       << json_stat("dispatch", c.graph_dispatch) << ", " << json_stat("combine", c.graph_combine)
-      << ", " << json_stat("dispatch_combine", c.graph_dispatch_combine) << "},\n     \"hook\": {"
+      << ", " << json_stat("dispatch_combine", c.graph_dispatch_combine)
+      << "},\n     \"graph_loop\": {" << json_stat("dispatch", c.loop_dispatch) << ", "
+      << json_stat("combine", c.loop_combine) << ", "
+      << json_stat("dispatch_combine", c.loop_dispatch_combine) << "},\n     \"hook\": {"
       << json_stat("dispatch_send", c.dispatch_send) << ", "
       << json_stat("dispatch_recv", c.dispatch_recv) << ", "
       << json_stat("combine_send", c.combine_send) << ", "
       << json_stat("combine_recv", c.combine_recv)
       << "},\n     \"dispatch_min_bytes\": " << c.dispatch_min_bytes
-      << ", \"combine_min_bytes\": " << c.combine_min_bytes << ", \"roofline\": {\"dispatch\": "
-      << roofline(rep, c.dispatch_min_bytes, c.graph_dispatch, c.dispatch)
-      << ", \"combine\": " << roofline(rep, c.combine_min_bytes, c.graph_combine, c.combine) << "}";
+      << ", \"combine_min_bytes\": " << c.combine_min_bytes
+      << ", \"roofline\": {\"dispatch\": " << dispatch_roofline(rep, c)
+      << ", \"combine\": " << combine_roofline(rep, c) << "}";
   }
   f << "}";
 }
@@ -102,17 +115,20 @@ void print_ll_tables(const LlReport& rep) {
   const BenchOptions& o = rep.options;
   std::printf("\nepcomm-bench --mode ll  backend=%s  device: %s\n", to_string(o.backend),
               rep.device.c_str());
-  std::printf("ranks=%d M=%d hidden=%d topk=%d experts=%d sms=%d warmup=%d replays=%d\n", o.ranks,
-              rep.max_tokens, o.hidden, o.topk, o.experts, o.sms.front(), o.warmup, o.replays);
+  std::printf(
+      "ranks=%d M=%d hidden=%d topk=%d experts=%d sms=%d warmup=%d replays=%d loop-calls=%d\n",
+      o.ranks, rep.max_tokens, o.hidden, o.topk, o.experts, o.sms.front(), o.warmup, o.replays,
+      o.loop_calls);
   if (rep.copy_gbps > 0) {
     std::printf("device copy bandwidth (read+write): %.0f GB/s\n", rep.copy_gbps);
   }
   for (DType dtype : o.ll_dtypes) {
     const bool fp8 = dtype == DType::kFP8E4M3;
     std::printf("\n%s, times in us (median/p99)\n", dtype_name(fp8));
-    std::printf("%5s %8s %14s %14s %14s %14s %14s %14s %7s %7s %7s %7s %6s %6s\n", "T", "msg/rank",
-                "dispatch", "combine", "d+c", "graph:disp", "graph:comb", "graph:d+c", "d.send",
-                "d.recv", "c.send", "c.recv", "roof.d", "roof.c");
+    std::printf("%5s %8s %14s %14s %14s %14s %14s %14s %14s %14s %14s %7s %7s %7s %7s %6s %6s\n",
+                "T", "msg/rank", "dispatch", "combine", "d+c", "graph:disp", "graph:comb",
+                "graph:d+c", "loop:disp", "loop:comb", "loop:d+c", "d.send", "d.recv", "c.send",
+                "c.recv", "roof.d", "roof.c");
     for (const LlCase& c : rep.cases) {
       if (c.use_fp8 == fp8) print_row(rep, c);
     }
@@ -121,11 +137,14 @@ void print_ll_tables(const LlReport& rep) {
       "\ntimes: per replay the slowest rank's, then median/p99 over the replays. On GPUs a start\n"
       "gate releases all ranks' streams at once, so host skew and launch latency stay out.\n"
       "dispatch/combine/d+c: eager calls; graph:*: between event nodes inside one captured graph\n"
-      "[dispatch; combine]; d.send..c.recv: send_only calls, each followed at once by\n"
+      "[dispatch; combine]; loop:*: per call in one graph of --loop-calls pairs [dispatch;\n"
+      "combine] back to back (a decode step's layers): disp/comb between stamp kernels before\n"
+      "each call (each includes one stamp's launch), d+c between event nodes at the graph's two\n"
+      "ends / pairs; d.send..c.recv: send_only calls, each followed at once by\n"
       "low_latency_receive (medians). msg/rank: (token, expert) messages received per rank.\n"
-      "roof.d/c: least bytes moved (dispatch: per message x row read, message row written to\n"
+      "roof.d/c: least bytes moved (dispatch: per token x row read, per message row written to\n"
       "staging, read, written to recv_x; combine: per message y row read, written to staging,\n"
-      "read, plus outputs written) / graph median / device copy bandwidth.\n"
+      "read, plus outputs written) / loop (else graph) median / device copy bandwidth.\n"
       "Workload: the LL harness (uniform top-k; the last rank sends T/2 tokens).\n");
 }
 
@@ -137,7 +156,8 @@ void write_ll_json(const LlReport& rep, const std::string& path) {
     << ", \"max_tokens\": " << rep.max_tokens << ", \"hidden\": " << o.hidden
     << ", \"topk\": " << o.topk << ", \"experts\": " << o.experts << ", \"sms\": " << o.sms.front()
     << ", \"warmup\": " << o.warmup << ", \"replays\": " << o.replays
-    << ",\n  \"copy_gbps\": " << rep.copy_gbps << ",\n  \"results\": [\n";
+    << ", \"loop_calls\": " << o.loop_calls << ",\n  \"copy_gbps\": " << rep.copy_gbps
+    << ",\n  \"results\": [\n";
   for (size_t i = 0; i < rep.cases.size(); ++i) {
     write_case(f, rep, rep.cases[i]);
     f << (i + 1 < rep.cases.size() ? ",\n" : "\n");

@@ -130,4 +130,60 @@ Samples LlTimer::time_graph(const LlRoundInputs& in) {
   return out;
 }
 
+// NOTE: the start gate releases the ranks together, but the first call's start still differs
+// between ranks by the graph launches' skew; over loop_calls calls the ranks then run in step
+// (every combine waits for every rank), so the per-call average is a decode step's layer time.
+Samples LlTimer::time_graph_loop(const LlRoundInputs& in) {
+  const int L = s_.loop_calls;
+  Communicator& comm = *s_.comm;
+  // [stamps: one before each call and one at the end] or [ends: an event node at each end].
+  auto capture_loop = [&](StepClock* stamps, StepClock* ends) {
+    std::unique_ptr<CapturedGraph> graph;
+    collective_step(*s_.bootstrap, [&] {
+      graph = capture_graph(s_.backend, s_.stream, s_.device, [&] {
+        if (ends) ends->mark(0);
+        for (int i = 0; i < L; ++i) {
+          if (stamps) stamps->mark(2 * i);
+          const LowLatencyDispatchResult res = comm.low_latency_dispatch(in.dispatch);
+          if (stamps) stamps->mark(2 * i + 1);
+          comm.low_latency_combine(in.y, in.dispatch.topk_idx, in.topk_weights, res.handle, in.out);
+        }
+        if (stamps) stamps->mark(2 * L);
+        if (ends) ends->mark(1);
+      });
+    });
+    return graph;
+  };
+  auto release = [&](std::unique_ptr<CapturedGraph>& graph) {  // see time_graph
+    collective_step(*s_.bootstrap, [&] { graph.reset(); });
+  };
+
+  // Call i: dispatch from stamp 2i to 2i + 1, combine from 2i + 1 to 2i + 2.
+  auto stamps = make_stamp_clock(s_.backend, s_.stream, s_.device, 2 * L + 1);
+  std::unique_ptr<CapturedGraph> stamped = capture_loop(stamps.get(), nullptr);
+  Spans spans;
+  for (int i = 0; i < 2 * L; ++i) spans.emplace_back(i, i + 1);
+  const Samples parts = run(*stamps, spans, 2 * L, [&] { stamped->launch(s_.stream); });
+  release(stamped);
+  // Mark 2, recorded after each launch, is what the host waits for.
+  auto ends = make_step_clock(s_.backend, s_.stream, s_.device, 3);
+  std::unique_ptr<CapturedGraph> plain = capture_loop(nullptr, ends.get());
+  const Samples whole = run(*ends, {{0, 1}}, 2, [&] {
+    plain->launch(s_.stream);
+    ends->mark(2);
+  });
+  release(plain);
+
+  const size_t n = whole[0].size();
+  Samples out(3, std::vector<double>(n, 0.0));
+  for (size_t r = 0; r < n; ++r) {
+    for (int i = 0; i < L; ++i) {
+      out[0][r] += parts[2 * i][r] / L;
+      out[1][r] += parts[2 * i + 1][r] / L;
+    }
+    out[2][r] = whole[0][r] / L;
+  }
+  return out;
+}
+
 }  // namespace epcomm::bench

@@ -47,6 +47,7 @@ struct LlTimerSetup {
   Stream stream = nullptr;  // the communicator's stream
   int device = 0;
   int warmup = 0, replays = 0;
+  int loop_calls = 0;  // dispatch + combine pairs in each graph of time_graph_loop
 };
 
 // One per rank for the whole sweep: gate tickets must keep increasing.
@@ -62,6 +63,12 @@ class LlTimer {
   // CUDA only. Spans: dispatch, combine, dispatch + combine, between event nodes inside one
   // graph that holds [dispatch; combine]. See time_graph in ll_timing.cpp for why one graph.
   Samples time_graph(const LlRoundInputs& in);
+  // CUDA only. Spans: dispatch, combine, dispatch + combine per call, averaged over the
+  // loop_calls pairs of one graph [dispatch; combine] x loop_calls, as a decode step's layers
+  // replay them back to back. Dispatch and combine come from a graph with a stamp kernel
+  // (make_stamp_clock) before every call; dispatch + combine from a second graph with event
+  // nodes at its two ends only.
+  Samples time_graph_loop(const LlRoundInputs& in);
 
  private:
   using Spans = std::vector<std::pair<int, int>>;
