@@ -3,6 +3,7 @@
 #include "low_latency_engine.hpp"
 
 #include <algorithm>
+#include <limits>
 
 #include "cuda_check.hpp"
 #include "kernels/launch.hpp"
@@ -19,25 +20,31 @@ T* device_alloc(size_t count) {
   return p;
 }
 
-// The receive kernels wait inside grids of up to max(dispatch_sms, combine_sms) blocks. Every
-// waiting grid of the ranks on this GPU must fit with room to spare, or a peer's send kernel
-// could find no SM to run on. Only ranks of this process are counted (as for the ring).
+// Blocks of an LL kernel given `sms` SMs; at most `work` when there is less work than that.
+int ll_blocks(int sms, int work = std::numeric_limits<int>::max()) {
+  return std::max(1, std::min(work, sms * kernels::kLlBlocksPerSm));
+}
+
+// The receive kernels wait inside grids of up to ll_blocks(max(dispatch_sms, combine_sms))
+// blocks. The send kernels never wait, and a rank's kernels run one after another on its stream,
+// so a rank whose send is still to run has no grid waiting: if every in-process rank's waiting
+// grid fits on the GPU at once, the others' waiting grids leave at least one grid's room for
+// that send. Only ranks of this process are counted (as for the ring).
 void check_residency(const Config& config, int sharing, int device) {
   int sms = 0;
   EPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int waiting = sharing * std::max(config.dispatch_sms, config.combine_sms);
-  const int room = sms * kernels::ll_blocks_per_sm() / 2;
+  const int widest = std::max(config.dispatch_sms, config.combine_sms);
+  const int waiting = sharing * ll_blocks(widest);
+  const int room = sms * kernels::ll_blocks_per_sm();
   if (waiting > room) {
     throw Error(ErrorCode::kUnsupported,
                 "low-latency mode: " + std::to_string(sharing) + " ranks on GPU " +
-                    std::to_string(device) + " with max(dispatch_sms, combine_sms) = " +
-                    std::to_string(std::max(config.dispatch_sms, config.combine_sms)) + " need " +
-                    std::to_string(waiting) + " waiting blocks, more than the " +
-                    std::to_string(room) + " that leave room for the senders");
+                    std::to_string(device) +
+                    " with max(dispatch_sms, combine_sms) = " + std::to_string(widest) + " need " +
+                    std::to_string(waiting) + " resident waiting blocks, more than the " +
+                    std::to_string(room) + " that fit on the GPU");
   }
 }
-
-int clamp_blocks(int work, int limit) { return std::max(1, std::min(work, limit)); }
 
 }  // namespace
 
@@ -122,7 +129,7 @@ LowLatencyDispatchResult LowLatencyEngine::dispatch_send(const LowLatencyDispatc
   call.in = in;
   call.combine = {};
   kernels::launch_ll_dispatch_send(params(buffer, false),
-                                   clamp_blocks(in.num_tokens, config_.dispatch_sms), stream);
+                                   ll_blocks(config_.dispatch_sms, in.num_tokens), stream);
   EPCOMM_LAUNCH_CHECK("ll_dispatch_send_kernel");
   LowLatencyDispatchResult r;
   r.recv_x = call.outputs.recv_x;
@@ -135,21 +142,20 @@ LowLatencyDispatchResult LowLatencyEngine::dispatch_send(const LowLatencyDispatc
 }
 
 void LowLatencyEngine::dispatch_receive(int buffer, cudaStream_t stream) {
-  kernels::launch_ll_dispatch_recv(params(buffer, false), config_.dispatch_sms, stream);
+  kernels::launch_ll_dispatch_recv(params(buffer, false), ll_blocks(config_.dispatch_sms), stream);
   EPCOMM_LAUNCH_CHECK("ll_dispatch_recv_kernel");
 }
 
 void LowLatencyEngine::combine_send(const detail::LowLatencyCombineArgs& args, int buffer,
                                     cudaStream_t stream) {
   calls_[buffer].combine = args;
-  kernels::launch_ll_combine_send(params(buffer, true), config_.combine_sms, stream);
+  kernels::launch_ll_combine_send(params(buffer, true), ll_blocks(config_.combine_sms), stream);
   EPCOMM_LAUNCH_CHECK("ll_combine_send_kernel");
 }
 
 void LowLatencyEngine::combine_receive(int buffer, cudaStream_t stream) {
-  kernels::launch_ll_combine_recv(params(buffer, true),
-                                  clamp_blocks(calls_[buffer].in.num_tokens, config_.combine_sms),
-                                  stream);
+  kernels::launch_ll_combine_recv(
+      params(buffer, true), ll_blocks(config_.combine_sms, calls_[buffer].in.num_tokens), stream);
   EPCOMM_LAUNCH_CHECK("ll_combine_recv_kernel");
 }
 

@@ -84,4 +84,13 @@ int cuda_device_count() {
   return n;
 }
 
+int cuda_sm_count(int device) {
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
 }  // namespace epcomm::testing

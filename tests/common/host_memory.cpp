@@ -26,6 +26,7 @@ std::unique_ptr<Memory> make_memory(Backend backend, int, Stream) {
   return make_host_memory();
 }
 int cuda_device_count() { return 0; }
+int cuda_sm_count(int) { return 0; }
 #endif
 
 }  // namespace epcomm::testing

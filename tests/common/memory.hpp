@@ -24,6 +24,7 @@ class Memory {
 // (docs/design.md section 12).
 std::unique_ptr<Memory> make_memory(Backend backend, int device = 0, Stream stream = nullptr);
 int cuda_device_count();  // 0 when the build has no CUDA or no GPU is present
+int cuda_sm_count(int device);  // 0 when the build has no CUDA or the device is absent
 
 // An allocation that frees itself.
 class Buffer {

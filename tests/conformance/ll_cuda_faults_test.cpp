@@ -1,6 +1,7 @@
 // Low-latency faults on the CUDA backend: a peer that never joins ends in a bounded, named
-// timeout at synchronize (nothing waits on the host before it), and a bad expert id fails its
-// own rank with a named error without leaving the peers waiting.
+// timeout at synchronize (nothing waits on the host before it), a bad expert id fails its own
+// rank with a named error without leaving the peers waiting, and in-process ranks whose waiting
+// grids would not fit on their GPU together are refused at creation.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -168,6 +169,29 @@ TEST_F(CudaLowLatencyFaults, BadExpertIdFailsItsRankWithoutHangingPeers) {
       }
       EXPECT_LT(seconds_since(start), 2.0) << "rank " << r << " waited for the faulty rank";
       bs[r]->barrier();
+    });
+  }
+}
+
+// 8 in-process ranks on GPU 0: each receive grid is two blocks per SM given, and all 8 must fit
+// on the GPU at once (docs/design.md section 20). With S SMs, S / 8 SMs per rank fit (when the
+// kernels reach two blocks per SM); one more is refused naming the numbers, on every rank.
+TEST_F(CudaLowLatencyFaults, WaitingGridsThatDoNotFitTogetherAreRefused) {
+  const int R = 8, device_sms = testing::cuda_sm_count(0);
+  ASSERT_GT(device_sms, 0);
+  for (int sms : {device_sms / R, device_sms / R + 1}) {
+    Config cfg = ll_config(R, 3000);
+    cfg.dispatch_sms = sms;
+    cfg.combine_sms = 1;
+    const auto bs = testing::shared_bootstraps(R, 60000);
+    testing::run_on_ranks(R, [&](int r) {
+      if (sms == device_sms / R) {
+        EXPECT_NO_THROW(Communicator::create(bs[r], cfg, Backend::kCuda, 0)) << "fits: " << sms;
+        return;
+      }
+      const std::string waiting = std::to_string(R * 2 * sms) + " resident waiting blocks";
+      expect_error(ErrorCode::kUnsupported, waiting,
+                   [&] { Communicator::create(bs[r], cfg, Backend::kCuda, 0); });
     });
   }
 }

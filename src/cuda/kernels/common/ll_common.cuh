@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
+#include "../launch.hpp"
 #include "../ll_params.hpp"
 #include "ptx.cuh"
 #include "warp_copy.cuh"
@@ -13,12 +14,11 @@ namespace epcomm::kernels {
 
 constexpr int kLlThreads = 512;
 constexpr int kLlWarps = kLlThreads / 32;
-// The receive kernels wait inside their grids. Two blocks of any low-latency kernel fit on an SM
-// (registers capped to match, send kernels included), so a send block always fits beside a
-// waiting one: that is what lets 8 ranks x 16 waiting blocks stay resident on one H100 beside
-// the senders (checked at creation). A send kernel at 110 registers (the combine send with
-// overlapped copies) would not fit beside a waiting block.
-constexpr int kLlBlocksPerSm = 2;
+// kLlBlocksPerSm (launch.hpp): every LL kernel is capped to the registers that let two of its
+// blocks share an SM, and is launched with two blocks per SM it is given: 1024 threads per SM
+// keep more loads in flight than 512 (docs/perf.md). The receive kernels wait inside their
+// grids; check_residency (low_latency_engine.cpp) keeps every waiting grid of the ranks on a GPU
+// resident. A kernel at 110 registers (the combine send with overlapped copies) would not fit.
 
 __device__ __forceinline__ int64_t load_topk(const void* topk_idx, bool idx_int64, size_t i) {
   return idx_int64 ? __ldg(static_cast<const long long*>(topk_idx) + i)
