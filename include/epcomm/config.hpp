@@ -13,9 +13,8 @@ struct Config {
   DType dtype = DType::kBF16;    // element type of dispatched rows
   IndexType index_type = IndexType::kInt64;
   Algorithm algorithm = Algorithm::kFlat;
-  int dispatch_sms = 16;         // SMs a dispatch sends with: one block each (flat, ring), two
-                                 // blocks of 512 threads each (low-latency mode)
-  int combine_sms = 16;          // SMs a combine gathers with (blocks as for dispatch_sms)
+  int dispatch_sms = 16;         // thread blocks (one per SM) a dispatch sends with
+  int combine_sms = 16;          // thread blocks a combine gathers with
   int expert_alignment = 1;      // num_recv_per_expert is rounded up to a multiple of this
   int max_recv_rows = 0;         // receive pool rows per rank; 0 means R * max_tokens_per_rank
   int wait_timeout_ms = 5000;    // every wait on a peer gives up after this long

@@ -20,29 +20,30 @@ T* device_alloc(size_t count) {
   return p;
 }
 
-// Blocks of an LL kernel given `sms` SMs; at most `work` when there is less work than that.
+// Blocks of an LL kernel given `sms` SMs: one per SM, at most `work`.
 int ll_blocks(int sms, int work = std::numeric_limits<int>::max()) {
-  return std::max(1, std::min(work, sms * kernels::kLlBlocksPerSm));
+  return std::max(1, std::min(work, sms));
 }
 
-// The receive kernels wait inside grids of up to ll_blocks(max(dispatch_sms, combine_sms))
-// blocks. The send kernels never wait, and a rank's kernels run one after another on its stream,
-// so a rank whose send is still to run has no grid waiting: if every in-process rank's waiting
-// grid fits on the GPU at once, the others' waiting grids leave at least one grid's room for
-// that send. Only ranks of this process are counted (as for the ring).
+// The receive kernels wait inside their grids. A rank runs one LL kernel at a time (its stream
+// orders them) of at most max(dispatch_sms, combine_sms) blocks, and each block takes a whole
+// SM; so when the in-process ranks' grids together take no more SMs than the GPU has, every
+// rank's current kernel is resident at once, and no waiting grid can keep a peer's send from
+// running. Two 512-thread blocks per SM, resident only where blocks of different kernels share
+// an SM, deadlocked on the H100 (docs/perf.md). Only ranks of this process are counted (as for
+// the ring).
 void check_residency(const Config& config, int sharing, int device) {
   int sms = 0;
   EPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int widest = std::max(config.dispatch_sms, config.combine_sms);
-  const int waiting = sharing * ll_blocks(widest);
-  const int room = sms * kernels::ll_blocks_per_sm();
-  if (waiting > room) {
-    throw Error(ErrorCode::kUnsupported,
-                "low-latency mode: " + std::to_string(sharing) + " ranks on GPU " +
-                    std::to_string(device) +
-                    " with max(dispatch_sms, combine_sms) = " + std::to_string(widest) + " need " +
-                    std::to_string(waiting) + " resident waiting blocks, more than the " +
-                    std::to_string(room) + " that fit on the GPU");
+  const int needed = sharing * ll_blocks(widest);
+  if (kernels::ll_blocks_per_sm() < 1 || needed > sms) {
+    throw Error(
+        ErrorCode::kUnsupported,
+        "low-latency mode: " + std::to_string(sharing) + " ranks on GPU " + std::to_string(device) +
+            " with max(dispatch_sms, combine_sms) = " + std::to_string(widest) + " need " +
+            std::to_string(needed) + " resident blocks of " + std::to_string(kernels::kLlThreads) +
+            " threads, one per SM, more than the GPU's " + std::to_string(sms) + " SMs");
   }
 }
 

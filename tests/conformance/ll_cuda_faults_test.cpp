@@ -173,9 +173,9 @@ TEST_F(CudaLowLatencyFaults, BadExpertIdFailsItsRankWithoutHangingPeers) {
   }
 }
 
-// 8 in-process ranks on GPU 0: each receive grid is two blocks per SM given, and all 8 must fit
-// on the GPU at once (docs/design.md section 20). With S SMs, S / 8 SMs per rank fit (when the
-// kernels reach two blocks per SM); one more is refused naming the numbers, on every rank.
+// 8 in-process ranks on GPU 0: an LL kernel takes a whole SM per block, and all 8 ranks' grids
+// must fit on the GPU at once (docs/design.md section 20). With S SMs, S / 8 SMs per rank fit;
+// one more is refused naming the numbers, on every rank.
 TEST_F(CudaLowLatencyFaults, WaitingGridsThatDoNotFitTogetherAreRefused) {
   const int R = 8, device_sms = testing::cuda_sm_count(0);
   ASSERT_GT(device_sms, 0);
@@ -189,8 +189,8 @@ TEST_F(CudaLowLatencyFaults, WaitingGridsThatDoNotFitTogetherAreRefused) {
         EXPECT_NO_THROW(Communicator::create(bs[r], cfg, Backend::kCuda, 0)) << "fits: " << sms;
         return;
       }
-      const std::string waiting = std::to_string(R * 2 * sms) + " resident waiting blocks";
-      expect_error(ErrorCode::kUnsupported, waiting,
+      const std::string needed = std::to_string(R * sms) + " resident blocks";
+      expect_error(ErrorCode::kUnsupported, needed,
                    [&] { Communicator::create(bs[r], cfg, Backend::kCuda, 0); });
     });
   }

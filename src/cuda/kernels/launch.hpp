@@ -52,9 +52,9 @@ constexpr int kRingThreads = 1024;
 void launch_ring_dispatch(const cuda::RingParams& p, cudaStream_t stream);
 void launch_ring_combine(const cuda::RingParams& p, cudaStream_t stream);
 // Low-latency mode (ll_params.hpp). The receive kernels wait inside their grids. Every LL kernel
-// is built for kLlBlocksPerSm blocks of 512 threads per SM and launched with that many blocks
-// per SM it is given (dispatch_sms, combine_sms).
-constexpr int kLlBlocksPerSm = 2;
+// runs blocks of kLlThreads threads, one per SM it is given (dispatch_sms, combine_sms), at most
+// 64 registers each, so that a block fills an SM's register file.
+constexpr int kLlThreads = 1024;
 size_t ll_send_shared_bytes(int num_experts, int num_ranks);
 size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks);
 void launch_ll_dispatch_send(const cuda::LowLatencyParams& p, int num_blocks, cudaStream_t stream);

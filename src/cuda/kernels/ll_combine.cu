@@ -15,7 +15,7 @@ using cuda::LowLatencyParams;
 
 // Block b copies rows [N*b/G, N*(b+1)/G) of the N packed rows (expert order), whatever experts
 // they belong to.
-__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm)
+__global__ void __launch_bounds__(kLlThreads, 1)
     ll_combine_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank, H = p.hidden;
@@ -105,7 +105,7 @@ __device__ __forceinline__ int row_slot(const LowLatencyParams& p, int t, int k)
 // weight, then each thread sums 16-byte output vectors of the batch:
 // acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0, rounded once to bf16. The loads of
 // up to kSlotsInFlight slots are issued before their sums.
-__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm)
+__global__ void __launch_bounds__(kLlThreads, 1)
     ll_combine_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   constexpr int kSlotsInFlight = 8;

@@ -151,7 +151,7 @@ __device__ int plan_batch(const LowLatencyParams& p, char* const* peers, const i
   return tokens;
 }
 
-__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm)
+__global__ void __launch_bounds__(kLlThreads, 1)
     ll_dispatch_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int E = p.num_experts;
@@ -256,7 +256,7 @@ __device__ void wait_for_counts(const LowLatencyParams& p, uint32_t tag, int own
 // order), whatever experts they belong to. Block b owns local experts
 // [Le*b/G, Le*(b+1)/G): it writes their layout_range and recv_count, adds their rows to rows_from
 // and reports their bad counts.
-__global__ void __launch_bounds__(kLlThreads, kLlBlocksPerSm)
+__global__ void __launch_bounds__(kLlThreads, 1)
     ll_dispatch_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank;

@@ -12,13 +12,11 @@
 
 namespace epcomm::kernels {
 
-constexpr int kLlThreads = 512;
+// kLlThreads (launch.hpp) = 1024: a block per SM keeps twice the loads in flight of the
+// 512-thread blocks before it (docs/perf.md), and needs a whole SM, so that check_residency
+// (low_latency_engine.cpp) can count SMs and never rely on blocks of two kernels sharing one.
+// A kernel above 64 registers (the combine send with overlapped copies took 110) cannot launch.
 constexpr int kLlWarps = kLlThreads / 32;
-// kLlBlocksPerSm (launch.hpp): every LL kernel is capped to the registers that let two of its
-// blocks share an SM, and is launched with two blocks per SM it is given: 1024 threads per SM
-// keep more loads in flight than 512 (docs/perf.md). The receive kernels wait inside their
-// grids; check_residency (low_latency_engine.cpp) keeps every waiting grid of the ranks on a GPU
-// resident. A kernel at 110 registers (the combine send with overlapped copies) would not fit.
 
 __device__ __forceinline__ int64_t load_topk(const void* topk_idx, bool idx_int64, size_t i) {
   return idx_int64 ? __ldg(static_cast<const long long*>(topk_idx) + i)
