@@ -86,10 +86,10 @@ constexpr int kRowTable = 128;
 // takes items (a 16-byte column of kUnroll rows; 8: enough bytes in flight per SM to cover the
 // latency with one block per SM), so a handful of rows (decode batches) keeps the whole block's
 // loads in flight. (Issuing the next item's loads before the current stores was slower in the
-// dispatch receive at 4 rows, and at 8 rows needs more registers than two blocks per SM leave.)
-// kLocalInput: the rows are
-// this rank's own input, which nobody writes during the kernel (non-coherent loads). Every
-// thread of the block must call it (it synchronizes the block).
+// dispatch receive at 4 rows, and at 8 rows needs more than the 64 registers a 1024-thread
+// block leaves.) kLocalInput: the rows are this rank's own input, which nobody writes during the
+// kernel (non-coherent loads). Every thread of the block must call it (it synchronizes the
+// block).
 template <bool kLocalInput, typename SrcOf, typename DstOf>
 __device__ __forceinline__ void block_copy_rows(int num_rows, size_t row_bytes, SrcOf src_of,
                                                 DstOf dst_of) {
