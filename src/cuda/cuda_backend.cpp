@@ -251,6 +251,24 @@ void CudaBackend::raise_device_error() {
   throw error_from_record(rec, config_.wait_timeout_ms);
 }
 
+// The low-latency calls never wait on the host, so without a synchronize a failed round would
+// go unnoticed: each call first looks at the mapped error record. Only failures that stop this
+// rank's kernels (a timeout, a peer's round, count or fp8 flag that does not match) are raised
+// here; they break the communicator, so the record is not reset (no CUDA call: safe while
+// capturing). A bad expert id leaves the rank working and waits for synchronize, so that every
+// rank keeps issuing the same calls.
+void CudaBackend::raise_posted_failure() {
+  const int32_t code = *reinterpret_cast<const volatile int32_t*>(&h_mapped_->record.code);
+  if (code != kDevTimeout && code != kDevLlRoundMismatch && code != kDevLlOverflow &&
+      code != kDevLlFp8Mismatch) {
+    return;
+  }
+  std::atomic_thread_fence(std::memory_order_acquire);  // the writer stored the code last
+  ErrorRecord rec;
+  std::memcpy(&rec, &h_mapped_->record, sizeof(rec));
+  throw error_from_record(rec, config_.wait_timeout_ms);
+}
+
 void CudaBackend::synchronize() {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   EPCOMM_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -555,21 +573,25 @@ namespace epcomm::cuda {
 
 LowLatencyDispatchResult CudaBackend::ll_dispatch_send(const LowLatencyDispatchInputs& in,
                                                        int buffer) {
+  raise_posted_failure();
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   return ll_->dispatch_send(in, buffer, stream_);
 }
 
 void CudaBackend::ll_dispatch_receive(int buffer) {
+  raise_posted_failure();
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   ll_->dispatch_receive(buffer, stream_);
 }
 
 void CudaBackend::ll_combine_send(const detail::LowLatencyCombineArgs& args, int buffer) {
+  raise_posted_failure();
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   ll_->combine_send(args, buffer, stream_);
 }
 
 void CudaBackend::ll_combine_receive(int buffer) {
+  raise_posted_failure();
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   ll_->combine_receive(buffer, stream_);
 }

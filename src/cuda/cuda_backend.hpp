@@ -81,6 +81,8 @@ class CudaBackend final : public detail::CommBackend {
   void check_not_capturing_exact(const DispatchOptions& options, const char* caller);
   // Throws the first error the device recorded since the last check, and clears it.
   void raise_device_error();
+  // Throws a failure a kernel has posted (one that stops this rank's kernels), without a sync.
+  void raise_posted_failure();
 
   std::shared_ptr<Bootstrap> bootstrap_;
   Config config_;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <thread>
 
 #include "epcomm/epcomm.hpp"
 #include "expect_error.hpp"
@@ -109,6 +110,36 @@ TEST_F(CudaLowLatencyFaults, MissingPeerInDispatchTimesOutNamingPhaseAndPeer) {
         expect_error(ErrorCode::kBroken, "unusable", [&] { comm->low_latency_dispatch(in.get()); });
       });
     }
+  }
+}
+
+// Without a synchronize (the Python calls make none): once the dispatch has timed out, the next
+// low-latency call of the rank reports the timeout itself, and the one after that finds the
+// communicator broken. Rank 1 never dispatches.
+TEST_F(CudaLowLatencyFaults, TimeoutSurfacesAtTheNextCallWithoutSynchronize) {
+  for (bool hook : {false, true}) {
+    const int R = 2;
+    const Config cfg = ll_config(R, 300);
+    const auto bs = testing::shared_bootstraps(R, 60000);
+    testing::run_on_ranks(R, [&](int r) {
+      auto memory = testing::make_memory(Backend::kCuda, 0);
+      auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+      if (r == 1) return;  // never dispatches (its teardown still meets rank 0's)
+      Inputs in(*memory, cfg, ids_for(cfg));
+      LowLatencyDispatchResult res;
+      ASSERT_NO_THROW(res = comm->low_latency_dispatch(in.get(), hook)) << "nothing may wait";
+      // The wait gives up after 0.3 s on an otherwise idle stream.
+      std::this_thread::sleep_for(std::chrono::seconds(2));
+      const std::string what = expect_error(ErrorCode::kTimeout, "peer rank 1", [&] {
+        if (hook) {
+          comm->low_latency_receive(res.handle);
+        } else {
+          in.combine(*comm, res.handle, false);
+        }
+      });
+      EXPECT_NE(lower(what).find("dispatch"), std::string::npos) << "names no phase: " << what;
+      expect_error(ErrorCode::kBroken, "unusable", [&] { comm->low_latency_dispatch(in.get()); });
+    });
   }
 }
 
