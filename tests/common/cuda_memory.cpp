@@ -84,6 +84,12 @@ int cuda_device_count() {
   return n;
 }
 
+bool cuda_stream_idle(Stream stream) {
+  const cudaError_t err = cudaStreamQuery(reinterpret_cast<cudaStream_t>(stream));
+  if (err != cudaErrorNotReady) cudaGetLastError();  // a real error surfaces at the next call
+  return err != cudaErrorNotReady;
+}
+
 int cuda_sm_count(int device) {
   int n = 0;
   if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {

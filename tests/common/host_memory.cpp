@@ -27,6 +27,7 @@ std::unique_ptr<Memory> make_memory(Backend backend, int, Stream) {
 }
 int cuda_device_count() { return 0; }
 int cuda_sm_count(int) { return 0; }
+bool cuda_stream_idle(Stream) { return true; }
 #endif
 
 }  // namespace epcomm::testing

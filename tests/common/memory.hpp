@@ -23,8 +23,11 @@ class Memory {
 // private one). The bench passes its own, so that 8 in-process ranks keep to 3 streams each
 // (docs/design.md section 12).
 std::unique_ptr<Memory> make_memory(Backend backend, int device = 0, Stream stream = nullptr);
-int cuda_device_count();  // 0 when the build has no CUDA or no GPU is present
+int cuda_device_count();        // 0 when the build has no CUDA or no GPU is present
 int cuda_sm_count(int device);  // 0 when the build has no CUDA or the device is absent
+// Whether `stream` has finished its work (cudaStreamQuery: never waits; it also hands queued
+// launches to the GPU, which the driver may otherwise hold back until a call that waits).
+bool cuda_stream_idle(Stream stream);
 
 // An allocation that frees itself.
 class Buffer {
