@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <functional>
 #include <thread>
 
 #include "epcomm/epcomm.hpp"
@@ -86,28 +87,37 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// Runs fn(r, comm, memory, bootstrap) on R in-process ranks of GPU 0, each with its own device
+// memory and communicator (destroyed when fn returns: a rank's teardown meets its peers').
+void on_ranks(int R, const Config& cfg,
+              const std::function<void(int, Communicator&, testing::Memory&, Bootstrap&)>& fn) {
+  const auto bs = testing::shared_bootstraps(R, 60000);
+  testing::run_on_ranks(R, [&](int r) {
+    auto memory = testing::make_memory(Backend::kCuda, 0);
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    fn(r, *comm, *memory, *bs[r]);
+  });
+}
+
 // The last rank never dispatches: every other rank's synchronize reports it, within about the
 // configured wait, and the communicator then refuses work.
 TEST_F(CudaLowLatencyFaults, MissingPeerInDispatchTimesOutNamingPhaseAndPeer) {
   for (int R : {2, 3}) {
     for (bool hook : {false, true}) {
       const Config cfg = ll_config(R, 300);
-      const auto bs = testing::shared_bootstraps(R, 60000);
       const std::string peer = "peer rank " + std::to_string(R - 1);
-      testing::run_on_ranks(R, [&](int r) {
-        auto memory = testing::make_memory(Backend::kCuda, 0);
-        auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+      on_ranks(R, cfg, [&](int r, Communicator& comm, testing::Memory& memory, Bootstrap&) {
         if (r == R - 1) return;  // never dispatches (its teardown still meets the others')
-        Inputs in(*memory, cfg, ids_for(cfg));
+        Inputs in(memory, cfg, ids_for(cfg));
         const auto start = std::chrono::steady_clock::now();
         LowLatencyDispatchResult res;
-        ASSERT_NO_THROW(res = comm->low_latency_dispatch(in.get(), hook)) << "nothing may wait";
-        if (hook) ASSERT_NO_THROW(comm->low_latency_receive(res.handle));
+        ASSERT_NO_THROW(res = comm.low_latency_dispatch(in.get(), hook)) << "nothing may wait";
+        if (hook) ASSERT_NO_THROW(comm.low_latency_receive(res.handle));
         const std::string what =
-            expect_error(ErrorCode::kTimeout, peer, [&] { comm->synchronize(); });
+            expect_error(ErrorCode::kTimeout, peer, [&] { comm.synchronize(); });
         EXPECT_NE(lower(what).find("dispatch"), std::string::npos) << "names no phase: " << what;
         EXPECT_LT(seconds_since(start), 5.0) << "the timeout is 0.3 s";
-        expect_error(ErrorCode::kBroken, "unusable", [&] { comm->low_latency_dispatch(in.get()); });
+        expect_error(ErrorCode::kBroken, "unusable", [&] { comm.low_latency_dispatch(in.get()); });
       });
     }
   }
@@ -118,29 +128,25 @@ TEST_F(CudaLowLatencyFaults, MissingPeerInDispatchTimesOutNamingPhaseAndPeer) {
 // communicator broken. Rank 1 never dispatches.
 TEST_F(CudaLowLatencyFaults, TimeoutSurfacesAtTheNextCallWithoutSynchronize) {
   for (bool hook : {false, true}) {
-    const int R = 2;
-    const Config cfg = ll_config(R, 300);
-    const auto bs = testing::shared_bootstraps(R, 60000);
-    testing::run_on_ranks(R, [&](int r) {
-      auto memory = testing::make_memory(Backend::kCuda, 0);
-      auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    const Config cfg = ll_config(2, 300);
+    on_ranks(2, cfg, [&](int r, Communicator& comm, testing::Memory& memory, Bootstrap&) {
       if (r == 1) return;  // never dispatches (its teardown still meets rank 0's)
-      Inputs in(*memory, cfg, ids_for(cfg));
+      Inputs in(memory, cfg, ids_for(cfg));
       LowLatencyDispatchResult res;
-      ASSERT_NO_THROW(res = comm->low_latency_dispatch(in.get(), hook)) << "nothing may wait";
-      if (hook) ASSERT_NO_THROW(comm->low_latency_receive(res.handle)) << "nothing may wait";
+      ASSERT_NO_THROW(res = comm.low_latency_dispatch(in.get(), hook)) << "nothing may wait";
+      if (hook) ASSERT_NO_THROW(comm.low_latency_receive(res.handle)) << "nothing may wait";
       // The wait gives up after 0.3 s. Queries of the stream (never waiting) stand in for the
       // other CUDA calls of a real caller: in the first H100 run of this test, launches followed
       // by no CUDA call had not run 2 s later.
       const auto start = std::chrono::steady_clock::now();
-      while (!testing::cuda_stream_idle(comm->stream()) && seconds_since(start) < 5.0) {
+      while (!testing::cuda_stream_idle(comm.stream()) && seconds_since(start) < 5.0) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
       EXPECT_LT(seconds_since(start), 5.0) << "the dispatch's kernels never finished";
       const std::string what = expect_error(ErrorCode::kTimeout, "peer rank 1",
-                                            [&] { in.combine(*comm, res.handle, hook); });
+                                            [&] { in.combine(comm, res.handle, hook); });
       EXPECT_NE(lower(what).find("dispatch"), std::string::npos) << "names no phase: " << what;
-      expect_error(ErrorCode::kBroken, "unusable", [&] { comm->low_latency_dispatch(in.get()); });
+      expect_error(ErrorCode::kBroken, "unusable", [&] { comm.low_latency_dispatch(in.get()); });
     });
   }
 }
@@ -150,24 +156,21 @@ TEST_F(CudaLowLatencyFaults, MissingPeerInCombineTimesOutNamingPhaseAndPeer) {
   for (bool hook : {false, true}) {
     const int R = 2;
     const Config cfg = ll_config(R, 300);
-    const auto bs = testing::shared_bootstraps(R, 60000);
-    testing::run_on_ranks(R, [&](int r) {
-      auto memory = testing::make_memory(Backend::kCuda, 0);
-      auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
-      Inputs in(*memory, cfg, ids_for(cfg));
-      const LowLatencyDispatchResult res = comm->low_latency_dispatch(in.get());
-      comm->synchronize();
+    on_ranks(R, cfg, [&](int r, Communicator& comm, testing::Memory& memory, Bootstrap& bs) {
+      Inputs in(memory, cfg, ids_for(cfg));
+      const LowLatencyDispatchResult res = comm.low_latency_dispatch(in.get());
+      comm.synchronize();
       if (r == R - 1) {
-        bs[r]->barrier();  // stay alive until the others have failed
+        bs.barrier();  // stay alive until the others have failed
         return;
       }
       const auto start = std::chrono::steady_clock::now();
-      ASSERT_NO_THROW(in.combine(*comm, res.handle, hook)) << "nothing may wait on the host";
+      ASSERT_NO_THROW(in.combine(comm, res.handle, hook)) << "nothing may wait on the host";
       const std::string what =
-          expect_error(ErrorCode::kTimeout, "peer rank 1", [&] { comm->synchronize(); });
+          expect_error(ErrorCode::kTimeout, "peer rank 1", [&] { comm.synchronize(); });
       EXPECT_NE(lower(what).find("combine"), std::string::npos) << "names no phase: " << what;
       EXPECT_LT(seconds_since(start), 5.0) << "the timeout is 0.3 s";
-      bs[r]->barrier();
+      bs.barrier();
     });
   }
 }
@@ -176,32 +179,28 @@ TEST_F(CudaLowLatencyFaults, MissingPeerInCombineTimesOutNamingPhaseAndPeer) {
 // (cleanly or with kInvalidExpert) well before its wait would time out.
 TEST_F(CudaLowLatencyFaults, BadExpertIdFailsItsRankWithoutHangingPeers) {
   for (bool hook : {false, true}) {
-    const int R = 2;
-    const Config cfg = ll_config(R, 3000);
-    const auto bs = testing::shared_bootstraps(R, 60000);
-    testing::run_on_ranks(R, [&](int r) {
-      auto memory = testing::make_memory(Backend::kCuda, 0);
-      auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    const Config cfg = ll_config(2, 3000);
+    on_ranks(2, cfg, [&](int r, Communicator& comm, testing::Memory& memory, Bootstrap& bs) {
       std::vector<int64_t> ids = ids_for(cfg);
       if (r == 1) ids[3] = 999;  // token 1, slot 1
-      Inputs in(*memory, cfg, ids);
-      bs[r]->barrier();
+      Inputs in(memory, cfg, ids);
+      bs.barrier();
       const auto start = std::chrono::steady_clock::now();
       LowLatencyDispatchResult res;
-      ASSERT_NO_THROW(res = comm->low_latency_dispatch(in.get(), hook)) << "nothing may wait";
-      if (hook) ASSERT_NO_THROW(comm->low_latency_receive(res.handle));
+      ASSERT_NO_THROW(res = comm.low_latency_dispatch(in.get(), hook)) << "nothing may wait";
+      if (hook) ASSERT_NO_THROW(comm.low_latency_receive(res.handle));
       if (r == 1) {
         expect_error(ErrorCode::kInvalidExpert, "topk_idx[1][1] = 999",
-                     [&] { comm->synchronize(); });
+                     [&] { comm.synchronize(); });
       } else {
         try {
-          comm->synchronize();
+          comm.synchronize();
         } catch (const Error& e) {
           EXPECT_EQ(e.code(), ErrorCode::kInvalidExpert) << e.what();
         }
       }
       EXPECT_LT(seconds_since(start), 2.0) << "rank " << r << " waited for the faulty rank";
-      bs[r]->barrier();
+      bs.barrier();
     });
   }
 }
