@@ -53,7 +53,10 @@ void launch_ring_dispatch(const cuda::RingParams& p, cudaStream_t stream);
 void launch_ring_combine(const cuda::RingParams& p, cudaStream_t stream);
 // Low-latency mode (ll_params.hpp). The receive kernels wait inside their grids. Every LL kernel
 // runs blocks of kLlThreads threads, one per SM it is given (dispatch_sms, combine_sms), at most
-// 64 registers each, so that a block fills an SM's register file.
+// 64 registers each: a block fills an SM's register file, so check_residency
+// (low_latency_engine.cpp) counts SMs and never relies on blocks of two kernels sharing one, and
+// it keeps twice the loads in flight of the 512-thread blocks before it (docs/perf.md). A kernel
+// above 64 registers (the combine send with overlapped copies took 110) cannot launch.
 constexpr int kLlThreads = 1024;
 size_t ll_send_shared_bytes(int num_experts, int num_ranks);
 size_t ll_recv_shared_bytes(int experts_per_rank, int num_ranks);

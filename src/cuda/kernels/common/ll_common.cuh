@@ -12,12 +12,6 @@
 
 namespace epcomm::kernels {
 
-// kLlThreads (launch.hpp) = 1024: a block per SM keeps twice the loads in flight of the
-// 512-thread blocks before it (docs/perf.md), and needs a whole SM, so that check_residency
-// (low_latency_engine.cpp) can count SMs and never rely on blocks of two kernels sharing one.
-// A kernel above 64 registers (the combine send with overlapped copies took 110) cannot launch.
-constexpr int kLlWarps = kLlThreads / 32;
-
 __device__ __forceinline__ int64_t load_topk(const void* topk_idx, bool idx_int64, size_t i) {
   return idx_int64 ? __ldg(static_cast<const long long*>(topk_idx) + i)
                    : __ldg(static_cast<const int*>(topk_idx) + i);
