@@ -252,21 +252,18 @@ void CudaBackend::raise_device_error() {
 }
 
 // The low-latency calls never wait on the host, so without a synchronize a failed round would
-// go unnoticed: each call first looks at the mapped error record. Only failures that stop this
-// rank's kernels (a timeout, a peer's round, count or fp8 flag that does not match) are raised
-// here; they break the communicator, so the record is not reset (no CUDA call: safe while
-// capturing). A bad expert id leaves the rank working and waits for synchronize, so that every
-// rank keeps issuing the same calls.
+// go unnoticed: each call first looks at the mapped error record and throws what it holds if
+// that breaks the communicator (a timeout, or a peer's round, count or fp8 flag that does not
+// match: the errors that stop this rank's kernels). The record is then left as it is: no CUDA
+// call, so this is safe while capturing. A bad expert id leaves the rank working and waits for
+// synchronize, so that every rank keeps issuing the same calls.
 void CudaBackend::raise_posted_failure() {
-  const int32_t code = *reinterpret_cast<const volatile int32_t*>(&h_mapped_->record.code);
-  if (code != kDevTimeout && code != kDevLlRoundMismatch && code != kDevLlOverflow &&
-      code != kDevLlFp8Mismatch) {
-    return;
-  }
+  if (*reinterpret_cast<const volatile int32_t*>(&h_mapped_->record.code) == kDevNone) return;
   std::atomic_thread_fence(std::memory_order_acquire);  // the writer stored the code last
   ErrorRecord rec;
   std::memcpy(&rec, &h_mapped_->record, sizeof(rec));
-  throw error_from_record(rec, config_.wait_timeout_ms);
+  const Error error = error_from_record(rec, config_.wait_timeout_ms);
+  if (error.code() == ErrorCode::kTimeout || error.code() == ErrorCode::kBroken) throw error;
 }
 
 void CudaBackend::synchronize() {
