@@ -3,7 +3,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
+#include "argument_checks.hpp"
 #include "epcomm/bootstrap.hpp"
 #include "epcomm/config.hpp"
 #include "epcomm/dispatch.hpp"
@@ -18,7 +20,7 @@ struct HandleState {
   uint64_t comm_id = 0;  // the Communicator that made it
   uint64_t epoch = 0;    // its dispatch sequence number
   int num_tokens = 0;
-  int num_recv = -1;     // -1 when the dispatch did not wait for it on the host
+  int num_recv = -1;  // -1 when the dispatch did not wait for it on the host
 };
 
 // What a low-latency handle carries.
@@ -44,10 +46,16 @@ class CommBackend {
  public:
   virtual ~CommBackend() = default;
   virtual int recv_capacity() const = 0;
+  // This rank's memory that peers write or read: no caller buffer may overlap it.
+  virtual std::vector<MemoryRange> shared_memory() const = 0;
   virtual void set_stream(Stream stream) = 0;
   virtual Stream stream() const = 0;
   virtual void get_dispatch_layout(const void* topk_idx, int num_tokens, int num_topk,
                                    const LayoutOutputs& out) = 0;
+  // Throws what would stop a dispatch before anything is issued (a local error: the epoch
+  // does not advance). After it returns, dispatch throws only errors every rank sees alike or
+  // failures that break the communicator.
+  virtual void check_dispatch_issuable(const DispatchOptions& options, bool cached) = 0;
   // The backend fills result.handle with a HandleState carrying comm_id and epoch.
   virtual DispatchResult dispatch(const DispatchInputs& in, const DispatchOptions& options,
                                   uint64_t comm_id, uint64_t epoch) = 0;
@@ -55,7 +63,9 @@ class CommBackend {
                                          const float* x_scales, const DispatchOptions& options,
                                          uint64_t comm_id, uint64_t epoch) = 0;
   virtual void* combine_input() = 0;
-  virtual void combine(const void* y, const HandleState& handle, void* out) = 0;
+  // `repeat`: the dispatch of `handle` was combined before (y is then never combine_input()),
+  // so peers may still read this rank's pool for that combine when this one is issued.
+  virtual void combine(const void* y, const HandleState& handle, void* out, bool repeat) = 0;
   virtual void synchronize() = 0;
 
   // Low-latency mode, one phase per call; Communicator orders the phases of each buffer

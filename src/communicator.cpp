@@ -5,46 +5,46 @@
 #include <sstream>
 
 #include "backend.hpp"
+#include "config_agreement.hpp"
 
 namespace epcomm {
 namespace {
 
+using detail::check_scales;
+using detail::check_tokens_and_topk;
+using detail::invalid_argument;
+using detail::PointerChecker;
+using detail::value_of;
+
 std::atomic<uint64_t> g_next_comm_id{1};
 
-[[noreturn]] void invalid(const char* caller, const std::string& what) {
-  throw Error(ErrorCode::kInvalidArgument, std::string(caller) + ": " + what);
+size_t bytes_of(long long count, size_t elem_bytes) {
+  return count > 0 ? static_cast<size_t>(count) * elem_bytes : 0;
 }
 
-std::string value_of(const char* name, long long value) {
-  std::ostringstream os;
-  os << name << " = " << value;
-  return os.str();
-}
+// Alignments of the element types (DESIGN section 13): rows move as 16-byte vectors.
+constexpr size_t kRowAlign = 16, kWordAlign = 4;
 
-void check_tokens_and_topk(const char* caller, const Config& config, int num_tokens,
-                           int num_topk) {
-  if (num_tokens < 0 || num_tokens > config.max_tokens_per_rank) {
-    invalid(caller, value_of("num_tokens", num_tokens) + " is outside [0, max_tokens_per_rank = " +
-                        std::to_string(config.max_tokens_per_rank) + "]");
-  }
-  if (num_topk < 1 || num_topk > config.max_topk) {
-    invalid(caller, value_of("num_topk", num_topk) + " is outside [1, max_topk = " +
-                        std::to_string(config.max_topk) + "]");
-  }
-}
+size_t index_align(const Config& config) { return index_bytes(config.index_type); }
 
-void check_scales(const char* caller, const Config& config, const float* x_scales,
-                  int scales_per_token, int num_tokens) {
-  if (config.dtype == DType::kBF16) {
-    if (x_scales != nullptr) invalid(caller, "x_scales is given but Config.dtype is bf16");
-    return;
-  }
-  if (x_scales == nullptr && num_tokens > 0) invalid(caller, "x_scales is null but dtype is fp8");
-  if (scales_per_token >= 0 && scales_per_token != config.num_scales()) {
-    invalid(caller, value_of("scales_per_token", scales_per_token) + " but fp8 rows of hidden " +
-                        std::to_string(config.hidden) + " need " +
-                        std::to_string(config.num_scales()));
-  }
+// The caller buffers a dispatch writes (each sized for the receive capacity) and the rows and
+// scales it reads.
+void check_dispatch_buffers(const PointerChecker& check, const Config& config, int capacity,
+                            int num_ranks, int num_tokens, int num_topk, const void* x,
+                            const float* x_scales, const DispatchOutputs& outs) {
+  const size_t scale_bytes = sizeof(float) * config.num_scales();
+  check.check("x", x, kRowAlign, bytes_of(num_tokens, config.row_bytes()));
+  check.check("x_scales", x_scales, kWordAlign, bytes_of(num_tokens, scale_bytes));
+  check.check("outputs.recv_x", outs.recv_x, kRowAlign, bytes_of(capacity, config.row_bytes()));
+  check.check("outputs.recv_scales", outs.recv_scales, kWordAlign, bytes_of(capacity, scale_bytes));
+  check.check("outputs.recv_topk_idx", outs.recv_topk_idx, index_align(config),
+              bytes_of(capacity, num_topk * index_bytes(config.index_type)));
+  check.check("outputs.recv_topk_weights", outs.recv_topk_weights, kWordAlign,
+              bytes_of(capacity, num_topk * sizeof(float)));
+  check.check("outputs.recv_src", outs.recv_src, kWordAlign,
+              bytes_of(capacity, sizeof(RecvSource)));
+  check.check("outputs.num_recv_per_expert", outs.num_recv_per_expert, kWordAlign,
+              bytes_of(config.experts_per_rank(num_ranks), sizeof(int)));
 }
 
 // Where a low-latency buffer is in its round: dispatch (send, receive), then combine (send,
@@ -75,7 +75,9 @@ uint64_t DispatchHandle::epoch() const { return state_ ? state_->epoch : 0; }
 std::unique_ptr<Communicator> Communicator::create(std::shared_ptr<Bootstrap> bootstrap,
                                                    const Config& config, Backend backend,
                                                    int device) {
-  if (!bootstrap) invalid("Communicator::create", "bootstrap is null");
+  if (!bootstrap) invalid_argument("Communicator::create", "bootstrap is null");
+  // First, so that a mismatch (which may also make one rank's Config invalid) fails every rank.
+  detail::agree_on_config(*bootstrap, config);
   config.validate(bootstrap->size());
   std::unique_ptr<detail::CommBackend> impl =
       backend == Backend::kHost ? detail::make_host_backend(bootstrap, config)
@@ -90,7 +92,9 @@ Communicator::Communicator(std::shared_ptr<Bootstrap> bootstrap, const Config& c
       config_(config),
       backend_(backend),
       impl_(std::move(impl)),
-      id_(g_next_comm_id.fetch_add(1)) {}
+      id_(g_next_comm_id.fetch_add(1)),
+      epoch_(config.sequence_start),
+      ll_calls_(config.sequence_start) {}
 
 Communicator::~Communicator() = default;
 
@@ -112,12 +116,12 @@ void Communicator::check_usable() const {
 }
 
 void Communicator::check_handle(const DispatchHandle& handle, const char* caller) const {
-  if (!handle.valid()) invalid(caller, "handle is empty");
+  if (!handle.valid()) invalid_argument(caller, "handle is empty");
   if (handle.state()->comm_id != id_) {
-    throw Error(ErrorCode::kStaleHandle,
-                std::string(caller) + ": handle comes from another communicator (id " +
-                    std::to_string(handle.state()->comm_id) + ", this is " +
-                    std::to_string(id_) + ")");
+    throw Error(ErrorCode::kStaleHandle, std::string(caller) +
+                                             ": handle comes from another communicator (id " +
+                                             std::to_string(handle.state()->comm_id) +
+                                             ", this is " + std::to_string(id_) + ")");
   }
 }
 
@@ -140,10 +144,20 @@ void Communicator::get_dispatch_layout(const void* topk_idx, int num_tokens, int
   const char* caller = "get_dispatch_layout";
   check_usable();
   check_tokens_and_topk(caller, config_, num_tokens, num_topk);
-  if (topk_idx == nullptr && num_tokens > 0) invalid(caller, "topk_idx is null");
-  if (!out.num_tokens_per_rank) invalid(caller, "out.num_tokens_per_rank is null");
-  if (!out.num_tokens_per_expert) invalid(caller, "out.num_tokens_per_expert is null");
-  if (!out.is_token_in_rank && num_tokens > 0) invalid(caller, "out.is_token_in_rank is null");
+  if (topk_idx == nullptr && num_tokens > 0) invalid_argument(caller, "topk_idx is null");
+  if (!out.num_tokens_per_rank) invalid_argument(caller, "out.num_tokens_per_rank is null");
+  if (!out.num_tokens_per_expert) invalid_argument(caller, "out.num_tokens_per_expert is null");
+  if (!out.is_token_in_rank && num_tokens > 0)
+    invalid_argument(caller, "out.is_token_in_rank is null");
+  const PointerChecker check(caller, impl_->shared_memory());
+  check.check("topk_idx", topk_idx, index_align(config_),
+              bytes_of(num_tokens, num_topk * index_bytes(config_.index_type)));
+  check.check("out.num_tokens_per_rank", out.num_tokens_per_rank, kWordAlign,
+              bytes_of(num_ranks(), sizeof(int)));
+  check.check("out.num_tokens_per_expert", out.num_tokens_per_expert, kWordAlign,
+              bytes_of(config_.num_experts, sizeof(int)));
+  check.check("out.is_token_in_rank", out.is_token_in_rank, 1,
+              bytes_of(num_tokens, num_ranks() * sizeof(bool)));
   guarded(broken_, [&] { impl_->get_dispatch_layout(topk_idx, num_tokens, num_topk, out); });
 }
 
@@ -152,11 +166,20 @@ DispatchResult Communicator::dispatch(const DispatchInputs& in, const DispatchOp
   check_usable();
   check_tokens_and_topk(caller, config_, in.num_tokens, in.num_topk);
   if (in.num_tokens > 0) {
-    if (in.x == nullptr) invalid(caller, "x is null");
-    if (in.topk_idx == nullptr) invalid(caller, "topk_idx is null");
+    if (in.x == nullptr) invalid_argument(caller, "x is null");
+    if (in.topk_idx == nullptr) invalid_argument(caller, "topk_idx is null");
   }
   check_scales(caller, config_, in.x_scales, in.scales_per_token, in.num_tokens);
+  const PointerChecker check(caller, impl_->shared_memory());
+  check_dispatch_buffers(check, config_, recv_capacity(), num_ranks(), in.num_tokens, in.num_topk,
+                         in.x, in.x_scales, options.outputs);
+  check.check("topk_idx", in.topk_idx, index_align(config_),
+              bytes_of(in.num_tokens, in.num_topk * index_bytes(config_.index_type)));
+  check.check("topk_weights", in.topk_weights, kWordAlign,
+              bytes_of(in.num_tokens, in.num_topk * sizeof(float)));
+  guarded(broken_, [&] { impl_->check_dispatch_issuable(options, /*cached=*/false); });
   const uint64_t epoch = ++epoch_;
+  combined_ = false;
   return guarded(broken_, [&] { return impl_->dispatch(in, options, id_, epoch); });
 }
 
@@ -166,9 +189,17 @@ DispatchResult Communicator::dispatch_cached(const DispatchHandle& handle, const
   const char* caller = "dispatch_cached";
   check_usable();
   check_handle(handle, caller);
-  if (x == nullptr && handle.num_tokens() > 0) invalid(caller, "x is null");
+  if (x == nullptr && handle.num_tokens() > 0) invalid_argument(caller, "x is null");
   check_scales(caller, config_, x_scales, -1, handle.num_tokens());
+  const PointerChecker check(caller, impl_->shared_memory());
+  DispatchOutputs rows_only;  // a cached dispatch writes recv_x and recv_scales only
+  rows_only.recv_x = options.outputs.recv_x;
+  rows_only.recv_scales = options.outputs.recv_scales;
+  check_dispatch_buffers(check, config_, recv_capacity(), num_ranks(), handle.num_tokens(), 1, x,
+                         x_scales, rows_only);
+  guarded(broken_, [&] { impl_->check_dispatch_issuable(options, /*cached=*/true); });
   const uint64_t epoch = ++epoch_;
+  combined_ = false;
   return guarded(broken_, [&] {
     return impl_->dispatch_cached(*handle.state(), x, x_scales, options, id_, epoch);
   });
@@ -181,38 +212,64 @@ void Communicator::combine(const void* y, const DispatchHandle& handle, void* ou
   if (handle.epoch() != epoch_) {
     throw Error(ErrorCode::kStaleHandle,
                 "combine: handle is from dispatch #" + std::to_string(handle.epoch()) +
-                    " but the latest dispatch on this communicator is #" +
-                    std::to_string(epoch_) + "; its received rows are overwritten");
+                    " but the latest dispatch on this communicator is #" + std::to_string(epoch_) +
+                    "; its received rows are overwritten");
   }
-  if (y == nullptr && handle.num_recv() != 0) invalid(caller, "y is null");
-  if (out == nullptr && handle.num_tokens() > 0) invalid(caller, "out is null");
-  guarded(broken_, [&] { impl_->combine(y, *handle.state(), out); });
+  if (y == nullptr && handle.num_recv() != 0) invalid_argument(caller, "y is null");
+  if (out == nullptr && handle.num_tokens() > 0) invalid_argument(caller, "out is null");
+  const bool zero_copy = y == combine_input();
+  if (combined_ && zero_copy) {
+    invalid_argument(caller,
+                     "dispatch #" + std::to_string(epoch_) +
+                         " was combined already and peers may still read that combine's rows in "
+                         "this rank's pool: a repeated combine takes y from a buffer of its own, "
+                         "not combine_input()");
+  }
+  const PointerChecker check(caller, impl_->shared_memory());
+  // Worst-case mode leaves num_recv on the device: only y's first row is known to be in use.
+  const int rows = handle.num_recv() >= 0 ? handle.num_recv() : 1;
+  const size_t row_bytes = 2 * static_cast<size_t>(config_.hidden);  // bf16
+  if (zero_copy) {
+    check.check_alignment("y", y, kRowAlign);
+  } else {
+    check.check("y", y, kRowAlign, bytes_of(rows, row_bytes));
+  }
+  check.check("out", out, kRowAlign, bytes_of(handle.num_tokens(), row_bytes));
+  guarded(broken_, [&] { impl_->combine(y, *handle.state(), out, combined_); });
+  combined_ = true;
 }
 
 LowLatencyDispatchResult Communicator::low_latency_dispatch(const LowLatencyDispatchInputs& in,
-                                                           bool send_only) {
+                                                            bool send_only) {
   const char* caller = "low_latency_dispatch";
   check_usable();
-  const int M = config_.ll_max_tokens_per_rank;
-  if (M == 0) invalid(caller, "Config.ll_max_tokens_per_rank is 0: the low-latency mode is off");
+  const int M = config_.ll_max_tokens_per_rank, H = config_.hidden;
+  if (M == 0)
+    invalid_argument(caller, "Config.ll_max_tokens_per_rank is 0: the low-latency mode is off");
   if (in.num_tokens < 0 || in.num_tokens > M) {
-    invalid(caller, value_of("num_tokens", in.num_tokens) +
-                        " is outside [0, ll_max_tokens_per_rank = " + std::to_string(M) + "]");
+    invalid_argument(caller, value_of("num_tokens", in.num_tokens) +
+                                 " is outside [0, ll_max_tokens_per_rank = " + std::to_string(M) +
+                                 "]");
   }
   if (in.num_topk < 1 || in.num_topk > config_.max_topk) {
-    invalid(caller, value_of("num_topk", in.num_topk) + " is outside [1, max_topk = " +
-                        std::to_string(config_.max_topk) + "]");
+    invalid_argument(caller, value_of("num_topk", in.num_topk) + " is outside [1, max_topk = " +
+                                 std::to_string(config_.max_topk) + "]");
   }
-  if (in.num_tokens > 0 && in.x == nullptr) invalid(caller, "x is null");
-  if (in.num_tokens > 0 && in.topk_idx == nullptr) invalid(caller, "topk_idx is null");
+  if (in.num_tokens > 0 && in.x == nullptr) invalid_argument(caller, "x is null");
+  if (in.num_tokens > 0 && in.topk_idx == nullptr) invalid_argument(caller, "topk_idx is null");
+  const PointerChecker check(caller, impl_->shared_memory());
+  check.check("x", in.x, kRowAlign, bytes_of(in.num_tokens, 2 * static_cast<size_t>(H)));
+  check.check("topk_idx", in.topk_idx, index_align(config_),
+              bytes_of(in.num_tokens, in.num_topk * index_bytes(config_.index_type)));
   const uint64_t call = ll_calls_ + 1;
   const int buffer = static_cast<int>((call - 1) % 2);
   LowLatencyBuffer& slot = ll_buffers_[buffer];
   if (slot.phase != kLlIdle) {
-    invalid(caller, "call #" + std::to_string(call) + " needs buffer " + std::to_string(buffer) +
-                        ", which still holds dispatch #" + std::to_string(slot.call) +
-                        " whose combine has not been issued to the end; at most two "
-                        "low-latency calls may be in flight");
+    invalid_argument(caller, "call #" + std::to_string(call) + " needs buffer " +
+                                 std::to_string(buffer) + ", which still holds dispatch #" +
+                                 std::to_string(slot.call) +
+                                 " whose combine has not been issued to the end; at most two "
+                                 "low-latency calls may be in flight");
   }
   ll_calls_ = call;
   auto state = std::make_shared<detail::LowLatencyState>();
@@ -245,26 +302,26 @@ LowLatencyDispatchResult Communicator::low_latency_dispatch(const LowLatencyDisp
 
 int Communicator::low_latency_buffer(const LowLatencyHandle& handle, int phase,
                                      const char* caller) const {
-  if (!handle.valid()) invalid(caller, "handle is empty");
+  if (!handle.valid()) invalid_argument(caller, "handle is empty");
   if (handle.state()->comm_id != id_) {
     throw Error(ErrorCode::kStaleHandle,
                 std::string(caller) + ": handle comes from another communicator");
   }
   const LowLatencyBuffer& slot = ll_buffers_[handle.buffer()];
   if (slot.call != handle.call()) {
-    throw Error(ErrorCode::kStaleHandle,
-                std::string(caller) + ": handle is from low-latency dispatch #" +
-                    std::to_string(handle.call()) + " but its buffer " +
-                    std::to_string(handle.buffer()) + " now holds dispatch #" +
-                    std::to_string(slot.call));
+    throw Error(ErrorCode::kStaleHandle, std::string(caller) +
+                                             ": handle is from low-latency dispatch #" +
+                                             std::to_string(handle.call()) + " but its buffer " +
+                                             std::to_string(handle.buffer()) +
+                                             " now holds dispatch #" + std::to_string(slot.call));
   }
   if (slot.phase != phase) {
     static const char* const kNames[] = {"finished (combined)", "sent, waiting for its receive",
                                          "dispatched, waiting for its combine",
                                          "combine sent, waiting for its receive"};
-    throw Error(ErrorCode::kStaleHandle,
-                std::string(caller) + ": low-latency dispatch #" + std::to_string(slot.call) +
-                    " is " + kNames[slot.phase]);
+    throw Error(ErrorCode::kStaleHandle, std::string(caller) + ": low-latency dispatch #" +
+                                             std::to_string(slot.call) + " is " +
+                                             kNames[slot.phase]);
   }
   return handle.buffer();
 }
@@ -275,12 +332,21 @@ void Communicator::low_latency_combine(const void* y, const void* topk_idx,
   const char* caller = "low_latency_combine";
   check_usable();
   const int buffer = low_latency_buffer(handle, kLlDispatched, caller);
-  if (y == nullptr) invalid(caller, "y is null");
+  if (y == nullptr) invalid_argument(caller, "y is null");
   if (handle.num_tokens() > 0) {
-    if (topk_idx == nullptr) invalid(caller, "topk_idx is null");
-    if (topk_weights == nullptr) invalid(caller, "topk_weights is null");
-    if (out == nullptr) invalid(caller, "out is null");
+    if (topk_idx == nullptr) invalid_argument(caller, "topk_idx is null");
+    if (topk_weights == nullptr) invalid_argument(caller, "topk_weights is null");
+    if (out == nullptr) invalid_argument(caller, "out is null");
   }
+  const PointerChecker check(caller, impl_->shared_memory());
+  const int T = handle.num_tokens(), K = handle.num_topk();
+  const size_t row_bytes = 2 * static_cast<size_t>(config_.hidden);
+  const size_t y_rows = static_cast<size_t>(config_.num_experts) * config_.ll_max_tokens_per_rank;
+  check.check("y", y, kRowAlign, y_rows * row_bytes);  // [Le][R * M] rows
+  check.check("topk_idx", topk_idx, index_align(config_),
+              bytes_of(T, K * index_bytes(config_.index_type)));
+  check.check("topk_weights", topk_weights, kWordAlign, bytes_of(T, K * sizeof(float)));
+  check.check("out", out, kRowAlign, bytes_of(T, row_bytes));
   ll_buffers_[buffer].phase = kLlCombineSent;
   guarded(broken_, [&] {
     impl_->ll_combine_send(detail::LowLatencyCombineArgs{y, topk_idx, topk_weights, out}, buffer);
@@ -294,7 +360,7 @@ void Communicator::low_latency_combine(const void* y, const void* topk_idx,
 void Communicator::low_latency_receive(const LowLatencyHandle& handle) {
   const char* caller = "low_latency_receive";
   check_usable();
-  if (!handle.valid()) invalid(caller, "handle is empty");
+  if (!handle.valid()) invalid_argument(caller, "handle is empty");
   const int phase = ll_buffers_[handle.buffer()].phase;
   const int buffer = low_latency_buffer(
       handle, phase == kLlCombineSent ? kLlCombineSent : kLlDispatchSent, caller);

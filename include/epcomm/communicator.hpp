@@ -54,8 +54,8 @@ class Communicator {
 
   // Collective: same routing as `handle`, new rows. Needs no topk input; returns recv_x (and
   // recv_scales for fp8) only, with a new handle for combine.
-  DispatchResult dispatch_cached(const DispatchHandle& handle, const void* x,
-                                 const float* x_scales, const DispatchOptions& options = {});
+  DispatchResult dispatch_cached(const DispatchHandle& handle, const void* x, const float* x_scales,
+                                 const DispatchOptions& options = {});
 
   // The receive pool as combine input: [recv_capacity()][H] bf16. Expert outputs written here,
   // in dispatch row order, make combine zero-copy. Overwrites the zero-copy recv_x.
@@ -111,9 +111,10 @@ class Communicator {
   Backend backend_;
   std::unique_ptr<detail::CommBackend> impl_;
   uint64_t id_;
-  uint64_t epoch_ = 0;  // dispatches issued so far
+  uint64_t epoch_;  // the latest dispatch's number: Config::sequence_start + dispatches issued
+  bool combined_ = false;  // the latest dispatch was combined at least once
   bool broken_ = false;
-  uint64_t ll_calls_ = 0;  // low-latency dispatches issued so far
+  uint64_t ll_calls_;  // Config::sequence_start + low-latency dispatches issued
   struct LowLatencyBuffer {
     uint64_t call = 0;  // the dispatch that last used it
     int phase = 0;      // a LowLatencyPhase (communicator.cpp)

@@ -1,29 +1,34 @@
 // Config: the sizes and knobs a communicator is built for; fixed for its lifetime.
 #pragma once
 
+#include <cstdint>
+
 #include "epcomm/types.hpp"
 
 namespace epcomm {
 
 struct Config {
-  int num_experts = 0;           // E, a multiple of the number of ranks
-  int hidden = 0;                // H elements per row
-  int max_tokens_per_rank = 0;   // capacity: the most tokens one dispatch may send from a rank
-  int max_topk = 8;              // the largest K a dispatch may use
-  DType dtype = DType::kBF16;    // element type of dispatched rows
+  int num_experts = 0;          // E, a multiple of the number of ranks
+  int hidden = 0;               // H elements per row
+  int max_tokens_per_rank = 0;  // capacity: the most tokens one dispatch may send from a rank
+  int max_topk = 8;             // the largest K a dispatch may use
+  DType dtype = DType::kBF16;   // element type of dispatched rows
   IndexType index_type = IndexType::kInt64;
   Algorithm algorithm = Algorithm::kFlat;
-  int dispatch_sms = 16;         // thread blocks (one per SM) a dispatch sends with
-  int combine_sms = 16;          // thread blocks a combine gathers with
-  int expert_alignment = 1;      // num_recv_per_expert is rounded up to a multiple of this
-  int max_recv_rows = 0;         // receive pool rows per rank; 0 means R * max_tokens_per_rank
-  int wait_timeout_ms = 5000;    // every wait on a peer gives up after this long
-  int ring_slots = 8;            // ring path: slots per (channel, source, destination) ring
-  int ring_chunk = 4;            // ring path: most rows a sender publishes at once (< ring_slots;
-                                 // dispatch publishes at most 32 rows at a time regardless)
+  int dispatch_sms = 16;           // thread blocks (one per SM) a dispatch sends with
+  int combine_sms = 16;            // thread blocks a combine gathers with
+  int expert_alignment = 1;        // num_recv_per_expert is rounded up to a multiple of this
+  int max_recv_rows = 0;           // receive pool rows per rank; 0 means R * max_tokens_per_rank
+  int wait_timeout_ms = 5000;      // every wait on a peer gives up after this long
+  int ring_slots = 8;              // ring path: slots per (channel, source, destination) ring
+  int ring_chunk = 4;              // ring path: most rows a sender publishes at once (< ring_slots;
+                                   // dispatch publishes at most 32 rows at a time regardless)
   int ll_max_tokens_per_rank = 0;  // M of the low-latency mode (<= 1024): the most tokens one
                                    // low-latency dispatch sends from a rank; 0 disables the mode
                                    // (no buffers). Needs hidden % 128 == 0.
+  // Test hook for counter wrap: dispatch epochs, combine rounds and low-latency rounds start
+  // here instead of 0 (every sequence is 64-bit; tests start just below 2^32). Leave it at 0.
+  uint64_t sequence_start = 0;
 
   // Throws Error(kInvalidArgument) naming the first field that is wrong and its value.
   void validate(int num_ranks) const;

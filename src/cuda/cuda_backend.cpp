@@ -57,18 +57,19 @@ void check_ring(const Config& config, int num_ranks, int sharing, int device, in
     throw Error(ErrorCode::kInvalidArgument,
                 "Config.combine_sms = " + std::to_string(config.combine_sms) +
                     ": the ring path runs combine through the dispatch's channels, so it must "
-                    "equal Config.dispatch_sms = " + std::to_string(config.dispatch_sms));
+                    "equal Config.dispatch_sms = " +
+                    std::to_string(config.dispatch_sms));
   }
   // NOTE: `sharing` counts ranks of this process only; ranks in other processes sharing the GPU
   // (MPS) are not known here, and the ring has not been run across processes yet.
   const int blocks = sharing * 2 * ring_channels(config);
   const int fit = device_sms * kernels::ring_blocks_per_sm();
   if (blocks > fit) {
-    throw Error(ErrorCode::kUnsupported,
-                "ring path: " + std::to_string(sharing) + " ranks on GPU " +
-                    std::to_string(device) + " with Config.dispatch_sms = " +
-                    std::to_string(config.dispatch_sms) + " need " + std::to_string(blocks) +
-                    " resident blocks, but only " + std::to_string(fit) + " fit");
+    throw Error(
+        ErrorCode::kUnsupported,
+        "ring path: " + std::to_string(sharing) + " ranks on GPU " + std::to_string(device) +
+            " with Config.dispatch_sms = " + std::to_string(config.dispatch_sms) + " need " +
+            std::to_string(blocks) + " resident blocks, but only " + std::to_string(fit) + " fit");
   }
 }
 
@@ -88,10 +89,11 @@ void check_hardware_queues(int sharing, int device) {
   const int needed = 4 * sharing;  // a rank's own stream, and room for the caller's streams
   const int have = env::cuda_device_max_connections();
   if (sharing > 8) {
-    throw Error(ErrorCode::kUnsupported,
-                std::to_string(sharing) + " ranks of this process share GPU " +
-                    std::to_string(device) + ": CUDA has at most 32 hardware queues, enough "
-                    "for 8; run the others as separate processes");
+    throw Error(ErrorCode::kUnsupported, std::to_string(sharing) +
+                                             " ranks of this process share GPU " +
+                                             std::to_string(device) +
+                                             ": CUDA has at most 32 hardware queues, enough "
+                                             "for 8; run the others as separate processes");
   }
   if (sharing > 1 && have < needed) {
     throw Error(ErrorCode::kUnsupported,
@@ -128,9 +130,9 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   check_ring(config_, num_ranks_, sharing, device_, sms);
   if (kernels::layout_shared_bytes(config_.num_experts, num_ranks_) > kDefaultSharedLimit ||
       kernels::notify_shared_bytes(num_ranks_, experts_per_rank_) > kDefaultSharedLimit) {
-    throw Error(ErrorCode::kUnsupported,
-                "num_experts = " + std::to_string(config_.num_experts) + " with " +
-                    std::to_string(num_ranks_) + " ranks needs more shared memory than 48 KB");
+    throw Error(ErrorCode::kUnsupported, "num_experts = " + std::to_string(config_.num_experts) +
+                                             " with " + std::to_string(num_ranks_) +
+                                             " ranks needs more shared memory than 48 KB");
   }
   layout_ = RegionLayout::make(num_ranks_, experts_per_rank_, config_.recv_capacity(num_ranks_),
                                config_.row_bytes(), static_cast<size_t>(config_.hidden) * 2,
@@ -158,8 +160,10 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   const size_t ring_counters = static_cast<size_t>(layout_.ring.channels) * num_ranks_;
   d_ring_sent_ = device_alloc<uint64_t>(ring_counters);
   d_ring_received_ = device_alloc<uint64_t>(ring_counters);
-  EPCOMM_CUDA_CHECK(cudaMemset(d_ring_sent_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
-  EPCOMM_CUDA_CHECK(cudaMemset(d_ring_received_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
+  EPCOMM_CUDA_CHECK(
+      cudaMemset(d_ring_sent_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
+  EPCOMM_CUDA_CHECK(
+      cudaMemset(d_ring_received_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
   routing_pool_ = std::make_shared<RoutingPool>(device_, config_.max_tokens_per_rank, num_ranks_,
                                                 layout_.ring.channels, 2);
   // The stream gets its first kernel now, before the barriers that end creation: no peer's
@@ -167,10 +171,37 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   prime_stream(own_stream_);
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
   domain_ = std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes);
+  start_sequences();
   if (config_.ll_max_tokens_per_rank > 0) {
-    ll_ = std::make_unique<LowLatencyEngine>(*bootstrap_, config_, device_, sharing,
-                                             wait_context());
+    ll_ =
+        std::make_unique<LowLatencyEngine>(*bootstrap_, config_, device_, sharing, wait_context());
   }
+}
+
+// NOTE: after the region's creation barrier, yet safe: a peer raises ready[] here only in a
+// combine, after a count exchange that needs this rank's first count row, which this rank
+// posts after these synchronous copies.
+void CudaBackend::start_sequences() {
+  const uint64_t start = config_.sequence_start;
+  if (start == 0) return;  // the region and the state are zeroed already
+  EPCOMM_CUDA_CHECK(cudaMemcpy(&d_state_->epoch, &start, sizeof(start), cudaMemcpyHostToDevice));
+  EPCOMM_CUDA_CHECK(
+      cudaMemcpy(&d_state_->combine_seq, &start, sizeof(start), cudaMemcpyHostToDevice));
+  const std::vector<uint64_t> ready(num_ranks_, start);
+  EPCOMM_CUDA_CHECK(cudaMemcpy(layout_.ready(domain_->local()), ready.data(),
+                               sizeof(uint64_t) * ready.size(), cudaMemcpyHostToDevice));
+}
+
+std::vector<detail::MemoryRange> CudaBackend::shared_memory() const {
+  std::vector<detail::MemoryRange> ranges{{domain_->local(), domain_->bytes()}};
+  if (ll_) ranges.push_back(ll_->shared_memory());
+  return ranges;
+}
+
+void CudaBackend::check_dispatch_issuable(const DispatchOptions& options, bool cached) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  check_not_capturing_exact(options, cached ? "dispatch_cached" : "dispatch");
+  if (!cached) routing_pool_->check_acquirable(stream_);
 }
 
 CudaBackend::~CudaBackend() {
@@ -312,7 +343,6 @@ CudaBackend::OutputPointers CudaBackend::outputs_for(const DispatchOutputs& o) c
 DispatchResult CudaBackend::dispatch(const DispatchInputs& in, const DispatchOptions& options,
                                      uint64_t comm_id, uint64_t epoch) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
-  check_not_capturing_exact(options, "dispatch");
   auto handle = std::make_shared<CudaHandle>();
   handle->comm_id = comm_id;
   handle->epoch = epoch;
@@ -349,12 +379,10 @@ DispatchResult CudaBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   return finish_dispatch(std::move(handle), options, outs, true);
 }
 
-DispatchResult CudaBackend::dispatch_cached(const detail::HandleState& handle_state,
-                                            const void* x, const float* x_scales,
-                                            const DispatchOptions& options, uint64_t comm_id,
-                                            uint64_t epoch) {
+DispatchResult CudaBackend::dispatch_cached(const detail::HandleState& handle_state, const void* x,
+                                            const float* x_scales, const DispatchOptions& options,
+                                            uint64_t comm_id, uint64_t epoch) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
-  check_not_capturing_exact(options, "dispatch_cached");
   const auto& old = static_cast<const CudaHandle&>(handle_state);
   auto handle = std::make_shared<CudaHandle>(old);
   handle->comm_id = comm_id;
@@ -363,7 +391,7 @@ DispatchResult CudaBackend::dispatch_cached(const detail::HandleState& handle_st
 
   NotifyParams np = notify_params(*handle, options);
   np.cached = true;
-  np.handle_epoch = static_cast<uint32_t>(old.epoch);
+  np.handle_epoch = old.epoch;
   kernels::launch_notify(np, stream_);
   EPCOMM_LAUNCH_CHECK("notify_kernel (cached)");
   if (options.wait_num_recv) EPCOMM_CUDA_CHECK(cudaEventRecord(counts_known_, stream_));
@@ -428,8 +456,8 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
     EPCOMM_LAUNCH_CHECK("drain_kernel");
   }
   if (outs.recv_x) {
-    copy_rows(layout_.row(domain_->local(), 0), static_cast<char*>(outs.recv_x),
-              layout_.row_bytes, routing.num_recv, config_.dispatch_sms);
+    copy_rows(layout_.row(domain_->local(), 0), static_cast<char*>(outs.recv_x), layout_.row_bytes,
+              routing.num_recv, config_.dispatch_sms);
   }
 }
 
@@ -458,8 +486,7 @@ DispatchResult CudaBackend::finish_dispatch(std::shared_ptr<CudaHandle> handle,
   return r;
 }
 
-LayoutParams CudaBackend::layout_params(const void* topk_idx, int num_tokens,
-                                        int num_topk) const {
+LayoutParams CudaBackend::layout_params(const void* topk_idx, int num_tokens, int num_topk) const {
   LayoutParams p{};
   p.topk_idx = topk_idx;
   p.idx_int64 = config_.index_type == IndexType::kInt64;
@@ -520,11 +547,21 @@ RingParams CudaBackend::ring_params(const CudaHandle& handle) const {
   return p;
 }
 
-void CudaBackend::combine(const void* y, const detail::HandleState& handle_state, void* out) {
+void CudaBackend::combine(const void* y, const detail::HandleState& handle_state, void* out,
+                          bool repeat) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   const auto& handle = static_cast<const CudaHandle&>(handle_state);
   const Routing& routing = handle.routing->tables;
   char* pool = layout_.combine_row(domain_->local(), 0);
+  const CombineReadyParams ready{layout_, domain_->device_peers(), rank_, num_ranks_,
+                                 wait_context()};
+  // NOTE: peers gather the previous combine of this dispatch from this pool; a ready round
+  // first proves they all finished (each raises it after its gather, in stream order). A first
+  // combine needs none: the dispatch's count exchange proved every earlier gather done.
+  if (repeat && config_.algorithm == Algorithm::kFlat) {
+    kernels::launch_combine_ready(ready, stream_);
+    EPCOMM_LAUNCH_CHECK("combine_ready_kernel (pool free)");
+  }
   if (y != pool) {
     copy_rows(static_cast<const char*>(y), pool, layout_.combine_row_bytes, routing.num_recv,
               config_.combine_sms);
@@ -536,8 +573,7 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
     EPCOMM_LAUNCH_CHECK("ring_combine_kernel");
     return;
   }
-  CombineReadyParams rp{layout_, domain_->device_peers(), rank_, num_ranks_, wait_context()};
-  kernels::launch_combine_ready(rp, stream_);
+  kernels::launch_combine_ready(ready, stream_);
   EPCOMM_LAUNCH_CHECK("combine_ready_kernel");
   GatherParams gp{};
   gp.layout = layout_;

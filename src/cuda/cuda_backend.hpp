@@ -31,17 +31,19 @@ class CudaBackend final : public detail::CommBackend {
   ~CudaBackend() override;
 
   int recv_capacity() const override { return layout_.capacity; }
+  std::vector<detail::MemoryRange> shared_memory() const override;
   void set_stream(Stream stream) override;
   Stream stream() const override { return reinterpret_cast<Stream>(stream_); }
   void get_dispatch_layout(const void* topk_idx, int num_tokens, int num_topk,
                            const LayoutOutputs& out) override;
+  void check_dispatch_issuable(const DispatchOptions& options, bool cached) override;
   DispatchResult dispatch(const DispatchInputs& in, const DispatchOptions& options,
                           uint64_t comm_id, uint64_t epoch) override;
   DispatchResult dispatch_cached(const detail::HandleState& handle, const void* x,
                                  const float* x_scales, const DispatchOptions& options,
                                  uint64_t comm_id, uint64_t epoch) override;
   void* combine_input() override { return layout_.combine_row(domain_->local(), 0); }
-  void combine(const void* y, const detail::HandleState& handle, void* out) override;
+  void combine(const void* y, const detail::HandleState& handle, void* out, bool repeat) override;
   void synchronize() override;
 
   // Low-latency mode: forwarded to LowLatencyEngine on this backend's stream.
@@ -74,11 +76,12 @@ class CudaBackend final : public detail::CommBackend {
   NotifyParams notify_params(const CudaHandle& handle, const DispatchOptions& options) const;
   RingParams ring_params(const CudaHandle& handle) const;
   // Copies num_rows (a device count) rows of row_bytes, same stride on both sides.
-  void copy_rows(const char* src, char* dst, size_t row_bytes, const int* num_rows,
-                 int num_blocks);
+  void copy_rows(const char* src, char* dst, size_t row_bytes, const int* num_rows, int num_blocks);
   DispatchResult finish_dispatch(std::shared_ptr<CudaHandle> handle, const DispatchOptions& opts,
                                  const OutputPointers& outs, bool with_meta);
   void check_not_capturing_exact(const DispatchOptions& options, const char* caller);
+  // Config::sequence_start: the counters a sequence number is compared with start there.
+  void start_sequences();
   // Throws the first error the device recorded since the last check, and clears it.
   void raise_device_error();
   // Throws a failure a kernel has posted (one that stops this rank's kernels), without a sync.
@@ -107,8 +110,8 @@ class CudaBackend final : public detail::CommBackend {
   RecvSource* d_recv_src_ = nullptr;
   float* d_recv_scales_ = nullptr;
   int* d_num_recv_per_expert_ = nullptr;
-  uint64_t* d_ring_sent_ = nullptr;      // [channels][R] ring path: rows pushed per ring
-  uint64_t* d_ring_received_ = nullptr;  // [channels][R] ring path: rows consumed per ring
+  uint64_t* d_ring_sent_ = nullptr;       // [channels][R] ring path: rows pushed per ring
+  uint64_t* d_ring_received_ = nullptr;   // [channels][R] ring path: rows consumed per ring
   std::unique_ptr<LowLatencyEngine> ll_;  // only with Config::ll_max_tokens_per_rank > 0
 };
 

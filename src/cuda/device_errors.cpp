@@ -7,14 +7,22 @@ namespace epcomm::cuda {
 
 const char* to_string(WaitPhase phase) {
   switch (phase) {
-    case kPhaseNone: return "none";
-    case kPhaseCountExchange: return "dispatch count exchange";
-    case kPhaseArrival: return "dispatch row arrival";
-    case kPhaseCombineReady: return "combine ready signal";
-    case kPhaseRingSpace: return "ring free slots";
-    case kPhaseRingData: return "ring rows";
-    case kPhaseLlDispatch: return "low-latency dispatch message count";
-    case kPhaseLlCombine: return "low-latency combine rows";
+    case kPhaseNone:
+      return "none";
+    case kPhaseCountExchange:
+      return "dispatch count exchange";
+    case kPhaseArrival:
+      return "dispatch row arrival";
+    case kPhaseCombineReady:
+      return "combine ready signal";
+    case kPhaseRingSpace:
+      return "ring free slots";
+    case kPhaseRingData:
+      return "ring rows";
+    case kPhaseLlDispatch:
+      return "low-latency dispatch message count";
+    case kPhaseLlCombine:
+      return "low-latency combine rows";
   }
   return "unknown phase";
 }
@@ -36,8 +44,8 @@ Error error_from_record(const ErrorRecord& rec, int wait_timeout_ms) {
       os << "peer rank " << rec.peer << " had an expert id out of range; no rank dispatched";
       return Error(ErrorCode::kInvalidExpert, os.str());
     case kDevCapacity:
-      os << "rank " << rec.peer << " would receive " << rec.seen
-         << " rows but its pool holds " << rec.expected << "; no rank dispatched";
+      os << "rank " << rec.peer << " would receive " << rec.seen << " rows but its pool holds "
+         << rec.expected << "; no rank dispatched";
       return Error(ErrorCode::kCapacityExceeded, os.str());
     case kDevTopkMismatch:
       os << "peer rank " << rec.peer << " dispatched with num_topk " << rec.seen
@@ -48,9 +56,19 @@ Error error_from_record(const ErrorRecord& rec, int wait_timeout_ms) {
          << rec.seen << " but this rank the one of dispatch #" << rec.expected
          << "; no rank dispatched";
       return Error(ErrorCode::kStaleHandle, os.str());
+    case kDevRejectedReplay:
+      os << "dispatch_cached: the replayed dispatch #" << rec.expected
+         << " was rejected (its error was reported then), so its routing is not final; no rank "
+            "dispatched";
+      return Error(ErrorCode::kStaleHandle, os.str());
+    case kDevLlTopkChanged:
+      os << "low_latency_combine: topk_idx[" << rec.token << "][" << rec.slot << "] = " << rec.value
+         << " but its dispatch had " << static_cast<int64_t>(rec.seen)
+         << "; combined with the dispatch's ids";
+      return Error(ErrorCode::kInvalidArgument, os.str());
     case kDevLlInvalidExpert:
-      os << "low_latency_dispatch: topk_idx[" << rec.token << "][" << rec.slot << "] = " << rec.value
-         << " is outside [-1, num_experts); the slot was sent nowhere";
+      os << "low_latency_dispatch: topk_idx[" << rec.token << "][" << rec.slot
+         << "] = " << rec.value << " is outside [-1, num_experts); the slot was sent nowhere";
       return Error(ErrorCode::kInvalidExpert, os.str());
     case kDevLlRoundMismatch:
       os << "low-latency phase '" << to_string(static_cast<WaitPhase>(rec.phase)) << "': peer rank "
@@ -63,9 +81,9 @@ Error error_from_record(const ErrorRecord& rec, int wait_timeout_ms) {
          << " fit; ranks must pass the same topk_idx to dispatch and combine";
       return Error(ErrorCode::kBroken, os.str());
     case kDevLlFp8Mismatch:
-      os << "low_latency_dispatch: peer rank " << rec.peer << " passed use_fp8 = "
-         << (rec.seen ? "true" : "false") << " but this rank " << (rec.expected ? "true" : "false")
-         << "; every rank must pass the same";
+      os << "low_latency_dispatch: peer rank " << rec.peer
+         << " passed use_fp8 = " << (rec.seen ? "true" : "false") << " but this rank "
+         << (rec.expected ? "true" : "false") << "; every rank must pass the same";
       return Error(ErrorCode::kBroken, os.str());
     default:
       os << "unknown device error code " << rec.code;

@@ -14,38 +14,41 @@ constexpr int kMaxCudaRanks = 128;
 // invalid_input is set by the layout kernel and error_claimed by whichever kernel records
 // the first error.
 struct DeviceState {
-  uint32_t epoch;        // dispatches whose count exchange completed
-  uint32_t combine_seq;  // combines whose ready signal was raised
-  int32_t dispatch_ok;   // verdict of the latest count exchange: 1 = send, 0 = skip
-  int32_t failed;        // a wait timed out: every later kernel returns at once
-  int32_t invalid_input; // the layout step of the current dispatch saw a bad expert id
-  int32_t error_claimed; // an error record is written or being written (first writer wins)
+  uint64_t epoch;         // Config::sequence_start + dispatches whose count exchange completed
+  uint64_t combine_seq;   // Config::sequence_start + combine ready rounds completed
+  int32_t dispatch_ok;    // verdict of the latest count exchange: 1 = send, 0 = skip
+  int32_t failed;         // a wait timed out: every later kernel returns at once
+  int32_t invalid_input;  // the layout step of the current dispatch saw a bad expert id
+  int32_t error_claimed;  // an error record is written or being written (first writer wins)
   uint64_t expected_arrived[kMaxCudaRanks];  // cumulative rows expected from each source
 };
 
 enum DeviceErrorCode : int32_t {
   kDevNone = 0,
   kDevTimeout = 1,
-  kDevInvalidExpert = 2,      // token, slot and value of the bad id on this rank
-  kDevPeerInvalidInput = 3,   // peer rank that had a bad id
-  kDevCapacity = 4,           // peer = rank that would overflow, seen = rows, expected = capacity
-  kDevTopkMismatch = 5,       // peer dispatched with another top-k (seen), expected = ours
-  kDevStaleHandle = 6,        // cached: peer replayed dispatch #seen, this rank #expected
-  kDevLlInvalidExpert = 7,    // low-latency: token, slot and value of a bad id (slot skipped)
-  kDevLlRoundMismatch = 8,    // low-latency: peer's count carries round tag seen, ours expected
-  kDevLlOverflow = 9,         // low-latency: peer posted seen messages or rows, at most expected
-  kDevLlFp8Mismatch = 10,     // low-latency: peer's use_fp8 is seen, this rank's expected
+  kDevInvalidExpert = 2,     // token, slot and value of the bad id on this rank
+  kDevPeerInvalidInput = 3,  // peer rank that had a bad id
+  kDevCapacity = 4,          // peer = rank that would overflow, seen = rows, expected = capacity
+  kDevTopkMismatch = 5,      // peer dispatched with another top-k (seen), expected = ours
+  kDevStaleHandle = 6,       // cached: peer replayed dispatch #seen, this rank #expected
+  kDevLlInvalidExpert = 7,   // low-latency: token, slot and value of a bad id (slot skipped)
+  kDevLlRoundMismatch = 8,   // low-latency: peer's count carries round tag seen, ours expected
+  kDevLlOverflow = 9,        // low-latency: peer posted seen messages or rows, at most expected
+  kDevLlFp8Mismatch = 10,    // low-latency: peer's use_fp8 is seen, this rank's expected
+  kDevRejectedReplay = 11,   // cached: the replayed dispatch #expected was rejected
+  kDevLlTopkChanged = 12,    // low-latency combine: topk_idx[token][slot] = value, dispatch's
+                             // was seen (the dispatch's is used)
 };
 
 enum WaitPhase : int32_t {
   kPhaseNone = 0,
-  kPhaseCountExchange = 1,    // dispatch: waiting for a peer's count row
-  kPhaseArrival = 2,          // dispatch: waiting for a peer's rows
-  kPhaseCombineReady = 3,     // combine: waiting for a peer's y to be in place
-  kPhaseRingSpace = 4,        // ring: sender waiting for free slots
-  kPhaseRingData = 5,         // ring: receiver waiting for rows
-  kPhaseLlDispatch = 6,       // low-latency dispatch: waiting for a peer's message count
-  kPhaseLlCombine = 7,        // low-latency combine: waiting for a peer's rows
+  kPhaseCountExchange = 1,  // dispatch: waiting for a peer's count row
+  kPhaseArrival = 2,        // dispatch: waiting for a peer's rows
+  kPhaseCombineReady = 3,   // combine: waiting for a peer's y to be in place
+  kPhaseRingSpace = 4,      // ring: sender waiting for free slots
+  kPhaseRingData = 5,       // ring: receiver waiting for rows
+  kPhaseLlDispatch = 6,     // low-latency dispatch: waiting for a peer's message count
+  kPhaseLlCombine = 7,      // low-latency combine: waiting for a peer's rows
 };
 
 const char* to_string(WaitPhase phase);

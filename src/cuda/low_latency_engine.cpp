@@ -68,7 +68,9 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
   layout_ =
       LowLatencyLayout::make(num_ranks_, experts_per_rank_, M, config_.max_topk, config_.hidden);
   d_counters_ = device_alloc<LowLatencyCounters>(1);
-  EPCOMM_CUDA_CHECK(cudaMemset(d_counters_, 0, sizeof(LowLatencyCounters)));
+  LowLatencyCounters start{};
+  start.round[0] = start.round[1] = config_.sequence_start;
+  EPCOMM_CUDA_CHECK(cudaMemcpy(d_counters_, &start, sizeof(start), cudaMemcpyHostToDevice));
   const size_t rows = static_cast<size_t>(experts_per_rank_) * layout_.rows_per_expert();
   for (BufferCall& call : calls_) {
     call.outputs.recv_x = device_alloc<char>(rows * 2 * config_.hidden);
@@ -78,6 +80,7 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
     call.outputs.layout_range =
         device_alloc<int>(static_cast<size_t>(experts_per_rank_) * num_ranks_ * 2);
     call.rows_from = device_alloc<uint32_t>(num_ranks_);
+    call.dispatch_topk = device_alloc<int64_t>(static_cast<size_t>(M) * config_.max_topk);
     EPCOMM_CUDA_CHECK(cudaMemset(call.rows_from, 0, sizeof(uint32_t) * num_ranks_));
   }
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
@@ -93,6 +96,7 @@ LowLatencyEngine::~LowLatencyEngine() {
     cudaFree(call.outputs.recv_src);
     cudaFree(call.outputs.layout_range);
     cudaFree(call.rows_from);
+    cudaFree(call.dispatch_topk);
   }
   cudaFree(d_counters_);
 }
@@ -111,9 +115,14 @@ LowLatencyParams LowLatencyEngine::params(int buffer, bool combine) const {
   p.hidden = config_.hidden;
   p.buffer = buffer;
   p.use_fp8 = call.in.use_fp8;
-  p.idx_int64 = config_.index_type == IndexType::kInt64;
   p.x = static_cast<const uint16_t*>(call.in.x);
-  p.topk_idx = combine ? call.combine.topk_idx : call.in.topk_idx;
+  // The combine reads the ids its dispatch saved (int64), and checks the ones it was given.
+  const bool caller_int64 = config_.index_type == IndexType::kInt64;
+  p.topk_idx = combine ? call.dispatch_topk : call.in.topk_idx;
+  p.idx_int64 = combine || caller_int64;
+  p.dispatch_topk = call.dispatch_topk;
+  p.combine_topk = call.combine.topk_idx;
+  p.combine_topk_int64 = caller_int64;
   p.topk_weights = call.combine.topk_weights;
   p.y = static_cast<const uint16_t*>(call.combine.y);
   p.out = static_cast<uint16_t*>(call.combine.out);

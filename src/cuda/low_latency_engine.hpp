@@ -26,6 +26,8 @@ class LowLatencyEngine {
   void dispatch_receive(int buffer, cudaStream_t stream);
   void combine_send(const detail::LowLatencyCombineArgs& args, int buffer, cudaStream_t stream);
   void combine_receive(int buffer, cudaStream_t stream);
+  // This rank's low-latency region (peers write it).
+  detail::MemoryRange shared_memory() const { return {domain_->local(), domain_->bytes()}; }
 
  private:
   // What a buffer's latest call was given; the receive launches reuse it.
@@ -33,9 +35,10 @@ class LowLatencyEngine {
     LowLatencyDispatchInputs in;
     detail::LowLatencyCombineArgs combine;
     LowLatencyOutputs outputs{};
-    uint32_t* rows_from = nullptr;  // [R]
+    uint32_t* rows_from = nullptr;     // [R]
+    int64_t* dispatch_topk = nullptr;  // [M][max_topk]: the ids of the buffer's dispatch
   };
-  // `combine`: topk_idx from the combine's arguments, else from the dispatch's.
+  // `combine`: the combine kernels' ids (the dispatch's saved ones), else the dispatch's input.
   LowLatencyParams params(int buffer, bool combine) const;
 
   Config config_;

@@ -18,14 +18,46 @@ struct InProcessEntry {
 
 struct IpcEntry {
   cudaIpcMemHandle_t handle;
-  int device;
+  cudaUUID_t uuid;  // device ordinals differ between processes; UUIDs do not
   int pid;
 };
+
+cudaUUID_t uuid_of(int device) {
+  cudaDeviceProp prop{};
+  EPCOMM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.uuid;
+}
+
+// The ordinal, in this process, of the GPU with `uuid`; -1 when it is not visible here.
+int device_with_uuid(const cudaUUID_t& uuid) {
+  int count = 0;
+  EPCOMM_CUDA_CHECK(cudaGetDeviceCount(&count));
+  for (int d = 0; d < count; ++d) {
+    const cudaUUID_t u = uuid_of(d);
+    if (std::memcmp(u.bytes, uuid.bytes, sizeof(u.bytes)) == 0) return d;
+  }
+  return -1;
+}
+
+// Every signal is an atomic (or a release store) on a peer's memory: across two GPUs the link
+// must carry them natively, or they would not be atomic with the peer's own accesses.
+void check_native_atomics(int device, int peer_device, int peer_rank) {
+  if (peer_device == device) return;
+  int native = 0;
+  EPCOMM_CUDA_CHECK(
+      cudaDeviceGetP2PAttribute(&native, cudaDevP2PAttrNativeAtomicSupported, device, peer_device));
+  if (!native) {
+    throw Error(ErrorCode::kUnsupported,
+                "GPU " + std::to_string(device) + " has no native atomics on its link to GPU " +
+                    std::to_string(peer_device) + " (rank " + std::to_string(peer_rank) +
+                    "): epcomm's signals are atomics on peer memory");
+  }
+}
 
 }  // namespace
 
 MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes)
-    : device_(device), rank_(bootstrap.rank()) {
+    : device_(device), rank_(bootstrap.rank()), bytes_(region_bytes) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   EPCOMM_CUDA_CHECK(cudaMalloc(&region_, region_bytes));
   EPCOMM_CUDA_CHECK(cudaMemset(region_, 0, region_bytes));
@@ -51,6 +83,7 @@ void MemoryDomain::map_in_process(Bootstrap& bootstrap) {
   for (size_t i = 0; i < all.size(); ++i) {
     peers_[i] = all[i].base;
     if (all[i].device == device_) continue;
+    check_native_atomics(device_, all[i].device, static_cast<int>(i));
     int can = 0;
     EPCOMM_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device_, all[i].device));
     if (!can) {
@@ -70,7 +103,7 @@ void MemoryDomain::map_in_process(Bootstrap& bootstrap) {
 void MemoryDomain::map_through_ipc(Bootstrap& bootstrap) {
   IpcEntry mine{};
   EPCOMM_CUDA_CHECK(cudaIpcGetMemHandle(&mine.handle, region_));
-  mine.device = device_;
+  mine.uuid = uuid_of(device_);
   mine.pid = static_cast<int>(getpid());
   std::vector<IpcEntry> all(bootstrap.size());
   bootstrap.allGather(&mine, all.data(), sizeof(mine));
@@ -84,6 +117,15 @@ void MemoryDomain::map_through_ipc(Bootstrap& bootstrap) {
                   "ranks " + std::to_string(rank_) + " and " + std::to_string(i) +
                       " share a process but the bootstrap is not in-process");
     }
+    const int peer_device = device_with_uuid(all[i].uuid);
+    if (peer_device < 0) {
+      throw Error(ErrorCode::kUnsupported,
+                  "the GPU of rank " + std::to_string(i) + " is not visible to rank " +
+                      std::to_string(rank_) +
+                      ", so its link cannot be checked for native "
+                      "atomics: make every GPU of the node visible to every rank");
+    }
+    check_native_atomics(device_, peer_device, static_cast<int>(i));
     void* ptr = nullptr;
     EPCOMM_CUDA_CHECK(cudaIpcOpenMemHandle(&ptr, all[i].handle, cudaIpcMemLazyEnablePeerAccess));
     peers_[i] = static_cast<char*>(ptr);

@@ -20,6 +20,7 @@ class MemoryDomain {
   MemoryDomain& operator=(const MemoryDomain&) = delete;
 
   char* local() const { return peers_[rank_]; }
+  size_t bytes() const { return bytes_; }                 // of each rank's region
   char* const* device_peers() const { return d_peers_; }  // [R] in device memory
   const std::vector<char*>& peers() const { return peers_; }
 
@@ -29,6 +30,7 @@ class MemoryDomain {
 
   int device_;
   int rank_;
+  size_t bytes_;
   char* region_ = nullptr;
   std::vector<char*> peers_;
   std::vector<bool> opened_;  // peers_[i] came from cudaIpcOpenMemHandle

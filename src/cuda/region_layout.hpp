@@ -16,6 +16,14 @@ namespace epcomm::cuda {
 
 EPCOMM_HD size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
+// The 32-bit tag of a 64-bit sequence number (dispatch epoch, low-latency round) in a signal
+// word (tag << 32) | value. Never 0, so a zeroed word never passes for a posted one, and
+// numbers up to 2^32 - 2 apart get different tags, so a word of an earlier round (at most 2
+// behind) never passes for the current one, across the wrap of 2^32 too.
+EPCOMM_HD uint32_t sequence_tag(uint64_t sequence) {
+  return static_cast<uint32_t>(sequence % 0xffffffffull) + 1u;
+}
+
 // A received meta row: where the row came from, its top-k slots as seen by the receiver, and
 // the fp8 scales of the row. Stride rounded to 16 bytes.
 struct MetaLayout {
@@ -41,8 +49,8 @@ struct RingLayout {
 struct RegionLayout {
   int num_ranks = 0;
   int experts_per_rank = 0;
-  int capacity = 0;         // received rows
-  size_t row_bytes = 0;     // a dispatched row (H x dispatch element size)
+  int capacity = 0;              // received rows
+  size_t row_bytes = 0;          // a dispatched row (H x dispatch element size)
   size_t combine_row_bytes = 0;  // a combine row (H x 2, bf16)
   MetaLayout meta;
   RingLayout ring;
@@ -92,9 +100,7 @@ struct RegionLayout {
   // A count row from one source: R token counts (one per destination), one status word, the
   // source's per-expert counts for the receiving rank's experts, and (ring path) the rows each
   // of the source's channels sends to the receiving rank.
-  EPCOMM_HD int count_row_words() const {
-    return num_ranks + 1 + experts_per_rank + ring.channels;
-  }
+  EPCOMM_HD int count_row_words() const { return num_ranks + 1 + experts_per_rank + ring.channels; }
   EPCOMM_HD int status_word() const { return num_ranks; }
   EPCOMM_HD int expert_word(int local_expert) const { return num_ranks + 1 + local_expert; }
   EPCOMM_HD int channel_word(int channel) const {
@@ -110,7 +116,7 @@ struct RegionLayout {
     return reinterpret_cast<uint64_t*>(base + ready_offset);
   }
   // The count row `source` posted for epoch slot `slot` (epoch & 1); each word is
-  // (epoch << 32) | value.
+  // (sequence_tag(epoch) << 32) | value.
   EPCOMM_HD uint64_t* count_row(char* base, int slot, int source) const {
     return reinterpret_cast<uint64_t*>(base + counts_offset) +
            (static_cast<size_t>(slot) * num_ranks + source) * count_row_words();

@@ -28,7 +28,7 @@ RoutingPool::~RoutingPool() {
 
 RoutingBuffer* RoutingPool::allocate() {
   const size_t ring_ints = static_cast<size_t>(ring_channels_) * num_ranks_;
-  const size_t ints = slot_elems_ + 2 * static_cast<size_t>(num_ranks_) + 1 + 2 * ring_ints;
+  const size_t ints = slot_elems_ + 2 * static_cast<size_t>(num_ranks_) + 2 + 2 * ring_ints;
   auto buffer = std::make_unique<RoutingBuffer>();
   EPCOMM_CUDA_CHECK(cudaMallocAsync(&buffer->allocation, ints * sizeof(int), alloc_stream_));
   EPCOMM_CUDA_CHECK(cudaStreamSynchronize(alloc_stream_));
@@ -37,22 +37,33 @@ RoutingBuffer* RoutingPool::allocate() {
   buffer->tables.send_counts = base + slot_elems_;
   buffer->tables.recv_counts = buffer->tables.send_counts + num_ranks_;
   buffer->tables.num_recv = buffer->tables.recv_counts + num_ranks_;
-  buffer->tables.ring_send_counts = buffer->tables.num_recv + 1;
+  buffer->tables.accepted = buffer->tables.num_recv + 1;
+  buffer->tables.ring_send_counts = buffer->tables.accepted + 1;
   buffer->tables.ring_recv_counts = buffer->tables.ring_send_counts + ring_ints;
   all_.push_back(std::move(buffer));
   return all_.back().get();
 }
 
+void RoutingPool::check_capture_locked(cudaStream_t stream) const {
+  if (!free_.empty()) return;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  EPCOMM_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  if (status != cudaStreamCaptureStatusNone) {
+    throw Error(ErrorCode::kUnsupported,
+                "dispatch during CUDA graph capture needs a free routing buffer: release old "
+                "handles, or run a dispatch before capturing");
+  }
+}
+
+void RoutingPool::check_acquirable(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  check_capture_locked(stream);
+}
+
 std::shared_ptr<RoutingBuffer> RoutingPool::acquire(cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (free_.empty()) {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    EPCOMM_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-    if (status != cudaStreamCaptureStatusNone) {
-      throw Error(ErrorCode::kUnsupported,
-                  "dispatch during CUDA graph capture needs a free routing buffer: release old "
-                  "handles, or run a dispatch before capturing");
-    }
+    check_capture_locked(stream);
     EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
     free_.push_back(allocate());
   }

@@ -25,8 +25,11 @@ class RoutingPool : public std::enable_shared_from_this<RoutingPool> {
   ~RoutingPool();
   // Throws kUnsupported when none is free while `stream` is being captured into a graph.
   std::shared_ptr<RoutingBuffer> acquire(cudaStream_t stream);
+  // Throws what acquire would; buffers only return to the pool, so acquire then succeeds.
+  void check_acquirable(cudaStream_t stream);
 
  private:
+  void check_capture_locked(cudaStream_t stream) const;
   RoutingBuffer* allocate();
   void release(RoutingBuffer* buffer);
 

@@ -15,9 +15,9 @@ namespace {
 
 // What every rank tells the others at the start of a collective call.
 struct Status {
-  int32_t failed = 0;     // the rank's local check threw
-  int32_t num_topk = 0;   // K of this dispatch; all ranks must agree
-  uint64_t epoch = 0;     // dispatch_cached: the handle's epoch; all ranks must agree
+  int32_t failed = 0;    // the rank's local check threw
+  int32_t num_topk = 0;  // K of this dispatch; all ranks must agree
+  uint64_t epoch = 0;    // dispatch_cached: the handle's epoch; all ranks must agree
 };
 
 std::string expert_error(const void* topk_idx, bool is_int64, int num_tokens, int num_topk,
@@ -65,7 +65,8 @@ HostBackend::HostBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
 bool HostBackend::token_goes_to(const DispatchInputs& in, int token, int dest) const {
   const bool is_int64 = config_.index_type == IndexType::kInt64;
   for (int k = 0; k < in.num_topk; ++k) {
-    const int64_t e = read_index(in.topk_idx, is_int64, static_cast<size_t>(token) * in.num_topk + k);
+    const int64_t e =
+        read_index(in.topk_idx, is_int64, static_cast<size_t>(token) * in.num_topk + k);
     if (e >= 0 && e / experts_per_rank_ == dest) return true;
   }
   return false;
@@ -93,11 +94,11 @@ void HostBackend::agree_or_throw(ErrorCode code, const std::string& local_error)
     if (all[s].num_topk != mine.num_topk || all[s].epoch != mine.epoch) {
       std::ostringstream os;
       os << "rank " << rank_ << " has num_topk " << mine.num_topk << " and handle epoch "
-         << mine.epoch << ", rank " << s << " has " << all[s].num_topk << " and "
-         << all[s].epoch << ": every rank must dispatch alike";
-      throw Error(all[s].epoch != mine.epoch ? ErrorCode::kStaleHandle
-                                             : ErrorCode::kInvalidArgument,
-                  os.str());
+         << mine.epoch << ", rank " << s << " has " << all[s].num_topk << " and " << all[s].epoch
+         << ": every rank must dispatch alike";
+      throw Error(
+          all[s].epoch != mine.epoch ? ErrorCode::kStaleHandle : ErrorCode::kInvalidArgument,
+          os.str());
     }
   }
 }
@@ -142,7 +143,8 @@ DispatchResult HostBackend::result_views(const DispatchOutputs& outs, bool with_
   DispatchResult r;
   r.num_recv = num_recv_;
   r.recv_x = outs.recv_x ? outs.recv_x : pool_.data();
-  if (config_.num_scales() > 0) r.recv_scales = outs.recv_scales ? outs.recv_scales : recv_scales_.data();
+  if (config_.num_scales() > 0)
+    r.recv_scales = outs.recv_scales ? outs.recv_scales : recv_scales_.data();
   if (!with_meta) return r;
   r.recv_topk_idx = outs.recv_topk_idx ? outs.recv_topk_idx : recv_topk_idx_.data();
   r.recv_topk_weights = outs.recv_topk_weights ? outs.recv_topk_weights : recv_topk_weights_.data();
@@ -156,15 +158,15 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
                                      uint64_t comm_id, uint64_t epoch) {
   const bool is_int64 = config_.index_type == IndexType::kInt64;
   published_ = Published{in, nullptr};
-  agree_or_throw(ErrorCode::kInvalidExpert,
-                 expert_error(in.topk_idx, is_int64, in.num_tokens, in.num_topk,
-                              config_.num_experts));
+  agree_or_throw(ErrorCode::kInvalidExpert, expert_error(in.topk_idx, is_int64, in.num_tokens,
+                                                         in.num_topk, config_.num_experts));
 
   // counts[s][d] = tokens rank s sends to rank d. Every rank sees every count, so all ranks
   // reach the same verdict on capacity before anyone writes.
   std::vector<std::vector<int>> counts(num_ranks_, std::vector<int>(num_ranks_));
   for (int s = 0; s < num_ranks_; ++s) {
-    for (int d = 0; d < num_ranks_; ++d) counts[s][d] = count_tokens_to(peers_[s]->published_.in, d);
+    for (int d = 0; d < num_ranks_; ++d)
+      counts[s][d] = count_tokens_to(peers_[s]->published_.in, d);
   }
   for (int d = 0; d < num_ranks_; ++d) {
     int total = 0;
@@ -183,7 +185,8 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   void* topk_dst = outs.recv_topk_idx ? outs.recv_topk_idx : recv_topk_idx_.data();
   float* weights_dst = outs.recv_topk_weights ? outs.recv_topk_weights : recv_topk_weights_.data();
   RecvSource* src_dst = outs.recv_src ? outs.recv_src : recv_src_.data();
-  int* per_expert = outs.num_recv_per_expert ? outs.num_recv_per_expert : num_recv_per_expert_.data();
+  int* per_expert =
+      outs.num_recv_per_expert ? outs.num_recv_per_expert : num_recv_per_expert_.data();
   std::fill(per_expert, per_expert + experts_per_rank_, 0);
   const int64_t first_expert = static_cast<int64_t>(rank_) * experts_per_rank_;
   int row = 0;
@@ -207,7 +210,8 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   }
   num_recv_ = row;
   const int align = config_.expert_alignment;
-  for (int e = 0; e < experts_per_rank_; ++e) per_expert[e] = (per_expert[e] + align - 1) / align * align;
+  for (int e = 0; e < experts_per_rank_; ++e)
+    per_expert[e] = (per_expert[e] + align - 1) / align * align;
 
   // Sender-side routing: where each of this rank's tokens landed on each destination.
   auto handle = std::make_shared<HostHandle>();
@@ -227,16 +231,15 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   bootstrap_->barrier();  // peers may reuse their inputs once everyone has read them
 
   DispatchResult result = result_views(outs, true);
-  result.num_recv_device = &handle->rows;  // lives as long as the handle
+  result.num_recv_device = &handle->rows;            // lives as long as the handle
   if (!options.wait_num_recv) result.num_recv = -1;  // the contract of worst-case mode
   result.handle = DispatchHandle(std::move(handle));
   return result;
 }
 
-DispatchResult HostBackend::dispatch_cached(const detail::HandleState& handle_state,
-                                            const void* x, const float* x_scales,
-                                            const DispatchOptions& options, uint64_t comm_id,
-                                            uint64_t epoch) {
+DispatchResult HostBackend::dispatch_cached(const detail::HandleState& handle_state, const void* x,
+                                            const float* x_scales, const DispatchOptions& options,
+                                            uint64_t comm_id, uint64_t epoch) {
   const auto& handle = static_cast<const HostHandle&>(handle_state);
   DispatchInputs in;
   in.x = x;
@@ -267,7 +270,15 @@ DispatchResult HostBackend::dispatch_cached(const detail::HandleState& handle_st
   return result;
 }
 
-void HostBackend::combine(const void* y, const detail::HandleState& handle_state, void* out) {
+void HostBackend::synchronize() {
+  if (pending_error_.empty()) return;
+  const std::string message = std::move(pending_error_);
+  pending_error_.clear();
+  throw Error(ErrorCode::kInvalidArgument, "rank " + std::to_string(rank_) + ": " + message);
+}
+
+void HostBackend::combine(const void* y, const detail::HandleState& handle_state, void* out,
+                          bool /*repeat*/) {
   const auto& handle = static_cast<const HostHandle&>(handle_state);
   const size_t H = config_.hidden;
   if (y != pool_.data() && handle.rows > 0) {

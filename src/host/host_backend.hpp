@@ -22,18 +22,25 @@ class HostBackend final : public detail::CommBackend {
   HostBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& config);
 
   int recv_capacity() const override { return capacity_; }
+  std::vector<detail::MemoryRange> shared_memory() const override {
+    return {{pool_.data(), pool_.size()}};
+  }
   void set_stream(Stream stream) override { stream_ = stream; }
   Stream stream() const override { return stream_; }
   void get_dispatch_layout(const void* topk_idx, int num_tokens, int num_topk,
                            const LayoutOutputs& out) override;
+  void check_dispatch_issuable(const DispatchOptions&, bool) override {}
   DispatchResult dispatch(const DispatchInputs& in, const DispatchOptions& options,
                           uint64_t comm_id, uint64_t epoch) override;
   DispatchResult dispatch_cached(const detail::HandleState& handle, const void* x,
                                  const float* x_scales, const DispatchOptions& options,
                                  uint64_t comm_id, uint64_t epoch) override;
   void* combine_input() override { return pool_.data(); }
-  void combine(const void* y, const detail::HandleState& handle, void* out) override;
-  void synchronize() override {}
+  // Its barriers order every pool access, so a repeated combine needs nothing more.
+  void combine(const void* y, const detail::HandleState& handle, void* out, bool repeat) override;
+  // Throws the error a call recorded for it (a low-latency combine given other topk_idx than
+  // its dispatch), as the CUDA backend reports device errors.
+  void synchronize() override;
 
   // Low-latency mode (host_low_latency.cpp): the send phases record this rank's arguments;
   // each receive phase does the whole exchange between bootstrap barriers.
@@ -59,13 +66,14 @@ class HostBackend final : public detail::CommBackend {
 
   // One of the two low-latency buffers: this rank's latest arguments and its outputs.
   struct LowLatencyBuffer {
-    LowLatencyDispatchInputs in;
+    LowLatencyDispatchInputs in;          // in.topk_idx points to topk_idx below
+    std::vector<unsigned char> topk_idx;  // the dispatch's [T][K] ids: combine uses these
     detail::LowLatencyCombineArgs combine;
-    std::vector<unsigned char> recv_x;  // [Le][R * M][H] bf16 or fp8
-    std::vector<float> recv_scales;     // [Le][R * M][H / 128]
-    std::vector<int> recv_count;        // [Le]
+    std::vector<unsigned char> recv_x;       // [Le][R * M][H] bf16 or fp8
+    std::vector<float> recv_scales;          // [Le][R * M][H / 128]
+    std::vector<int> recv_count;             // [Le]
     std::vector<LowLatencySource> recv_src;  // [Le][R * M]
-    std::vector<int> layout_range;      // [Le][R][2]
+    std::vector<int> layout_range;           // [Le][R][2]
   };
   // Throws kInvalidExpert on every rank when any rank's topk_idx has an id out of range.
   void ll_agree_on_experts(const void* topk_idx, int num_tokens, int num_topk);
@@ -89,7 +97,8 @@ class HostBackend final : public detail::CommBackend {
   std::vector<float> recv_topk_weights_;
   std::vector<RecvSource> recv_src_;
   std::vector<int> num_recv_per_expert_;
-  int num_recv_ = 0;  // rows in the pool from the latest dispatch
+  int num_recv_ = 0;           // rows in the pool from the latest dispatch
+  std::string pending_error_;  // kInvalidArgument for the next synchronize
   LowLatencyBuffer ll_[2];
 };
 

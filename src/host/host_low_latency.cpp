@@ -74,6 +74,11 @@ LowLatencyDispatchResult HostBackend::ll_dispatch_send(const LowLatencyDispatchI
     buf.layout_range.assign(static_cast<size_t>(experts_per_rank_) * num_ranks_ * 2, 0);
   }
   buf.in = in;
+  const size_t id_bytes =
+      static_cast<size_t>(in.num_tokens) * in.num_topk * index_bytes(config_.index_type);
+  const auto* ids = static_cast<const unsigned char*>(in.topk_idx);
+  buf.topk_idx.assign(ids, ids + id_bytes);
+  buf.in.topk_idx = buf.topk_idx.data();
   LowLatencyDispatchResult r;
   r.recv_x = buf.recv_x.data();
   r.recv_scales = in.use_fp8 ? buf.recv_scales.data() : nullptr;
@@ -151,6 +156,19 @@ void HostBackend::ll_combine_receive(int buffer) {
   const int H = config_.hidden, T = buf.in.num_tokens, K = buf.in.num_topk;
   const size_t rows_per_expert = static_cast<size_t>(num_ranks_) * config_.ll_max_tokens_per_rank;
   bootstrap_->barrier();  // every rank's y is in place
+  // The rows were routed by the dispatch's ids; combine reads them by the same ids and reports
+  // other ones given to it at synchronize.
+  const void* ids = buf.in.topk_idx;
+  for (size_t i = 0; i < static_cast<size_t>(T) * K && pending_error_.empty(); ++i) {
+    const int64_t given = read_index(buf.combine.topk_idx, is_int64, i);
+    const int64_t dispatched = read_index(ids, is_int64, i);
+    if (given != dispatched) {
+      std::ostringstream os;
+      os << "low_latency_combine: topk_idx[" << i / K << "][" << i % K << "] = " << given
+         << " but its dispatch had " << dispatched << "; combined with the dispatch's ids";
+      pending_error_ = os.str();
+    }
+  }
 
   // position[t * K + k]: position of token t among this rank's tokens sent to the expert
   // of slot k (its first slot naming that expert).
@@ -158,7 +176,7 @@ void HostBackend::ll_combine_receive(int buffer) {
   std::vector<int> position(static_cast<size_t>(T) * K, -1);
   for (int t = 0; t < T; ++t) {
     for (int k = 0; k < K; ++k) {
-      const int64_t e = first_expert(buf.combine.topk_idx, is_int64, t, k, K, config_.num_experts);
+      const int64_t e = first_expert(ids, is_int64, t, k, K, config_.num_experts);
       if (e >= 0) position[static_cast<size_t>(t) * K + k] = sent_to_expert[e]++;
     }
   }
@@ -168,10 +186,10 @@ void HostBackend::ll_combine_receive(int buffer) {
     std::fill(acc.begin(), acc.end(), 0.f);
     for (int k = 0; k < K; ++k) {
       const size_t tk = static_cast<size_t>(t) * K + k;
-      const int64_t e = read_index(buf.combine.topk_idx, is_int64, tk);
+      const int64_t e = read_index(ids, is_int64, tk);
       if (e < 0 || e >= config_.num_experts) continue;
       int k0 = 0;  // the first slot naming e holds the row's position
-      while (read_index(buf.combine.topk_idx, is_int64, static_cast<size_t>(t) * K + k0) != e) ++k0;
+      while (read_index(ids, is_int64, static_cast<size_t>(t) * K + k0) != e) ++k0;
       const int d = static_cast<int>(e / experts_per_rank_);
       const int le = static_cast<int>(e % experts_per_rank_);
       const LowLatencyBuffer& expert_side = peers_[d]->ll_[buffer];

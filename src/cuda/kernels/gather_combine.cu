@@ -13,6 +13,8 @@ constexpr int kGatherThreads = 1024;
 constexpr int kGatherUnroll = 2;  // 16-byte vectors per lane per pass
 constexpr int kGatherBatch = 4;   // source ranks whose loads are in flight together
 
+// One ready round: this rank's y is in its pool, and every peer has finished the work before
+// its own round (its previous gather included, which a repeated combine relies on).
 // NOTE: after a rejected dispatch (every rank reached the same verdict) the routing is not
 // final; every rank skips the combine and the error surfaces at synchronize().
 __global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyParams p) {
@@ -31,7 +33,7 @@ __global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyPa
     ok = wait_at_least(p.wait, ready + src, seq, cuda::kPhaseCombineReady, src);
   }
   if (!__syncthreads_and(ok)) return;
-  if (threadIdx.x == 0) state->combine_seq = static_cast<uint32_t>(seq);
+  if (threadIdx.x == 0) state->combine_seq = seq;
 }
 
 // One warp gathers token t from `n` source rows (ascending rank order) listed in `rows`.

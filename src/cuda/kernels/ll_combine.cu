@@ -1,9 +1,10 @@
 // Low-latency combine (DESIGN section 10). Send: each block takes an equal share of the packed
 // rows of y and returns each to its source rank's combine rows at [token][top-k slot] (both known
 // from recv_src); the last block to finish posts each source the number of rows returned to it
-// (tagged, release). Receive: every block counts the rows each peer owes it (from topk_idx,
-// locally), waits for every peer's signal and checks it, and reduces its tokens:
-// acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0 in fp32, rounded once to bf16.
+// (tagged, release). Receive: every block counts the rows each peer owes it (from the
+// dispatch's topk_idx, saved by its send, locally), waits for every peer's signal and checks it,
+// and reduces its tokens: acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0 in fp32,
+// rounded once to bf16.
 #include "common/ll_common.cuh"
 #include "common/wait.cuh"
 #include "launch.hpp"
@@ -15,12 +16,11 @@ using cuda::LowLatencyParams;
 
 // Block b copies rows [N*b/G, N*(b+1)/G) of the N packed rows (expert order), whatever experts
 // they belong to.
-__global__ void __launch_bounds__(kLlThreads, 1)
-    ll_combine_send_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, 1) ll_combine_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank, H = p.hidden;
   extern __shared__ int s_rows[];  // [Le + 1]: each expert's first row in the packed order
-  const uint32_t tag = p.counters->round[p.buffer] + 1;
+  const uint32_t tag = round_tag(p);
   for (int le = threadIdx.x; le < Le; le += blockDim.x) s_rows[le] = p.recv.recv_count[le];
   __syncthreads();
   if (threadIdx.x < 32) warp_exclusive_scan(s_rows, Le, threadIdx.x);
@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(kLlThreads, 1)
   // As in the dispatch send, the last block to finish posts each source's signal, also when
   // it returns no rows: every rank's combine receive waits for every peer, which orders this
   // rank's dispatch receive (and its resets) before any peer's next round on this buffer.
-  if (!last_block_done(&p.counters->blocks_done[p.buffer][cuda::kLlCombineSend])) return;
+  if (!last_block_done<true>(&p.counters->blocks_done[p.buffer][cuda::kLlCombineSend])) return;
   post_signals(
       R, [&](int s) { return p.layout.delivered(p.peers[s], p.buffer, p.rank); },
       [&](int s) {
@@ -62,9 +62,17 @@ __device__ void wait_for_rows(const LowLatencyParams& p, int* s_expected) {
   for (int i = threadIdx.x; i < p.num_tokens * K; i += blockDim.x) {
     const int e = first_expert(p.topk_idx, p.idx_int64, i / K, i % K, K, p.num_experts);
     if (e >= 0) atomicAdd(&s_expected[e / p.experts_per_rank], 1);
+    if (blockIdx.x != 0) continue;
+    // p.topk_idx holds the dispatch's ids; other ones given to the combine are reported.
+    const int64_t given = load_topk(p.combine_topk, p.combine_topk_int64, i);
+    const int64_t dispatched = p.dispatch_topk[i];
+    if (given != dispatched) {
+      record_error(p.wait.errors, cuda::kDevLlTopkChanged, cuda::kPhaseNone, p.rank, -1, 0,
+                   static_cast<uint64_t>(dispatched), i / K, i % K, given);
+    }
   }
   __syncthreads();
-  const uint32_t tag = p.counters->round[p.buffer] + 1;
+  const uint32_t tag = round_tag(p);
   char* local = p.peers[p.rank];
   for (int d = threadIdx.x; d < R; d += blockDim.x) {
     uint64_t word = 0;
@@ -105,8 +113,7 @@ __device__ __forceinline__ int row_slot(const LowLatencyParams& p, int t, int k)
 // weight, then each thread sums 16-byte output vectors of the batch:
 // acc = fmaf(w[t][k], y[t][k], acc) over k ascending from 0, rounded once to bf16. The loads of
 // up to kSlotsInFlight slots are issued before their sums.
-__global__ void __launch_bounds__(kLlThreads, 1)
-    ll_combine_recv_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, 1) ll_combine_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   constexpr int kSlotsInFlight = 8;
   extern __shared__ int s_expected[];  // [R]
@@ -161,7 +168,7 @@ __global__ void __launch_bounds__(kLlThreads, 1)
   // Signals are reset once every block has read them; a peer posts this buffer's signal again
   // only after this rank's next dispatch on it, which comes after this kernel.
   // The round advances here, the last kernel of a round on this buffer.
-  if (last_block_done(&p.counters->blocks_done[p.buffer][cuda::kLlCombineReceive])) {
+  if (last_block_done<false>(&p.counters->blocks_done[p.buffer][cuda::kLlCombineReceive])) {
     for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) {
       *p.layout.delivered(local, p.buffer, d) = 0;
     }

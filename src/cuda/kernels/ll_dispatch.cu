@@ -151,8 +151,7 @@ __device__ int plan_batch(const LowLatencyParams& p, char* const* peers, const i
   return tokens;
 }
 
-__global__ void __launch_bounds__(kLlThreads, 1)
-    ll_dispatch_send_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, 1) ll_dispatch_send_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int E = p.num_experts;
   extern __shared__ int s_ints[];
@@ -166,7 +165,7 @@ __global__ void __launch_bounds__(kLlThreads, 1)
   for (int e = threadIdx.x; e < E; e += blockDim.x) s_next[e] = s_total[e] = 0;
   for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) s_peers[d] = p.peers[d];
   // Read before any block of this round can finish: the tag is the same for every block.
-  const uint32_t tag = p.counters->round[p.buffer] + 1;
+  const uint32_t tag = round_tag(p);
   __syncthreads();
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -175,6 +174,10 @@ __global__ void __launch_bounds__(kLlThreads, 1)
   const int t_end =
       static_cast<int>(static_cast<long long>(p.num_tokens) * (blockIdx.x + 1) / gridDim.x);
   count_messages(p, t_begin, s_next, s_total);
+  // The combine of this round reads rows by the dispatch's ids: each block saves its tokens'.
+  for (int i = t_begin * p.num_topk + threadIdx.x; i < t_end * p.num_topk; i += blockDim.x) {
+    p.dispatch_topk[i] = load_topk(p.topk_idx, p.idx_int64, i);
+  }
   __syncthreads();
   const int batch_tokens = kMaxBatchMessages / p.num_topk;
   for (int t0 = t_begin; t0 < t_end; t0 += batch_tokens) {
@@ -196,7 +199,7 @@ __global__ void __launch_bounds__(kLlThreads, 1)
   }
 
   // The last block to finish posts every expert's count, also 0: the receivers wait for all.
-  if (!last_block_done(&p.counters->blocks_done[p.buffer][cuda::kLlDispatchSend])) return;
+  if (!last_block_done<true>(&p.counters->blocks_done[p.buffer][cuda::kLlDispatchSend])) return;
   post_signals(
       E,
       [&](int e) {
@@ -256,8 +259,7 @@ __device__ void wait_for_counts(const LowLatencyParams& p, uint32_t tag, int own
 // order), whatever experts they belong to. Block b owns local experts
 // [Le*b/G, Le*(b+1)/G): it writes their layout_range and recv_count, adds their rows to rows_from
 // and reports their bad counts.
-__global__ void __launch_bounds__(kLlThreads, 1)
-    ll_dispatch_recv_kernel(LowLatencyParams p) {
+__global__ void __launch_bounds__(kLlThreads, 1) ll_dispatch_recv_kernel(LowLatencyParams p) {
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank;
   const int own_begin = static_cast<int>(static_cast<long long>(Le) * blockIdx.x / gridDim.x);
@@ -266,7 +268,7 @@ __global__ void __launch_bounds__(kLlThreads, 1)
   extern __shared__ int s_tables[];
   int* s_first = s_tables;                // [Le][R + 1]: each source's first row in the expert
   int* s_rows = s_tables + Le * (R + 1);  // [Le + 1]: each expert's first row in the block's order
-  const uint32_t tag = p.counters->round[p.buffer] + 1;
+  const uint32_t tag = round_tag(p);
   wait_for_counts(p, tag, own_begin, own_end, s_first);
   __syncthreads();
   for (int le = threadIdx.x; le < Le; le += blockDim.x) {
@@ -343,7 +345,7 @@ __global__ void __launch_bounds__(kLlThreads, 1)
   }
   // Counts are reset once every block has read them; a source writes this buffer's counts
   // again only after this rank's next dispatch on it, which comes after this kernel.
-  if (last_block_done(&p.counters->blocks_done[p.buffer][cuda::kLlDispatchReceive])) {
+  if (last_block_done<false>(&p.counters->blocks_done[p.buffer][cuda::kLlDispatchReceive])) {
     for (int i = threadIdx.x; i < Le * R; i += blockDim.x) {
       *p.layout.count(local, p.buffer, i / R, i % R) = 0;
     }

@@ -10,10 +10,11 @@
 namespace epcomm::cuda {
 
 // Rank-private device memory. round[b] counts the rounds (dispatch + combine) completed on
-// buffer b; it tags the message counts, so a count from another round is caught. Only the last
-// block of a receive kernel writes it, after every block of that kernel has read it.
+// buffer b, from Config::sequence_start; its sequence_tag tags the message counts and combine
+// signals, so a word from another round is caught. Only the last block of the combine receive
+// writes it, after every block of that kernel has read it.
 struct LowLatencyCounters {
-  uint32_t round[2];
+  uint64_t round[2];
   uint32_t blocks_done[2][4];  // [buffer][LowLatencyKernel]
 };
 
@@ -36,8 +37,11 @@ struct LowLatencyParams {
   int buffer;
   bool use_fp8;
   bool idx_int64;
-  const uint16_t* x;          // dispatch: [T][H] bf16
-  const void* topk_idx;       // [T][K]
+  const uint16_t* x;         // dispatch: [T][H] bf16
+  const void* topk_idx;      // [T][K]: dispatch: the caller's; combine: dispatch_topk below
+  int64_t* dispatch_topk;    // [M][K] of this buffer: the dispatch's ids, saved by its send
+  const void* combine_topk;  // combine receive: the caller's ids, checked against the saved
+  bool combine_topk_int64;
   const float* topk_weights;  // combine: [T][K]
   const uint16_t* y;          // combine: [Le][R * M][H] bf16
   uint16_t* out;              // combine: [T][H] bf16

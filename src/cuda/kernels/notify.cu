@@ -11,8 +11,8 @@ namespace {
 using cuda::channel_first_chunk;
 using cuda::NotifyParams;
 
-__device__ __forceinline__ uint64_t tag(uint32_t epoch, uint32_t value) {
-  return (static_cast<uint64_t>(epoch) << 32) | value;
+__device__ __forceinline__ uint64_t tagged(uint64_t epoch, uint32_t value) {
+  return (static_cast<uint64_t>(cuda::sequence_tag(epoch)) << 32) | value;
 }
 
 // Shared memory: counts [R][R] (source, destination), status [R], expert sums [Le].
@@ -29,10 +29,15 @@ __device__ __forceinline__ int32_t my_status(const NotifyParams& p) {
   return (p.num_topk << 1) | (p.wait.state->invalid_input ? 1 : 0);
 }
 
-__device__ void post_row(const NotifyParams& p, const NotifyShared& s, uint32_t epoch) {
+// NOTE: the post is the pool-reuse barrier: a peer that holds every row of this epoch writes
+// into pools this rank's previous gather read (in earlier kernels of this stream). Each
+// posting thread fences at system scope first, so its stores are releases that order those
+// reads before any write a peer makes after acquiring the row.
+__device__ void post_row(const NotifyParams& p, const NotifyShared& s, uint64_t epoch) {
   const int R = p.num_ranks, W = p.layout.count_row_words(), Le = p.experts_per_rank;
-  const int slot = epoch & 1;
+  const int slot = static_cast<int>(epoch & 1);
   const int32_t status = my_status(p);
+  fence_acq_rel_sys();
   for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
     const int peer = i / W, w = i % W;
     uint32_t value;
@@ -45,20 +50,21 @@ __device__ void post_row(const NotifyParams& p, const NotifyShared& s, uint32_t 
     } else {
       value = p.routing.ring_send_counts[(w - p.layout.channel_word(0)) * R + peer];
     }
-    st_relaxed_sys(p.layout.count_row(p.peers[peer], slot, p.rank) + w, tag(epoch, value));
+    st_relaxed_sys(p.layout.count_row(p.peers[peer], slot, p.rank) + w, tagged(epoch, value));
   }
 }
 
 // Returns false when a wait timed out.
-__device__ bool collect_rows(const NotifyParams& p, const NotifyShared& s, uint32_t epoch) {
+__device__ bool collect_rows(const NotifyParams& p, const NotifyShared& s, uint64_t epoch) {
   const int R = p.num_ranks, W = p.layout.count_row_words();
   char* local = p.peers[p.rank];
+  const uint32_t tag = cuda::sequence_tag(epoch);
   bool ok = true;
   for (int i = threadIdx.x; i < R * W && ok; i += blockDim.x) {
     const int source = i / W, w = i % W;
     uint64_t word;
-    ok = wait_tagged(p.wait, p.layout.count_row(local, epoch & 1, source) + w, epoch,
-                     cuda::kPhaseCountExchange, source, &word);
+    ok = wait_tagged(p.wait, p.layout.count_row(local, static_cast<int>(epoch & 1), source) + w,
+                     tag, cuda::kPhaseCountExchange, source, &word);
     if (!ok) break;
     const int value = static_cast<int>(static_cast<uint32_t>(word));
     if (w < R) {
@@ -79,22 +85,28 @@ __device__ bool agree(const NotifyParams& p, const NotifyShared& s) {
   const int R = p.num_ranks;
   bool ok = true;
   if (threadIdx.x == 0) {
+    // The replayed dispatch's verdict was every rank's: its routing is not final if rejected.
+    if (p.cached && !*p.routing.accepted) {
+      record_error(p.wait.errors, cuda::kDevRejectedReplay, cuda::kPhaseCountExchange, p.rank,
+                   p.rank, p.handle_epoch, 0);
+      ok = false;
+    }
     for (int src = 0; src < R && p.cached; ++src) {
       if (s.status[src] != my_status(p)) {
-        record_error(p.wait.errors, cuda::kDevStaleHandle, cuda::kPhaseCountExchange, p.rank,
-                     src, static_cast<uint32_t>(my_status(p)) >> 1,
+        record_error(p.wait.errors, cuda::kDevStaleHandle, cuda::kPhaseCountExchange, p.rank, src,
+                     static_cast<uint32_t>(my_status(p)) >> 1,
                      static_cast<uint32_t>(s.status[src]) >> 1);
         ok = false;
       }
     }
     for (int src = 0; src < R && !p.cached; ++src) {
       if (s.status[src] & 1) {
-        record_error(p.wait.errors, cuda::kDevPeerInvalidInput, cuda::kPhaseCountExchange,
-                     p.rank, src, 0, 0);
+        record_error(p.wait.errors, cuda::kDevPeerInvalidInput, cuda::kPhaseCountExchange, p.rank,
+                     src, 0, 0);
         ok = false;
       } else if ((s.status[src] >> 1) != p.num_topk) {
-        record_error(p.wait.errors, cuda::kDevTopkMismatch, cuda::kPhaseCountExchange, p.rank,
-                     src, p.num_topk, s.status[src] >> 1);
+        record_error(p.wait.errors, cuda::kDevTopkMismatch, cuda::kPhaseCountExchange, p.rank, src,
+                     p.num_topk, s.status[src] >> 1);
         ok = false;
       }
     }
@@ -155,7 +167,7 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
   extern __shared__ int smem[];
   const int R = p.num_ranks;
   NotifyShared s{smem, smem + R * R, smem + R * R + R};
-  __shared__ uint32_t s_epoch;
+  __shared__ uint64_t s_epoch;
   if (threadIdx.x == 0) s_epoch = state->epoch + 1;
   for (int e = threadIdx.x; e < p.experts_per_rank; e += blockDim.x) s.experts[e] = 0;
   for (int d = threadIdx.x; d < R; d += blockDim.x) {
@@ -178,7 +190,7 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
     s.counts[p.rank * R + d] = n;
   }
   __syncthreads();
-  const uint32_t epoch = s_epoch;
+  const uint64_t epoch = s_epoch;
 
   post_row(p, s, epoch);
   const bool collected = collect_rows(p, s, epoch);
@@ -193,6 +205,7 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
   }
   __syncthreads();
   if (threadIdx.x == 0) {
+    if (!p.cached) *p.routing.accepted = ok ? 1 : 0;
     state->dispatch_ok = ok ? 1 : 0;
     state->invalid_input = 0;
     state->epoch = epoch;

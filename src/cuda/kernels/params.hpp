@@ -39,6 +39,8 @@ struct Routing {
   int* send_counts;       // [R]: rows this rank sends to each rank
   int* recv_counts;       // [R]: rows this rank receives from each rank
   int* num_recv;          // [1]
+  int* accepted;          // [1]: the count exchange's verdict (1 accepted, 0 rejected); a
+                          // cached dispatch of a rejected one is rejected too
   int* ring_send_counts;  // [channels][R]: rows channel c of this rank sends to each rank
   int* ring_recv_counts;  // [channels][R]: rows channel c of each rank sends to this rank
 };
@@ -47,23 +49,23 @@ struct LayoutParams {
   const void* topk_idx;
   bool idx_int64;
   int num_tokens, num_topk, num_experts, num_ranks, experts_per_rank;
-  int* slot;              // [T][R] position within the chunk, or -1; may be null
-  int* chunk_counts;      // [chunks][R]; may be null
-  int* expert_counts;     // [E], zeroed first (accumulated with atomics)
-  int* tokens_per_rank;   // [R], zeroed first; may be null
-  bool* is_token_in_rank; // [T][R]; may be null
-  int32_t* invalid_flag;  // set to 1 on a bad id; may be null
+  int* slot;               // [T][R] position within the chunk, or -1; may be null
+  int* chunk_counts;       // [chunks][R]; may be null
+  int* expert_counts;      // [E], zeroed first (accumulated with atomics)
+  int* tokens_per_rank;    // [R], zeroed first; may be null
+  bool* is_token_in_rank;  // [T][R]; may be null
+  int32_t* invalid_flag;   // set to 1 on a bad id; may be null
   ErrorSink errors;
   int rank;
 };
 
 struct NotifyParams {
   RegionLayout layout;
-  char* const* peers;    // [R] region bases, this rank's included
+  char* const* peers;  // [R] region bases, this rank's included
   int rank, num_ranks, experts_per_rank, num_topk;
-  bool cached;           // replay the handle's counts: no layout, no chunk offsets
-  uint32_t handle_epoch; // cached: the replayed dispatch's sequence number; ranks must agree
-  int* chunk_counts;     // [chunks][R]; turned into each chunk's first row per destination
+  bool cached;            // replay the handle's counts: no layout, no chunk offsets
+  uint64_t handle_epoch;  // cached: the replayed dispatch's sequence number; ranks must agree
+  int* chunk_counts;      // [chunks][R]; turned into each chunk's first row per destination
   int num_chunks;
   const int* expert_counts;  // [E] this rank's tokens per expert (fresh only)
   Routing routing;
@@ -77,14 +79,14 @@ struct SendParams {
   RegionLayout layout;
   char* const* peers;
   int rank, num_ranks, experts_per_rank, num_tokens, num_topk;
-  bool cached;                 // rows and scales only
-  const void* x;               // [T][row_bytes]
-  const float* x_scales;       // [T][num_scales] or null
-  const void* topk_idx;        // fresh only
+  bool cached;            // rows and scales only
+  const void* x;          // [T][row_bytes]
+  const float* x_scales;  // [T][num_scales] or null
+  const void* topk_idx;   // fresh only
   bool idx_int64;
-  const float* topk_weights;   // may be null
-  int* slot;                   // [T][R]: fresh: positions in chunk, made final here; cached: final
-  const int* chunk_offsets;    // fresh: [chunks][R] first row of each chunk per destination
+  const float* topk_weights;  // may be null
+  int* slot;                  // [T][R]: fresh: positions in chunk, made final here; cached: final
+  const int* chunk_offsets;   // fresh: [chunks][R] first row of each chunk per destination
   const DeviceState* state;
 };
 
@@ -102,7 +104,7 @@ struct DrainParams {
   int num_topk;
   bool cached;
   const int* num_recv;
-  void* recv_topk_idx;       // [num_recv][K]
+  void* recv_topk_idx;  // [num_recv][K]
   bool idx_int64;
   float* recv_topk_weights;  // [num_recv][K]
   int* recv_src;             // [num_recv][2]
@@ -143,7 +145,7 @@ struct RingParams {
   RegionLayout layout;
   char* const* peers;
   int rank, num_ranks, experts_per_rank, num_tokens, num_topk, num_chunks, hidden;
-  int chunk_rows;      // most rows a sender publishes at once
+  int chunk_rows;  // most rows a sender publishes at once
   bool cached;
   // Dispatch.
   const void* x;
@@ -151,13 +153,13 @@ struct RingParams {
   const void* topk_idx;
   bool idx_int64;
   const float* topk_weights;
-  int* slot;                  // as SendParams::slot
-  const int* chunk_offsets;   // as SendParams::chunk_offsets
+  int* slot;                 // as SendParams::slot
+  const int* chunk_offsets;  // as SendParams::chunk_offsets
   Routing routing;
   uint64_t* sent;      // [C][R] rows pushed into ring (c, this rank -> d) so far (local memory)
   uint64_t* received;  // [C][R] rows consumed from ring (c, s -> this rank) so far
   // Combine.
-  uint16_t* out;       // [T][H]
+  uint16_t* out;  // [T][H]
   WaitContext wait;
 };
 

@@ -142,23 +142,23 @@ __device__ __forceinline__ uint2 cast_group_to_fp8(const uint4& v, float* scale)
   return make_uint2(packed[0], packed[1]);
 }
 
-__device__ __forceinline__ uint32_t atomic_add_acq_rel_gpu(uint32_t* p, uint32_t v) {
-  uint32_t old;
-  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;"
-               : "=r"(old)
-               : "l"(p), "r"(v)
-               : "memory");
-  return old;
+// The tag of this buffer's current round in its signal words (never 0: see sequence_tag).
+__device__ __forceinline__ uint32_t round_tag(const cuda::LowLatencyParams& p) {
+  return cuda::sequence_tag(p.counters->round[p.buffer]);
 }
 
 // Called by every thread of every block at the end of a kernel: true in the one block that
 // finishes last, after every other block's earlier reads and writes. That block may then reset
 // what all blocks read (and the counter itself, for the next launch), or publish them: see
-// post_signals.
+// post_signals. kWroteRemote: the block wrote peers' memory, which it fences at system scope
+// before counting itself done, so each block's publish is self-sufficient: the last block's
+// signal then follows every block's own system-scope release, not only the gpu-scope atomics.
+template <bool kWroteRemote>
 __device__ __forceinline__ bool last_block_done(uint32_t* blocks_done) {
   __shared__ bool s_last;
   __syncthreads();
   if (threadIdx.x == 0) {
+    if (kWroteRemote) fence_acq_rel_sys();
     s_last = atomic_add_acq_rel_gpu(blocks_done, 1) == gridDim.x - 1;
     if (s_last) *blocks_done = 0;
   }
@@ -168,8 +168,8 @@ __device__ __forceinline__ bool last_block_done(uint32_t* blocks_done) {
 
 // Warp 0 of the last block (last_block_done) posts n signals: signal(i) gets value(i). One
 // system-scope fence, then relaxed stores: each lane's stores follow the fence (a release
-// pattern), and the fence is cumulative over every block's writes, which the last block
-// acquired. One fence per kernel instead of one per signal.
+// pattern), cumulative over every block's writes, which the last block acquired (and which
+// each block released at system scope itself). One fence per lane instead of one per signal.
 template <typename SignalOf, typename ValueOf>
 __device__ __forceinline__ void post_signals(int n, SignalOf signal, ValueOf value) {
   if (threadIdx.x >= 32) return;

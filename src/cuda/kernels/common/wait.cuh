@@ -14,8 +14,8 @@ using cuda::WaitContext;
 // Records an error if none is recorded yet (first writer wins).
 __device__ __forceinline__ void record_error(const ErrorSink& sink, int32_t code, int32_t phase,
                                              int32_t rank, int32_t peer, uint64_t expected,
-                                             uint64_t seen, int64_t token = -1,
-                                             int64_t slot = -1, int64_t value = 0) {
+                                             uint64_t seen, int64_t token = -1, int64_t slot = -1,
+                                             int64_t value = 0) {
   if (atomicCAS(sink.claimed, 0, 1) != 0) return;
   volatile ErrorRecord* rec = sink.record;
   rec->phase = phase;
@@ -91,13 +91,13 @@ __device__ __forceinline__ bool wait_at_least(const WaitContext& ctx, const uint
       ctx, addr, [&](uint64_t v) { return v >= expected; }, expected, phase, peer, &seen);
 }
 
-// Waits until the epoch tag (high 32 bits) of *addr equals epoch; returns the word.
+// Waits until the tag (high 32 bits, a sequence_tag) of *addr equals `tag`; returns the word.
 __device__ __forceinline__ bool wait_tagged(const WaitContext& ctx, const uint64_t* addr,
-                                            uint32_t epoch, int32_t phase, int32_t peer,
+                                            uint32_t tag, int32_t phase, int32_t peer,
                                             uint64_t* word) {
   return bounded_wait(
-      ctx, addr, [&](uint64_t v) { return static_cast<uint32_t>(v >> 32) == epoch; },
-      static_cast<uint64_t>(epoch) << 32, phase, peer, word);
+      ctx, addr, [&](uint64_t v) { return static_cast<uint32_t>(v >> 32) == tag; },
+      static_cast<uint64_t>(tag) << 32, phase, peer, word);
 }
 
 }  // namespace epcomm::kernels
