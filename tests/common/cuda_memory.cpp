@@ -56,6 +56,12 @@ class CudaMemory final : public Memory {
     check(cudaMemsetAsync(dst, byte, bytes, stream_), "cudaMemsetAsync");
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize after cudaMemsetAsync");
   }
+  void copy_on_stream(void* dst, const void* src, size_t bytes, Stream stream) override {
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                          reinterpret_cast<cudaStream_t>(stream)),
+          "cudaMemcpyAsync on the caller's stream");
+  }
 
  private:
   void copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {

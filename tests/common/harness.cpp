@@ -26,8 +26,8 @@ struct CallerOutputs {
 
 void check_tail_poisoned(Memory& memory, const Buffer& buf, size_t used_bytes, const char* name) {
   if (!buf.get() || used_bytes >= buf.bytes()) return;
-  std::vector<unsigned char> tail = download(memory, buf.as<unsigned char>() + used_bytes,
-                                             buf.bytes() - used_bytes);
+  std::vector<unsigned char> tail =
+      download(memory, buf.as<unsigned char>() + used_bytes, buf.bytes() - used_bytes);
   for (size_t i = 0; i < tail.size(); ++i) {
     if (tail[i] != kPoison) {
       std::ostringstream os;
@@ -41,11 +41,11 @@ void check_tail_poisoned(Memory& memory, const Buffer& buf, size_t used_bytes, c
 std::vector<unsigned char> make_y(const Shape& shape, const RankOutputs& out, uint64_t seed,
                                   int rank, bool from_recv_x) {
   if (from_recv_x) return out.recv_x;
+  // Spread over 40 binades and both signs: any order of the sum but the contract's changes bits.
   Rng rng(seed * 31 + rank * 131 + 7);
   std::vector<unsigned char> y(static_cast<size_t>(out.num_recv) * shape.hidden * 2);
   for (size_t i = 0; i < y.size(); i += 2) {
-    const uint16_t v = static_cast<uint16_t>(((rng.next() & 1) << 15) |
-                                             ((120 + rng.below(9)) << 7) | rng.below(128));
+    const uint16_t v = random_wide_bf16(rng);
     std::memcpy(y.data() + i, &v, 2);
   }
   return y;
@@ -107,8 +107,8 @@ std::string first_difference(const RankOutputs& want, const RankOutputs& got) {
     if (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(Elem)) == 0) return;
     for (size_t i = 0; i < a.size(); ++i) {
       if (std::memcmp(&a[i], &b[i], sizeof(Elem)) != 0) {
-        os << name << ": first difference at element " << i << " (got " << +b[i]
-           << ", expected " << +a[i] << ")";
+        os << name << ": first difference at element " << i << " (got " << +b[i] << ", expected "
+           << +a[i] << ")";
         return;
       }
     }
@@ -132,9 +132,8 @@ std::string first_difference(const RankOutputs& want, const RankOutputs& got) {
   return os.str();
 }
 
-RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory,
-                      const Shape& shape, Routing routing, uint64_t seed,
-                      const RoundOptions& options) {
+RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory, const Shape& shape,
+                      Routing routing, uint64_t seed, const RoundOptions& options) {
   const int rank = comm.rank(), R = comm.num_ranks(), T = shape.num_tokens, K = shape.num_topk;
   const int E = shape.num_experts, Le = E / R, cap = comm.recv_capacity();
   const Config& cfg = comm.config();
@@ -232,7 +231,8 @@ RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory,
   // Cached dispatch: same routing, fresh rows.
   const RankData fresh = make_rank_data(shape, routing, seed + 0x5eed, rank);
   if (!fresh.x.empty()) memory.upload(x.get(), fresh.x.data(), fresh.x.size());
-  if (!fresh.scales.empty()) memory.upload(scales.get(), fresh.scales.data(), fresh.scales.size() * 4);
+  if (!fresh.scales.empty())
+    memory.upload(scales.get(), fresh.scales.data(), fresh.scales.size() * 4);
   bootstrap.barrier();
   memory.fill(comm.combine_input(), kPoison, static_cast<size_t>(cap) * cfg.hidden * 2);
   DispatchOptions copts;
@@ -245,8 +245,8 @@ RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory,
     memory.fill(caller.recv_scales.get(), kPoison, caller.recv_scales.bytes());
     copts.outputs.recv_scales = caller.recv_scales.as<float>();
   }
-  DispatchResult cres = comm.dispatch_cached(res.handle, x.get(),
-                                             num_scales ? scales.as<float>() : nullptr, copts);
+  DispatchResult cres =
+      comm.dispatch_cached(res.handle, x.get(), num_scales ? scales.as<float>() : nullptr, copts);
   comm.synchronize();
   out.cached_recv_x = download(memory, cres.recv_x, n * row_bytes);
   if (num_scales) out.cached_recv_scales = download(memory, cres.recv_scales, n * num_scales * 4);
@@ -254,9 +254,9 @@ RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory,
   RankOutputs cached_view;
   cached_view.num_recv = num_recv;
   cached_view.recv_x = out.cached_recv_x;
-  out.cached_combined = run_combine(comm, memory, shape, cres.handle,
-                                    make_y(shape, cached_view, seed + 0x5eed, rank, y_from_x),
-                                    options.stage_y);
+  out.cached_combined =
+      run_combine(comm, memory, shape, cres.handle,
+                  make_y(shape, cached_view, seed + 0x5eed, rank, y_from_x), options.stage_y);
   return out;
 }
 

@@ -15,6 +15,9 @@ class HostMemory final : public Memory {
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void fill(void* dst, unsigned char byte, size_t bytes) override { std::memset(dst, byte, bytes); }
+  void copy_on_stream(void* dst, const void* src, size_t bytes, Stream) override {
+    std::memcpy(dst, src, bytes);
+  }
 };
 }  // namespace
 

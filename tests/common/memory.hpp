@@ -17,13 +17,22 @@ class Memory {
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;
   virtual void download(void* dst, const void* src, size_t bytes) = 0;
   virtual void fill(void* dst, unsigned char byte, size_t bytes) = 0;
+  // A copy between two buffers of this memory issued on `stream` (CUDA: in stream order, the
+  // host does not wait; host memory: done at once). For tests that issue calls back to back.
+  virtual void copy_on_stream(void* dst, const void* src, size_t bytes, Stream stream) = 0;
 };
 
 // stream: a CUDA stream of the caller's to run every operation on (not owned; nullptr: a
 // private one). The bench passes its own, so that 8 in-process ranks keep to 3 streams each
 // (docs/design.md section 12).
 std::unique_ptr<Memory> make_memory(Backend backend, int device = 0, Stream stream = nullptr);
-int cuda_device_count();        // 0 when the build has no CUDA or no GPU is present
+int cuda_device_count();  // 0 when the build has no CUDA or no GPU is present
+// The GPU of in-process rank `rank`: ranks spread over every visible GPU (rank % count), so
+// the in-process suites exercise peers on other GPUs unchanged where there are several.
+inline int gpu_of_rank(int rank) {
+  const int n = cuda_device_count();
+  return n > 0 ? rank % n : 0;
+}
 int cuda_sm_count(int device);  // 0 when the build has no CUDA or the device is absent
 // Whether `stream` has finished its work (cudaStreamQuery: never waits; it also hands queued
 // launches to the GPU, which the driver may otherwise hold back until a call that waits).
@@ -48,7 +57,9 @@ class Buffer {
   }
   void* get() const { return ptr_; }
   template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
   size_t bytes() const { return bytes_; }
 
  private:

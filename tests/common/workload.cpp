@@ -9,24 +9,6 @@
 namespace epcomm::testing {
 namespace {
 
-// A random finite bf16 in about [-4, 4): random sign and mantissa, small exponent.
-uint16_t random_bf16(Rng& rng) {
-  const uint64_t r = rng.next();
-  const uint16_t sign = static_cast<uint16_t>((r & 1) << 15);
-  const uint16_t exponent = static_cast<uint16_t>(120 + (r >> 1) % 9);  // 2^-7 .. 2^1
-  const uint16_t mantissa = static_cast<uint16_t>((r >> 8) & 0x7f);
-  return static_cast<uint16_t>(sign | (exponent << 7) | mantissa);
-}
-
-// A random e4m3 byte that is not NaN (0x7f and 0xff are NaN).
-uint8_t random_fp8(Rng& rng) {
-  uint8_t b;
-  do {
-    b = static_cast<uint8_t>(rng.next());
-  } while ((b & 0x7f) == 0x7f);
-  return b;
-}
-
 // K distinct experts drawn with probability proportional to weight[e]; -1 where none are left.
 std::vector<int64_t> draw_experts(Rng& rng, const std::vector<double>& weight, int K) {
   std::vector<double> w = weight;
@@ -50,13 +32,42 @@ std::vector<int64_t> draw_experts(Rng& rng, const std::vector<double>& weight, i
 
 }  // namespace
 
+namespace {
+
+// Random sign and mantissa, biased exponent in [lo, lo + binades).
+uint16_t bf16_in_binades(Rng& rng, int lo, int binades) {
+  const uint64_t r = rng.next();
+  const uint16_t sign = static_cast<uint16_t>((r & 1) << 15);
+  const uint16_t exponent = static_cast<uint16_t>(lo + static_cast<int>((r >> 1) % binades));
+  const uint16_t mantissa = static_cast<uint16_t>((r >> 8) & 0x7f);
+  return static_cast<uint16_t>(sign | (exponent << 7) | mantissa);
+}
+
+}  // namespace
+
+uint16_t random_bf16(Rng& rng) { return bf16_in_binades(rng, 120, 9); }        // 2^-7 .. 2^1
+uint16_t random_wide_bf16(Rng& rng) { return bf16_in_binades(rng, 107, 40); }  // 2^-20 .. 2^19
+
+uint8_t random_fp8(Rng& rng) {
+  uint8_t b;
+  do {
+    b = static_cast<uint8_t>(rng.next());
+  } while ((b & 0x7f) == 0x7f);  // 0x7f and 0xff are NaN
+  return b;
+}
+
 const char* to_string(Routing routing) {
   switch (routing) {
-    case Routing::kUniform: return "uniform";
-    case Routing::kSkewed: return "skewed";
-    case Routing::kAllToOne: return "all_to_one";
-    case Routing::kOneRankEmpty: return "one_rank_empty";
-    case Routing::kWithHoles: return "with_holes";
+    case Routing::kUniform:
+      return "uniform";
+    case Routing::kSkewed:
+      return "skewed";
+    case Routing::kAllToOne:
+      return "all_to_one";
+    case Routing::kOneRankEmpty:
+      return "one_rank_empty";
+    case Routing::kWithHoles:
+      return "with_holes";
   }
   return "?";
 }
@@ -100,12 +111,17 @@ std::vector<double> routing_weights(Routing routing, int num_experts, int num_ra
   for (int e = 0; e < num_experts; ++e) {
     const int owner = e / Le;
     switch (routing) {
-      case Routing::kSkewed: weight[e] = 1.0 / ((owner + 1.0) * (owner + 1.0)); break;
-      case Routing::kAllToOne: weight[e] = owner == 0 ? 1.0 : 0.0; break;
+      case Routing::kSkewed:
+        weight[e] = 1.0 / ((owner + 1.0) * (owner + 1.0));
+        break;
+      case Routing::kAllToOne:
+        weight[e] = owner == 0 ? 1.0 : 0.0;
+        break;
       case Routing::kOneRankEmpty:
         weight[e] = (num_ranks > 1 && owner == num_ranks - 1) ? 0.0 : 1.0;
         break;
-      default: break;
+      default:
+        break;
     }
   }
   return weight;

@@ -52,12 +52,20 @@ class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}
   uint64_t next();
-  double uniform();                // [0, 1)
+  double uniform();  // [0, 1)
   int below(int n) { return static_cast<int>(next() % static_cast<uint64_t>(n)); }
 
  private:
   uint64_t state_;
 };
+
+// Finite random bf16 values of random sign. random_bf16: exponents 2^-7 .. 2^1 (every sum of
+// a few is exact in fp32). random_wide_bf16: spread over 40 binades (2^-20 .. 2^19), so that
+// adding them in another order than the contract's changes the bits of an fp32 sum.
+uint16_t random_bf16(Rng& rng);
+uint16_t random_wide_bf16(Rng& rng);
+// A random e4m3 byte that is not NaN.
+uint8_t random_fp8(Rng& rng);
 
 // T tokens' expert ids, [T][K] as int64 or int32 (index_type): K distinct experts per token,
 // drawn with each expert's weight under `routing` (1 uniform and with holes, 1/(owner+1)^2

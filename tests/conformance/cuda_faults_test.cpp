@@ -8,6 +8,7 @@
 #include "epcomm/epcomm.hpp"
 #include "expect_error.hpp"
 #include "harness.hpp"
+#include "misuse_scenarios.hpp"
 
 namespace epcomm {
 namespace {
@@ -64,8 +65,8 @@ TEST_F(CudaFaults, MissingPeerTimesOutNamingIt) {
   auto bs = bootstraps(2);
   const Config cfg = small_config(500);
   testing::run_on_ranks(2, [&](int r) {
-    auto memory = testing::make_memory(Backend::kCuda, 0);
-    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
     if (r == 1) return;  // rank 1 never dispatches (its teardown still meets rank 0's)
     Inputs in(*memory, {0, 4, 1, 5}, cfg.hidden);
     const auto start = std::chrono::steady_clock::now();
@@ -85,12 +86,13 @@ TEST_F(CudaFaults, BadExpertIdFailsEveryRankAndIsRecoverable) {
   const Config cfg = small_config();
   std::atomic<int> errors{0};
   testing::run_on_ranks(2, [&](int r) {
-    auto memory = testing::make_memory(Backend::kCuda, 0);
-    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
     Inputs bad(*memory, {0, 4, 1, r == 1 ? 999 : 5}, cfg.hidden);
     const std::string want = r == 1 ? "topk_idx[1][1] = 999" : "peer rank 1";
-    if (!expect_error(ErrorCode::kInvalidExpert, want, [&] { comm->dispatch(bad.get()); })
-             .empty()) {
+    if (!expect_error(ErrorCode::kInvalidExpert, want, [&] {
+           comm->dispatch(bad.get());
+         }).empty()) {
       errors.fetch_add(1);
     }
     Inputs good(*memory, {0, 4, 1, 5}, cfg.hidden);
@@ -123,13 +125,13 @@ TEST_F(CudaFaults, CapacityExceededFailsEveryRankWithoutWriting) {
   cfg.max_recv_rows = 3;
   std::atomic<int> errors{0};
   testing::run_on_ranks(2, [&](int r) {
-    auto memory = testing::make_memory(Backend::kCuda, 0);
-    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
     memory->fill(comm->combine_input(), 0xA5, 3 * cfg.hidden * 2);
     Inputs in(*memory, {0, -1, 1, -1, 2, 3, 3, -1}, cfg.hidden);  // 4 tokens, all to rank 0
-    if (!expect_error(ErrorCode::kCapacityExceeded, "rank 0 would receive 8 rows",
-                      [&] { comm->dispatch(in.get()); })
-             .empty()) {
+    if (!expect_error(ErrorCode::kCapacityExceeded, "rank 0 would receive 8 rows", [&] {
+           comm->dispatch(in.get());
+         }).empty()) {
       errors.fetch_add(1);
     }
     comm->synchronize();
@@ -145,16 +147,16 @@ TEST_F(CudaFaults, CachedDispatchOfDifferentHandlesFailsEveryRank) {
   const Config cfg = small_config();
   std::atomic<int> errors{0};
   testing::run_on_ranks(2, [&](int r) {
-    auto memory = testing::make_memory(Backend::kCuda, 0);
-    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
     Inputs in(*memory, {0, 4, 1, 5}, cfg.hidden);
     const DispatchResult first = comm->dispatch(in.get());
     const DispatchResult second = comm->dispatch(in.get());
     // Rank 0 replays dispatch #1, rank 1 dispatch #2: every rank must refuse.
     const DispatchHandle& replay = r == 0 ? first.handle : second.handle;
-    if (!expect_error(ErrorCode::kStaleHandle, "peer rank " + std::to_string(1 - r),
-                      [&] { comm->dispatch_cached(replay, in.x.get(), nullptr); })
-             .empty()) {
+    if (!expect_error(ErrorCode::kStaleHandle, "peer rank " + std::to_string(1 - r), [&] {
+           comm->dispatch_cached(replay, in.x.get(), nullptr);
+         }).empty()) {
       errors.fetch_add(1);
     }
   });
@@ -167,7 +169,7 @@ TEST_F(CudaFaults, RingNeedsEqualSmKnobs) {
   cfg.algorithm = Algorithm::kRing;
   cfg.combine_sms = cfg.dispatch_sms + 2;
   expect_error(ErrorCode::kInvalidArgument, "Config.combine_sms = 4",
-               [&] { Communicator::create(bs[0], cfg, Backend::kCuda, 0); });
+               [&] { Communicator::create(bs[0], cfg, Backend::kCuda, testing::gpu_of_rank(0)); });
 }
 
 TEST_F(CudaFaults, SmCountsBeyondTheDeviceAreRejected) {
@@ -175,7 +177,113 @@ TEST_F(CudaFaults, SmCountsBeyondTheDeviceAreRejected) {
   Config cfg = small_config();
   cfg.dispatch_sms = 100000;
   expect_error(ErrorCode::kInvalidArgument, "Config.dispatch_sms = 100000",
-               [&] { Communicator::create(bs[0], cfg, Backend::kCuda, 0); });
+               [&] { Communicator::create(bs[0], cfg, Backend::kCuda, testing::gpu_of_rank(0)); });
+}
+
+// DESIGN section 13: ranks agree on the Config before anything is allocated.
+TEST_F(CudaFaults, ConfigsThatDifferFailEveryRank) {
+  auto bs = bootstraps(2);
+  std::atomic<int> errors{0};
+  testing::run_on_ranks(2, [&](int r) {
+    Config cfg = small_config();
+    cfg.hidden = r == 0 ? 128 : 1024;
+    if (!expect_error(ErrorCode::kInvalidArgument, "rank 0 has 128, rank 1 has 1024", [&] {
+           Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
+         }).empty()) {
+      errors.fetch_add(1);
+    }
+  });
+  EXPECT_EQ(errors.load(), 2);
+}
+
+// A misaligned pointer never reaches a kernel (where it would kill the context of every rank
+// in the process): refused on the host, and the communicator goes on working.
+TEST_F(CudaFaults, MisalignedAndOverlappingPointersAreRefusedBeforeAnyLaunch) {
+  auto bs = bootstraps(2);
+  const Config cfg = small_config();
+  testing::run_on_ranks(2, [&](int r) {
+    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
+    Inputs in(*memory, {0, 4, 1, 5}, cfg.hidden);
+    DispatchInputs bad = in.get();
+    bad.x = static_cast<const char*>(bad.x) + 2;
+    expect_error(ErrorCode::kInvalidArgument, "is not 16-byte aligned",
+                 [&] { comm->dispatch(bad); });
+    bad = in.get();
+    bad.x = comm->combine_input();
+    expect_error(ErrorCode::kInvalidArgument, "overlaps the communicator's memory",
+                 [&] { comm->dispatch(bad); });
+    const DispatchResult res = comm->dispatch(in.get());
+    EXPECT_EQ(res.num_recv, 4);
+    Buffer out(*memory, 2 * cfg.hidden * 2);
+    comm->combine(res.recv_x, res.handle, out.get());  // recv_x is the pool: zero-copy
+    comm->synchronize();
+    std::vector<uint16_t> host(2 * cfg.hidden);
+    memory->download(host.data(), out.get(), host.size() * 2);
+    for (uint16_t v : host) ASSERT_EQ(v, 0x4000) << "1.0 from each of 2 ranks";
+  });
+}
+
+TEST_F(CudaFaults, ReplayOfARejectedDispatchIsRejectedWithoutWriting) {
+  auto bs = bootstraps(2);
+  const Config cfg = small_config();
+  std::atomic<int> errors{0};
+  testing::run_on_ranks(2, [&](int r) {
+    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
+    Inputs bad(*memory, {0, 4, 1, r == 1 ? 999 : 5}, cfg.hidden);
+    DispatchOptions worst_case;
+    worst_case.wait_num_recv = false;  // hands out the handle of the rejected dispatch
+    const DispatchResult res = comm->dispatch(bad.get(), worst_case);
+    expect_error(ErrorCode::kInvalidExpert, "", [&] { comm->synchronize(); });
+    const size_t pool_bytes = static_cast<size_t>(comm->recv_capacity()) * cfg.hidden * 2;
+    Buffer recv_x(*memory, pool_bytes);
+    memory->fill(recv_x.get(), 0xA5, pool_bytes);
+    DispatchOptions cached = worst_case;
+    cached.outputs.recv_x = recv_x.get();
+    comm->dispatch_cached(res.handle, bad.x.get(), nullptr, cached);
+    if (!expect_error(ErrorCode::kStaleHandle, "was rejected", [&] {
+           comm->synchronize();
+         }).empty()) {
+      errors.fetch_add(1);
+    }
+    std::vector<unsigned char> host(pool_bytes);
+    memory->download(host.data(), recv_x.get(), pool_bytes);
+    for (unsigned char b : host) ASSERT_EQ(b, 0xA5) << "rank " << r << ": a row was written";
+    Inputs good(*memory, {0, 4, 1, 5}, cfg.hidden);
+    EXPECT_EQ(comm->dispatch(good.get()).num_recv, 4);
+  });
+  EXPECT_EQ(errors.load(), 2);
+}
+
+TEST_F(CudaFaults, TopkThatDiffersBetweenRanksFailsEveryRank) {
+  auto bs = bootstraps(2);
+  const Config cfg = small_config();
+  std::atomic<int> errors{0};
+  testing::run_on_ranks(2, [&](int r) {
+    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
+    Inputs in(*memory, {0, 4, 1, 5}, cfg.hidden);
+    DispatchInputs di = in.get();
+    di.num_topk = r == 0 ? 2 : 1;
+    if (!expect_error(ErrorCode::kInvalidArgument, "num_topk", [&] {
+           comm->dispatch(di);
+         }).empty()) {
+      errors.fetch_add(1);
+    }
+    EXPECT_EQ(comm->dispatch(in.get()).num_recv, 4);
+  });
+  EXPECT_EQ(errors.load(), 2);
+}
+
+// The rows were routed by the dispatch's ids: a combine given others with equal counts reads
+// the dispatch's (as the host reference does) and synchronize names the difference.
+TEST_F(CudaFaults, LowLatencyCombineGivenOtherIdsUsesTheDispatchIds) {
+  const testing::OtherIdsResult want = testing::low_latency_combine_with_other_ids(Backend::kHost);
+  const testing::OtherIdsResult got = testing::low_latency_combine_with_other_ids(Backend::kCuda);
+  EXPECT_EQ(got.with_dispatch_ids, want.with_dispatch_ids);
+  EXPECT_EQ(got.with_other_ids, want.with_other_ids);
+  EXPECT_NE(got.error.find("but its dispatch had"), std::string::npos) << got.error;
 }
 
 }  // namespace

@@ -93,8 +93,8 @@ void on_ranks(int R, const Config& cfg,
               const std::function<void(int, Communicator&, testing::Memory&, Bootstrap&)>& fn) {
   const auto bs = testing::shared_bootstraps(R, 60000);
   testing::run_on_ranks(R, [&](int r) {
-    auto memory = testing::make_memory(Backend::kCuda, 0);
-    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, 0);
+    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
     fn(r, *comm, *memory, *bs[r]);
   });
 }
@@ -218,6 +218,7 @@ TEST_F(CudaLowLatencyFaults, WaitingGridsThatDoNotFitTogetherAreRefused) {
     const auto bs = testing::shared_bootstraps(R, 60000);
     testing::run_on_ranks(R, [&](int r) {
       if (sms == device_sms / R) {
+        // Every rank on GPU 0: the rule counts the ranks sharing one GPU.
         EXPECT_NO_THROW(Communicator::create(bs[r], cfg, Backend::kCuda, 0)) << "fits: " << sms;
         return;
       }
