@@ -28,7 +28,8 @@ void usage() {
       "  --no-check              skip the check against the reference\n"
       "  --json FILE             also write the results as JSON\n"
       "  --plot FILE.png         draw time against SMs (needs python3 with matplotlib)\n"
-      "  --mode ht|ll            high-throughput (default) or low-latency dispatch/combine\n"
+      "  --mode ht|ll|soak       high-throughput (default) or low-latency dispatch/combine, or\n"
+      "                          random back-to-back calls checked against the reference\n"
       "low-latency mode (--mode ll):\n"
       "  --tokens LIST           tokens per rank, one row each (1,32,128,256; host: 1,8);\n"
       "                          M = ll_max_tokens_per_rank = the largest\n"
@@ -36,7 +37,10 @@ void usage() {
       "  --replays N             timed replays per figure (200; host: 20), after --warmup\n"
       "  --loop-calls N          dispatch + combine pairs per graph of the loop timing (16;\n"
       "                          0: no loop timing; CUDA only)\n"
-      "  --sms N                 one value: dispatch_sms = combine_sms of the LL kernels (16)\n");
+      "  --sms N                 one value: dispatch_sms = combine_sms of the LL kernels (16)\n"
+      "soak mode (--mode soak; CUDA; ranks, seed and launcher as above):\n"
+      "  --seconds N             run batches for N seconds (300)\n"
+      "  --batch-rounds N        rounds per batch, the host synchronising between batches (100)\n");
 }
 
 std::vector<std::string> split(const std::string& s) {
@@ -117,8 +121,15 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
         o->ranks = to_int(flag, value());
       } else if (flag == "--mode") {
         const std::string v = value();
-        if (v != "ht" && v != "ll") throw Error(ErrorCode::kInvalidArgument, "--mode = " + v);
-        o->mode = v == "ht" ? BenchMode::kHighThroughput : BenchMode::kLowLatency;
+        if (v != "ht" && v != "ll" && v != "soak") {
+          throw Error(ErrorCode::kInvalidArgument, "--mode = " + v);
+        }
+        o->mode = v == "ht" ? BenchMode::kHighThroughput
+                            : (v == "ll" ? BenchMode::kLowLatency : BenchMode::kSoak);
+      } else if (flag == "--seconds") {
+        o->soak_seconds = to_int(flag, value());
+      } else if (flag == "--batch-rounds") {
+        o->soak_batch_rounds = to_int(flag, value());
       } else if (flag == "--tokens") {
         tokens = value();  // an integer or, with --mode ll, a list: parsed once the mode is known
       } else if (flag == "--ll-dtypes") {
@@ -184,6 +195,9 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
       o->tokens = to_int("--tokens", tokens);
     }
     if (o->tokens == 0) o->tokens = o->backend == Backend::kCuda ? 4096 : 512;
+    if (o->mode == BenchMode::kSoak && (o->soak_seconds < 0 || o->soak_batch_rounds < 1)) {
+      throw Error(ErrorCode::kInvalidArgument, "--seconds must be >= 0, --batch-rounds >= 1");
+    }
     if (o->iters < 1) throw Error(ErrorCode::kInvalidArgument, "--iters must be at least 1");
     if (o->algorithms.empty() || o->sms.empty()) {
       throw Error(ErrorCode::kInvalidArgument, "--algorithms and --sms need at least one value");

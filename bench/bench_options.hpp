@@ -10,8 +10,9 @@
 namespace epcomm::bench {
 
 // ht: the high-throughput dispatch/combine (DESIGN section 9); ll: the low-latency mode
-// (section 10), timed by ll_bench.cpp.
-enum class BenchMode { kHighThroughput, kLowLatency };
+// (section 10), timed by ll_bench.cpp; soak: random back-to-back calls checked against the
+// reference for a while (soak.cpp).
+enum class BenchMode { kHighThroughput, kLowLatency, kSoak };
 
 struct BenchOptions {
   BenchMode mode = BenchMode::kHighThroughput;
@@ -38,7 +39,9 @@ struct BenchOptions {
   std::vector<int> ll_tokens;
   std::vector<DType> ll_dtypes{DType::kBF16, DType::kFP8E4M3};
   int replays = 0;
-  int loop_calls = 16;  // --mode ll on GPUs: dispatch + combine pairs per loop graph (0: none)
+  int loop_calls = 16;     // --mode ll on GPUs: dispatch + combine pairs per loop graph (0: none)
+  int soak_seconds = 300;  // --mode soak: run batches for this long
+  int soak_batch_rounds = 100;  // --mode soak: rounds between two host synchronisations
 
   // Set by main for --launcher mpi: the job's bootstrap, this process's GPU, and whether it
   // prints (rank 0 only).

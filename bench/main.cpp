@@ -14,6 +14,7 @@
 #include "device_support.hpp"
 #include "ll_bench.hpp"
 #include "report.hpp"
+#include "soak.hpp"
 
 using namespace epcomm;
 
@@ -72,7 +73,9 @@ int main(int argc, char** argv) {
   bench::BenchOptions o;
   if (!bench::parse_options(argc, argv, &o)) return 2;
   if (o.mpi && !join_mpi_job(&argc, &argv, &o)) return 2;
-  const int rc = o.mode == bench::BenchMode::kLowLatency ? bench::run_ll_bench(o) : run(o);
+  const int rc = o.mode == bench::BenchMode::kLowLatency ? bench::run_ll_bench(o)
+                 : o.mode == bench::BenchMode::kSoak     ? bench::run_soak(o)
+                                                         : run(o);
   leave_mpi_job(&o);
   return rc;
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one GPU check: builds a Release tree, runs every test, compute-sanitizer on a small
 # subset, and epcomm-bench; logs go to $OUT (default /tmp/epcomm-gpu-check).
-# Usage: scripts/gpu_check.sh [build] [sanitize] [test] [python] [bench] [llbench]   (default: all;
-# run in that order; the test stage runs in-process tests without MPS and the multi-process
-# ones under an MPS server, the python stage under MPS)
+# Usage: scripts/gpu_check.sh [build] [sanitize] [test] [python] [bench] [llbench] [soak] [soakmpi]
+# (default: all but the soaks; run in that order; the test stage runs in-process tests without
+# MPS and the multi-process ones under an MPS server, the python stage and soakmpi under MPS)
+# Soak length: SOAK_SECONDS (300), for each of soak (8 ranks in-process) and soakmpi (8 processes).
 # Extra bench flags: BENCH_ARGS="--sms 4,8,16 --algorithms flat"; a test subset: CTEST_ARGS="-R Ring";
 # low-latency bench flags: LL_BENCH_ARGS="--tokens 1,128"
 # The caller passes COMMIT (the device machine gets the tree without .git).
@@ -13,6 +14,7 @@ source scripts/deps.sh
 OUT=${OUT:-/tmp/epcomm-gpu-check}
 mkdir -p "$OUT"
 stages=${*:-build test sanitize python bench llbench}
+SOAK_SECONDS=${SOAK_SECONDS:-300}
 summary="$OUT/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
@@ -60,6 +62,10 @@ if has sanitize; then  # before MPS: the sanitizer does not run under an MPS ser
     timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$conf" \
       --gtest_filter='Flat/*_R1_T96_*skewed*:Flat/*_R1_T13_*with_holes*:Ring/*_R1_T96_*uniform*:Shapes/CudaLowLatency.*/R1_M32_T32_*'
     echo "racecheck rc=$?"
+    echo "== synccheck"
+    timeout 100 compute-sanitizer --tool synccheck --error-exitcode 9 "$conf" \
+      --gtest_filter='Flat/*_R1_T96_*skewed*:Ring/*_R1_T96_*uniform*:Shapes/CudaLowLatency.*/R1_M32_T32_*'
+    echo "synccheck rc=$?"
     # Cross-process regions: CUDA IPC handles opened and closed, every allocation freed.
     echo "== memcheck + leak check, 2 processes (CUDA IPC)"
     root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
@@ -67,22 +73,26 @@ if has sanitize; then  # before MPS: the sanitizer does not run under an MPS ser
       --leak-check full --error-exitcode 9 "$BUILD/tests/mpi/epcomm_mpi_conformance_test" --first 3
     echo "ipc memcheck rc=$?"
   } >"$OUT/sanitizer.log" 2>&1
-  note "sanitizer ($((SECONDS - start)) s): $(grep -E '^(memcheck|racecheck|ipc memcheck) rc=|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY' "$OUT/sanitizer.log" | tr '\n' ' ')"
+  note "sanitizer ($((SECONDS - start)) s): $(grep -E '^(memcheck|racecheck|synccheck|ipc memcheck) rc=|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY' "$OUT/sanitizer.log" | tr '\n' ' ')"
 fi
 
 if has test; then
-  # One test process at a time: processes sharing a GPU without MPS only time-slice.
-  # In-process ranks need their own hardware queues (CUDA_DEVICE_MAX_CONNECTIONS = 32), which an
-  # MPS server does not promise (its clients share one pool of connections): they run without
-  # MPS, the multi-process tests (labels mpi, mpi_gpu) under it. docs/design.md, section 12.
+  # In-process suites: each gtest binary runs once, all its tests in one process (a process per
+  # test spends most of its second creating a CUDA context). In-process ranks need their own
+  # hardware queues (CUDA_DEVICE_MAX_CONNECTIONS = 32), which an MPS server does not promise
+  # (its clients share one pool of connections): they run without MPS, the multi-process tests
+  # (labels mpi, mpi_gpu) under it. docs/design.md, section 12.
   start=$SECONDS
-  (cd "$BUILD" && timeout 400 ctest -j 1 --timeout 240 --output-on-failure -LE mpi ${CTEST_ARGS:-}) >"$OUT/ctest.log" 2>&1
-  rc=$?
-  note "ctest, in-process: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed' "$OUT/ctest.log" | tail -1)"
-  grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest.log" | head -20 | tee -a "$summary"
+  rc=0
+  : >"$OUT/ctest.log"
+  for t in epcomm_unit_tests epcomm_conformance_tests; do
+    timeout 500 "$BUILD/tests/$t" --gtest_brief=1 ${GTEST_ARGS:-} >>"$OUT/ctest.log" 2>&1 || rc=1
+  done
+  note "tests, in-process: rc=$rc ($((SECONDS - start)) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+ test' "$OUT/ctest.log" | tr '\n' ' ')"
+  grep -E '^\[  FAILED  \] [A-Za-z]' "$OUT/ctest.log" | head -20 | tee -a "$summary"
   start=$SECONDS
   mps_start
-  (cd "$BUILD" && timeout 200 ctest -j 1 --timeout 240 --output-on-failure -L mpi ${CTEST_ARGS:-}) >"$OUT/ctest_mpi.log" 2>&1
+  (cd "$BUILD" && timeout 400 ctest -j 1 --timeout 300 --output-on-failure -L mpi ${CTEST_ARGS:-}) >"$OUT/ctest_mpi.log" 2>&1
   rc=$?
   note "ctest, processes under MPS: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_mpi.log" | tail -1)"
   grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_mpi.log" | head -20 | tee -a "$summary"
@@ -119,6 +129,24 @@ if has python; then  # the Python package: pytest with 2, 4 and 8 processes unde
   mps_start
   BUILD="$BUILD" OUT="$OUT/python" timeout 300 bash scripts/python_gpu_check.sh >"$OUT/python.log" 2>&1
   note "python: rc=$? ($((SECONDS - start)) s): $(grep -E '(passed|failed|error)' "$OUT/python.log" | tail -3 | tr '\n' ' ')"
+  mps_stop
+fi
+
+# Random back-to-back calls against the host reference: 8 ranks as threads, then 8 processes.
+if has soak; then
+  start=$SECONDS
+  timeout $((SOAK_SECONDS + 120)) "$BUILD/bench/epcomm-bench" --mode soak --seconds "$SOAK_SECONDS" \
+    ${SOAK_ARGS:-} >"$OUT/soak.log" 2>&1
+  note "soak, 8 ranks in-process: rc=$? ($((SECONDS - start)) s): $(grep -E '^soak: done|MISMATCH|ERROR' "$OUT/soak.log" | head -3 | tr '\n' ' ')"
+fi
+if has soakmpi; then
+  start=$SECONDS
+  mps_start
+  root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
+  timeout $((SOAK_SECONDS + 120)) mpirun -np 8 --oversubscribe $root "$BUILD/bench/epcomm-bench" \
+    --launcher mpi --mode soak --seconds "$SOAK_SECONDS" --seed 1000001 ${SOAK_ARGS:-} \
+    >"$OUT/soak_mpi.log" 2>&1
+  note "soak, 8 processes (MPS): rc=$? ($((SECONDS - start)) s): $(grep -E '^soak: done|MISMATCH|ERROR' "$OUT/soak_mpi.log" | head -3 | tr '\n' ' ')"
   mps_stop
 fi
 
