@@ -226,13 +226,14 @@ void Communicator::combine(const void* y, const DispatchHandle& handle, void* ou
                          "not combine_input()");
   }
   const PointerChecker check(caller, impl_->shared_memory());
-  // Worst-case mode leaves num_recv on the device: only y's first row is known to be in use.
-  const int rows = handle.num_recv() >= 0 ? handle.num_recv() : 1;
+  // Worst-case mode leaves num_recv on the device, and y may hold no row at all: then only
+  // its first byte is checked (a y that starts before the pool and runs into it goes unseen).
   const size_t row_bytes = 2 * static_cast<size_t>(config_.hidden);  // bf16
+  const size_t y_bytes = handle.num_recv() >= 0 ? bytes_of(handle.num_recv(), row_bytes) : 1;
   if (zero_copy) {
     check.check_alignment("y", y, kRowAlign);
   } else {
-    check.check("y", y, kRowAlign, bytes_of(rows, row_bytes));
+    check.check("y", y, kRowAlign, y_bytes);
   }
   check.check("out", out, kRowAlign, bytes_of(handle.num_tokens(), row_bytes));
   guarded(broken_, [&] { impl_->combine(y, *handle.state(), out, combined_); });
