@@ -1,5 +1,6 @@
 """Builds the _epcomm extension with CMake on this checkout and installs it beside the epcomm
-package (python/epcomm). Metadata is in pyproject.toml.
+package (python/epcomm). Metadata is in pyproject.toml, except the version: that is read from
+the project() line of CMakeLists.txt, the one place it is written.
 
 EPCOMM_BUILD_DIR names a build tree to reuse (configured for this checkout, e.g. the GPU check's
 Release tree): the module is added to it and only the module is compiled. Otherwise the tree is
@@ -7,6 +8,7 @@ build/py-<python tag> (Release, no tests, no bench), compiled with every CUDA ke
 is found.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,14 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+
+
+def project_version() -> str:
+    text = (ROOT / "CMakeLists.txt").read_text()
+    match = re.search(r"^project\(epcomm VERSION ([0-9.]+)", text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("no 'project(epcomm VERSION x.y.z' line in CMakeLists.txt")
+    return match.group(1)
 
 
 class CMakeExtension(Extension):
@@ -45,4 +55,5 @@ class CMakeBuild(build_ext):
         shutil.copy2(built[-1], target)
 
 
-setup(ext_modules=[CMakeExtension("_epcomm")], cmdclass={"build_ext": CMakeBuild})
+setup(version=project_version(), ext_modules=[CMakeExtension("_epcomm")],
+      cmdclass={"build_ext": CMakeBuild})

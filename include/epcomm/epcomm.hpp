@@ -8,3 +8,4 @@
 #include "epcomm/error.hpp"
 #include "epcomm/low_latency.hpp"
 #include "epcomm/types.hpp"
+#include "epcomm/version.hpp"

@@ -8,14 +8,13 @@ module _epcomm (arrays cross as addresses; the C++ side never sees PyTorch).
 """
 from _epcomm import Error as EpcommError
 from _epcomm import ErrorCode
+from _epcomm import __version__  # the C++ library's, set by project(VERSION) in CMakeLists.txt
 
 from .buffer import Buffer
 from .config import Config
 from .event import EventOverlap
 from .groups import ThreadGroup, TorchGroupBootstrap, make_thread_groups
 from .handle import DispatchHandle, LowLatencyHandle
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Buffer",
