@@ -112,7 +112,7 @@ class HighThroughputCalls:
         kind = EndpointKind(self._backend_for(device), dtype, _tensors.INDEX_DTYPES[topk_idx.dtype],
                             hidden, num_experts, num_worst_tokens)
         streams = self._streams(device, previous_event, async_finish, allocate_on_comm_stream)
-        endpoint = self._endpoint(kind, num_tokens, num_topk, _args.sms_of(config, self.num_sms),
+        endpoint = self._endpoint(kind, num_tokens, num_topk, _args.sms_of(config),
                                   device)
         with streams.working():
             # What combine will return as combined_topk_weights (see combine).
@@ -154,7 +154,7 @@ class HighThroughputCalls:
                 f"x is {tuple(x.shape)} of {x.dtype}; the handle's dispatch sent "
                 f"[{handle.num_tokens}, {endpoint.kind.hidden}] rows of {endpoint.kind.dtype.name}"
                 f" (epcomm's cached dispatch keeps the element type)")
-        _args.check_sms(_args.sms_of(config, self.num_sms), endpoint.config.dispatch_sms)
+        _args.check_sms(_args.sms_of(config), endpoint.config.dispatch_sms)
         streams = self._streams(x.device, previous_event, async_finish, allocate_on_comm_stream)
         args = dict(x=_tensors.address(x), x_scales=_tensors.address(x_scales))
         if handle.num_worst_tokens:
@@ -202,7 +202,7 @@ class HighThroughputCalls:
         if topk_weights is not None:
             _tensors.check_tensor("topk_weights", topk_weights, (torch.float32,),
                                   (rows, handle.num_topk), device)
-        _args.check_sms(_args.sms_of(config, self.num_sms), endpoint.config.combine_sms)
+        _args.check_sms(_args.sms_of(config), endpoint.config.combine_sms)
         streams = self._streams(device, previous_event, async_finish, allocate_on_comm_stream)
         with streams.allocating():
             combined_x = torch.empty(handle.num_tokens, hidden, dtype=torch.bfloat16, device=device)

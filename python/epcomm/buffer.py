@@ -16,7 +16,8 @@ from ._high_throughput import HighThroughputCalls
 from ._low_latency import check_same_communicator
 from ._low_latency_calls import LowLatencyCalls
 from ._streams import CallStreams
-from .config import Config, low_latency_region_bytes
+from .config import (COMBINE_CHUNKS, DISPATCH_CHUNKS, Config, low_latency_region_bytes,
+                     recommended_config)
 from .event import EventOverlap
 from .groups import bootstrap_for
 from .handle import DispatchHandle
@@ -44,8 +45,10 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
       dispatch: x's element type, topk_idx's dtype, hidden, number of experts and
       num_worst_tokens. The first dispatch of a kind creates it; like every dispatch that is
       collective. The constructor itself makes no collective call.
-    - The SM count (Buffer.num_sms, or a call's config.num_sms) is fixed when a communicator is
-      created; a later call asking for a different one raises ValueError.
+    - The SM count (the creating call's config.num_sms, else Buffer.num_sms; one count for
+      dispatch and combine) is fixed when a communicator is created; a later call whose config
+      asks for a different one raises ValueError, and a call with config=None uses it (the SM
+      count never changes a result).
     - num_rdma_bytes, num_qps_per_rank, allow_nvlink_for_low_latency_mode and allow_mnnvl are
       accepted and unused (one NVLink domain, no RDMA). low_latency_mode=True enables
       low_latency_dispatch / low_latency_combine, whose buffers are sized by the first
@@ -112,13 +115,17 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
 
     @staticmethod
     def get_dispatch_config(num_ranks: int) -> Config:
-        """Config(Buffer.num_sms) for any number of ranks (DeepEP tabulates chunk sizes,
-        which epcomm does not use)."""
-        return Config(Buffer.num_sms)
+        """DeepEP's recommended dispatch Config for num_ranks: Config(Buffer.num_sms, chunk
+        sizes of DeepEP's table). epcomm reads only num_sms. Difference: for a rank count
+        DeepEP does not list (it asserts) the chunk sizes are Config's defaults."""
+        _args.check_count("num_ranks", num_ranks, minimum=1)
+        return recommended_config(DISPATCH_CHUNKS, num_ranks, Buffer.num_sms)
 
     @staticmethod
     def get_combine_config(num_ranks: int) -> Config:
-        return Config(Buffer.num_sms)
+        """DeepEP's recommended combine Config for num_ranks, as get_dispatch_config."""
+        _args.check_count("num_ranks", num_ranks, minimum=1)
+        return recommended_config(COMBINE_CHUNKS, num_ranks, Buffer.num_sms)
 
     @staticmethod
     def capture() -> EventOverlap:
@@ -211,17 +218,19 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
             comm_stream = self._comm_stream
         return CallStreams(comm_stream, previous_event, async_finish, allocate_on_comm_stream)
 
-    def _endpoint(self, kind: EndpointKind, num_tokens: int, num_topk: int, dispatch_sms: int,
-                  device: torch.device) -> Endpoint:
+    def _endpoint(self, kind: EndpointKind, num_tokens: int, num_topk: int,
+                  sms: Optional[int], device: torch.device) -> Endpoint:
         """The communicator for `kind`, created now (collectively) if this is its first use,
-        checked to take a dispatch of num_tokens x num_topk (before any collective step)."""
+        checked to take a dispatch of num_tokens x num_topk (before any collective step). A new
+        one dispatches and combines with `sms` SMs (the call's config.num_sms), else
+        Buffer.num_sms: one count for both, as DeepEP's configs have and the ring needs."""
         endpoint = self._endpoints.get(kind)
         if endpoint is not None:
-            _args.check_sms(dispatch_sms, endpoint.config.dispatch_sms)
+            _args.check_sms(sms, endpoint.config.dispatch_sms)
             _args.check_fits(endpoint.config, num_tokens, num_topk)
             return endpoint
-        config = make_config(kind, self._sizing, self.group_size, num_topk, dispatch_sms,
-                             Buffer.num_sms)
+        sms = sms or Buffer.num_sms
+        config = make_config(kind, self._sizing, self.group_size, num_topk, sms, sms)
         _args.check_fits(config, num_tokens, num_topk)
         return self._create_endpoint(kind, config, device)
 
