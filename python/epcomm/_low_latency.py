@@ -16,8 +16,6 @@ _UNSUPPORTED = {
     "round_scale": "epcomm's fp8 scales are amax / 448, not rounded to powers of two",
     "use_ue8m0": "epcomm's fp8 scales are fp32, not UE8M0",
     "use_logfmt": "epcomm's combine sends bf16 rows",
-    "zero_copy": "low_latency_combine reads x from any tensor; there is no combine buffer to "
-                 "write it into first",
 }
 
 

@@ -14,6 +14,7 @@ from .event import EventOverlap
 from .handle import LowLatencyHandle
 
 XType = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+Hook = Optional[Callable[[], None]]
 
 
 class LowLatencyCalls:
@@ -106,7 +107,7 @@ class LowLatencyCalls:
                             use_logfmt: bool = False, zero_copy: bool = False,
                             async_finish: bool = False, return_recv_hook: bool = False,
                             out: Optional[torch.Tensor] = None
-                            ) -> Tuple[torch.Tensor, EventOverlap, Optional[Callable[[], None]]]:
+                            ) -> Tuple[torch.Tensor, EventOverlap, Hook]:
         """Collective. Returns (combined_x, event, hook): combined_x [T, H] bf16, where
         combined_x[t] = bf16(acc) with acc = fmaf(topk_weights[t][k], y(t, k), acc) over k
         ascending from 0 in fp32, y(t, k) being the row expert topk_idx[t][k] computed for
@@ -118,18 +119,18 @@ class LowLatencyCalls:
             `handle`; topk_weights: [T, K] fp32. out: a [T, H] bf16 tensor to write into, or
             None for a new one. return_recv_hook: the call only sends; combined_x is valid
             once hook() has run. async_finish as for low_latency_dispatch.
+        zero_copy: the rows are read from get_next_low_latency_combine_buffer(handle), which
+            the caller filled, instead of from x (x is still checked for shape, as in DeepEP).
 
-        Differences from DeepEP: use_logfmt and zero_copy=True raise ValueError; x may be any
-        tensor, so there is no combine buffer to write into first (and no
-        get_next_low_latency_combine_buffer). handle must be the latest dispatch on its buffer,
-        received and not yet combined, else EpcommError (stale_handle).
+        Differences from DeepEP: handle must be the latest dispatch on its buffer, received
+        and not yet combined, else EpcommError (stale_handle). use_logfmt raises ValueError.
         combine_wait_recv_cost_stats is not accepted.
         """
         self._check_usable()
         if not isinstance(handle, LowLatencyHandle) or handle._owner is not self:
             raise ValueError("handle must be a LowLatencyHandle from this Buffer's "
                              f"low_latency_dispatch, not {type(handle).__name__}")
-        _low_latency.reject_unsupported(use_logfmt=use_logfmt, zero_copy=zero_copy)
+        _low_latency.reject_unsupported(use_logfmt=use_logfmt)
         _low_latency.check_flags(async_finish, return_recv_hook)
         endpoint = handle._endpoint
         device = self._device_of(endpoint)
@@ -142,19 +143,52 @@ class LowLatencyCalls:
         _tensors.check_tensor("topk_weights", topk_weights, (torch.float32,), (T, K), device)
         if out is not None:
             _tensors.check_tensor("out", out, (torch.bfloat16,), (T, H), device)
+        rows = x
+        if zero_copy:
+            rows = self._ll_combine_buffers.get(handle._native.buffer)
+            if rows is None:
+                raise ValueError("zero_copy=True reads the rows from "
+                                 "get_next_low_latency_combine_buffer(handle), which was never "
+                                 "called for this handle's buffer: call it and fill it first")
         streams = self._streams(device, None, async_finish, False)
         with streams.allocating():
             combined_x = out if out is not None else torch.empty(T, H, dtype=torch.bfloat16,
                                                                  device=device)
         endpoint.comm.low_latency_combine(
-            _tensors.address(x), _tensors.address(topk_idx), _tensors.address(topk_weights),
+            _tensors.address(rows), _tensors.address(topk_idx), _tensors.address(topk_weights),
             handle._native, _tensors.address(combined_x), send_only=return_recv_hook)
         hook = None
         if return_recv_hook:
             hook = _low_latency.receive_hook(endpoint, handle._native, streams, lambda: None,
-                                             (x, topk_idx, topk_weights, combined_x))
-        event = streams.finish([x, topk_idx, topk_weights], [combined_x])
+                                             (rows, topk_idx, topk_weights, combined_x))
+        event = streams.finish([rows, topk_idx, topk_weights], [combined_x])
         return combined_x, event, hook
+
+    def get_next_low_latency_combine_buffer(self, handle: LowLatencyHandle) -> torch.Tensor:
+        """The [Le, R * M, H] bf16 tensor that low_latency_combine(..., zero_copy=True) for
+        `handle` reads its rows from: write the experts' outputs into it (recv_x's row order)
+        instead of passing them as x.
+
+        Difference from DeepEP: DeepEP returns a strided view of its registered send buffer,
+        whose use saves the copy of x into it. epcomm's combine reads x from wherever it is
+        and copies nothing, so this is a plain contiguous tensor the Buffer keeps, one for each
+        of the two alternating low-latency buffers (the handle says which); epcomm never writes
+        it. It lives until destroy(). Local; raises ValueError without low_latency_mode or for
+        a handle from another Buffer."""
+        self._check_usable()
+        self._check_low_latency_mode("get_next_low_latency_combine_buffer")
+        if not isinstance(handle, LowLatencyHandle) or handle._owner is not self:
+            raise ValueError("handle must be a LowLatencyHandle from this Buffer's "
+                             f"low_latency_dispatch, not {type(handle).__name__}")
+        endpoint = handle._endpoint
+        index = handle._native.buffer
+        rows = self._ll_combine_buffers.get(index)
+        if rows is None:
+            shape = (endpoint.experts_per_rank,
+                     self.group_size * endpoint.kind.ll_max_tokens_per_rank, endpoint.kind.hidden)
+            rows = torch.zeros(shape, dtype=torch.bfloat16, device=self._device_of(endpoint))
+            self._ll_combine_buffers[index] = rows
+        return rows
 
     def clean_low_latency_buffer(self, num_max_dispatch_tokens_per_rank: int, hidden: int,
                                  num_experts: int) -> None:

@@ -101,6 +101,9 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         self._endpoints: Dict[EndpointKind, Endpoint] = {}  # both modes, in creation order
         self._low_latency: Optional[Endpoint] = None  # created by the first low_latency_dispatch
         self._comm_stream: Optional[torch.cuda.Stream] = None
+        # The zero-copy combine inputs (key: low-latency buffer index), made on first use,
+        # dropped by destroy().
+        self._ll_combine_buffers: Dict[int, torch.Tensor] = {}
         self._destroyed = False
 
     # ---- DeepEP's static helpers -------------------------------------------------------------
@@ -166,6 +169,7 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
             endpoint.comm.close()
         self._endpoints.clear()
         self._low_latency = None
+        self._ll_combine_buffers.clear()
 
     def __del__(self) -> None:
         if getattr(self, "_destroyed", True):

@@ -62,13 +62,16 @@ def run_ll_round(buffer: epcomm.Buffer, case: LLCase, rank: int, device: torch.d
     combined, hooks = [], []
     for mb, (inputs, (_, _, handle)) in enumerate(zip(batches, dispatched)):
         y = ll_expert_output(case, rank, mb).to(device)
+        if case.zero_copy:  # the rows go into the Buffer's tensor; x is then not read
+            buffer.get_next_low_latency_combine_buffer(handle).copy_(y)
+            y = torch.full_like(y, 3.0)
         out = None
         if case.out_arg:
             out = torch.full((case.tokens_of(rank), case.hidden), 7.0, dtype=torch.bfloat16,
                              device=device)
         combined_x, event, hook = buffer.low_latency_combine(
             y, inputs["topk_idx"], inputs["topk_weights"], handle, async_finish=async_finish,
-            return_recv_hook=case.hook, out=out)
+            return_recv_hook=case.hook, out=out, zero_copy=case.zero_copy)
         assert (hook is not None) == case.hook
         assert out is None or combined_x is out
         wait(event)
