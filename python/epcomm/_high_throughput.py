@@ -1,5 +1,6 @@
-"""The high-throughput calls of Buffer (DeepEP V1's get_dispatch_layout, dispatch and combine),
-as a mixin class: Buffer (buffer.py) owns the communicators and streams these calls use."""
+"""The high-throughput calls of Buffer (DeepEP V1's get_dispatch_layout, dispatch, combine and
+their internode_ variants), as a mixin class: Buffer (buffer.py) owns the communicators and
+streams these calls use."""
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -8,11 +9,27 @@ from . import _args, _tensors
 from ._endpoint import EndpointKind
 from ._layout import dispatch_layout
 from ._recv import receive_exact, receive_into_worst_case
+from ._unsupported import unsupported
 from .config import Config
 from .event import EventOverlap
 from .handle import DispatchHandle
 
 XType = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+BiasType = Union[None, torch.Tensor, Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]
+
+
+def _check_bias(bias: BiasType) -> None:
+    """DeepEP's bias is None, one tensor or a pair (either may be None). None and (None, None)
+    add nothing, as in DeepEP; a tensor needs what NOT_BUILT["bias"] says."""
+    parts = bias if isinstance(bias, tuple) else (bias,)
+    if isinstance(bias, tuple) and len(bias) != 2:
+        raise ValueError(f"bias is a tuple of {len(bias)}; expected a tensor or a pair")
+    for part in parts:
+        if part is not None and not isinstance(part, torch.Tensor):
+            raise TypeError("bias must be None, a torch.Tensor or a pair of them, not "
+                            f"{type(part).__name__}")
+    if any(part is not None for part in parts):
+        raise unsupported("bias")
 
 
 class HighThroughputCalls:
@@ -171,9 +188,9 @@ class HighThroughputCalls:
     # ---- combine -----------------------------------------------------------------------------
 
     def combine(self, x: torch.Tensor, handle: DispatchHandle,
-                topk_weights: Optional[torch.Tensor] = None, config: Optional[Config] = None,
-                previous_event: Optional[EventOverlap] = None, async_finish: bool = False,
-                allocate_on_comm_stream: bool = False
+                topk_weights: Optional[torch.Tensor] = None, bias: BiasType = None,
+                config: Optional[Config] = None, previous_event: Optional[EventOverlap] = None,
+                async_finish: bool = False, allocate_on_comm_stream: bool = False
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], EventOverlap]:
         """Collective. Returns (combined_x, combined_topk_weights, event): combined_x[t] is the
         sum over the ranks token t was sent to, ascending, of x's row for t on that rank, added
@@ -182,6 +199,8 @@ class HighThroughputCalls:
 
         x: [handle.num_recv_rows, H] bf16 (the rows of recv_x, in its order).
         topk_weights: [handle.num_recv_rows, K] fp32 or None.
+        bias: None (or (None, None)). A bias tensor, or a pair, raises EpcommError
+            (unsupported): see NOT_BUILT["bias"] in _unsupported.py.
 
         Differences from DeepEP:
         - handle must come from the latest dispatch of its kind on this Buffer, else
@@ -194,6 +213,7 @@ class HighThroughputCalls:
           topk_weights' shape is checked).
         """
         self._check_usable()
+        _check_bias(bias)
         self._check_handle(handle)
         endpoint = handle._endpoint
         device = self._device_of(endpoint)
@@ -215,3 +235,32 @@ class HighThroughputCalls:
         endpoint.comm.combine(_tensors.address(x), handle._native, _tensors.address(combined_x))
         event = streams.finish([x, topk_weights], [combined_x, combined_weights])
         return combined_x, combined_weights, event
+
+    # ---- internode ---------------------------------------------------------------------------
+
+    def internode_dispatch(self, x: XType, handle: Optional[DispatchHandle] = None,
+                           num_tokens_per_rank: Optional[torch.Tensor] = None,
+                           num_tokens_per_rdma_rank: Optional[torch.Tensor] = None,
+                           is_token_in_rank: Optional[torch.Tensor] = None,
+                           num_tokens_per_expert: Optional[torch.Tensor] = None,
+                           topk_idx: Optional[torch.Tensor] = None,
+                           topk_weights: Optional[torch.Tensor] = None, expert_alignment: int = 1,
+                           num_worst_tokens: int = 0, config: Optional[Config] = None,
+                           previous_event: Optional[EventOverlap] = None,
+                           async_finish: bool = False, allocate_on_comm_stream: bool = False):
+        """DeepEP's dispatch across nodes (RDMA between NVLink domains, NVLink inside them),
+        with dispatch's arguments. Raises EpcommError (unsupported): epcomm runs within one
+        NVLink domain, and DeepEP's own dispatch calls this only when the group spans nodes."""
+        self._check_usable()
+        raise unsupported("internode_dispatch")
+
+    def internode_combine(self, x: torch.Tensor, handle: DispatchHandle,
+                          topk_weights: Optional[torch.Tensor] = None, bias: BiasType = None,
+                          config: Optional[Config] = None,
+                          previous_event: Optional[EventOverlap] = None,
+                          async_finish: bool = False, allocate_on_comm_stream: bool = False
+                          ) -> Tuple[torch.Tensor, Optional[torch.Tensor], EventOverlap]:
+        """DeepEP's combine across nodes, with combine's arguments. Raises EpcommError
+        (unsupported), as internode_dispatch does."""
+        self._check_usable()
+        raise unsupported("internode_combine")

@@ -10,6 +10,7 @@ import _epcomm
 
 from . import _low_latency, _tensors
 from ._endpoint import EndpointKind
+from ._unsupported import unsupported
 from .event import EventOverlap
 from .handle import LowLatencyHandle
 
@@ -23,11 +24,11 @@ class LowLatencyCalls:
     def low_latency_dispatch(self, x: torch.Tensor, topk_idx: torch.Tensor,
                              num_max_dispatch_tokens_per_rank: int, num_experts: int,
                              cumulative_local_expert_recv_stats: Optional[torch.Tensor] = None,
+                             dispatch_wait_recv_cost_stats: Optional[torch.Tensor] = None,
                              use_fp8: bool = True, round_scale: bool = False,
                              use_ue8m0: bool = False, async_finish: bool = False,
                              return_recv_hook: bool = False
-                             ) -> Tuple[XType, torch.Tensor, LowLatencyHandle, EventOverlap,
-                                        Optional[Callable[[], None]]]:
+                             ) -> Tuple[XType, torch.Tensor, LowLatencyHandle, EventOverlap, Hook]:
         """Collective; needs low_latency_mode=True. Sends each token once to each of its
         experts (a repeated id once, under its first slot) straight into a fixed slot at the
         expert's rank: no count exchange, nothing waits on the host. Returns (recv_x,
@@ -45,30 +46,35 @@ class LowLatencyCalls:
         recv_count: [Le] int32. handle: for low_latency_combine; its recv_src and layout_range
             say where each row came from.
         cumulative_local_expert_recv_stats: [Le] int32 or None; recv_count is added to it once
-            the rows are received.
+            the rows are received (as DeepEP's receivers add each source's count).
+        round_scale, use_ue8m0: with use_fp8=False they change nothing, as in DeepEP (there is
+            no cast); use_ue8m0 needs round_scale (ValueError otherwise, where DeepEP asserts).
         return_recv_hook: the call only sends and returns hook, a callable that receives; call
             it before reading the outputs (on CUDA it is ordered on the current stream).
             Otherwise hook is None. async_finish (CUDA): an EventOverlap to wait on instead of
             the current stream waiting (not together with return_recv_hook).
 
-        The returned tensors are views of the communicator's buffers, not copies (as in
-        DeepEP): calls alternate between two buffers, so they are overwritten by the
-        low-latency dispatch two calls later, and freed by destroy(). Clone what must live
-        longer.
+        The returned tensors are views of the communicator's buffers, not copies: calls
+        alternate between two buffers, so they are overwritten by the low-latency dispatch two
+        calls later (DeepEP's rule: hold at most two calls' results), and freed by destroy().
+        Clone what must live longer.
 
         Differences from DeepEP:
         - The buffers are sized by the first call's M, hidden, num_experts and topk_idx dtype
           (and Buffer's max_topk, default max(8, K)): a later call with others raises
           ValueError. num_rdma_bytes is not read.
-        - round_scale and use_ue8m0 raise ValueError. The scales are fp32, row-major
-          [Le, R * M, H / 128] (DeepEP's are a column-major view).
+        - The scales are fp32, row-major [Le, R * M, H / 128] (DeepEP's are a column-major
+          view of the same shape).
         - At most two dispatches may be in flight: a third before the first's combine raises
           EpcommError (invalid_argument), on every rank.
-        - dispatch_wait_recv_cost_stats is not accepted.
+        - EpcommError (unsupported), naming the feature: dispatch_wait_recv_cost_stats given,
+          or use_fp8 with round_scale (power-of-two scales) or use_ue8m0 (packed scales).
         """
         self._check_usable()
         self._check_low_latency_mode("low_latency_dispatch")
-        _low_latency.reject_unsupported(round_scale=round_scale, use_ue8m0=use_ue8m0)
+        if dispatch_wait_recv_cost_stats is not None:
+            raise unsupported("dispatch_wait_recv_cost_stats")
+        _low_latency.check_cast_options(use_fp8, round_scale, use_ue8m0)
         _low_latency.check_flags(async_finish, return_recv_hook)
         stats = cumulative_local_expert_recv_stats
         num_tokens, hidden, num_topk = _low_latency.check_dispatch(
@@ -106,7 +112,8 @@ class LowLatencyCalls:
                             topk_weights: torch.Tensor, handle: LowLatencyHandle,
                             use_logfmt: bool = False, zero_copy: bool = False,
                             async_finish: bool = False, return_recv_hook: bool = False,
-                            out: Optional[torch.Tensor] = None
+                            out: Optional[torch.Tensor] = None,
+                            combine_wait_recv_cost_stats: Optional[torch.Tensor] = None
                             ) -> Tuple[torch.Tensor, EventOverlap, Hook]:
         """Collective. Returns (combined_x, event, hook): combined_x [T, H] bf16, where
         combined_x[t] = bf16(acc) with acc = fmaf(topk_weights[t][k], y(t, k), acc) over k
@@ -123,14 +130,17 @@ class LowLatencyCalls:
             the caller filled, instead of from x (x is still checked for shape, as in DeepEP).
 
         Differences from DeepEP: handle must be the latest dispatch on its buffer, received
-        and not yet combined, else EpcommError (stale_handle). use_logfmt raises ValueError.
-        combine_wait_recv_cost_stats is not accepted.
+        and not yet combined, else EpcommError (stale_handle). use_logfmt=True and
+        combine_wait_recv_cost_stats raise EpcommError (unsupported), naming the feature.
         """
         self._check_usable()
         if not isinstance(handle, LowLatencyHandle) or handle._owner is not self:
             raise ValueError("handle must be a LowLatencyHandle from this Buffer's "
                              f"low_latency_dispatch, not {type(handle).__name__}")
-        _low_latency.reject_unsupported(use_logfmt=use_logfmt)
+        if use_logfmt:
+            raise unsupported("use_logfmt")
+        if combine_wait_recv_cost_stats is not None:
+            raise unsupported("combine_wait_recv_cost_stats")
         _low_latency.check_flags(async_finish, return_recv_hook)
         endpoint = handle._endpoint
         device = self._device_of(endpoint)
@@ -201,3 +211,23 @@ class LowLatencyCalls:
             wanted = replace(self._low_latency.kind, hidden=hidden, num_experts=num_experts,
                              ll_max_tokens_per_rank=num_max_dispatch_tokens_per_rank)
             _low_latency.check_same_communicator(self._low_latency, wanted, num_topk=1)
+
+    # ---- the elastic mode (enable_shrink): raises, see _unsupported.NOT_BUILT -------------------
+
+    def low_latency_update_mask_buffer(self, rank_to_mask: int, mask: bool = False) -> None:
+        """DeepEP: masks (mask=True) or unmasks one rank for later low-latency calls. Raises
+        EpcommError (unsupported): masks need enable_shrink=True, which this build lacks."""
+        self._check_usable()
+        raise unsupported("low_latency_update_mask_buffer")
+
+    def low_latency_query_mask_buffer(self, mask_status: torch.Tensor) -> None:
+        """DeepEP: writes each rank's mask (1 masked, 0 not) into mask_status ([R] int32).
+        Raises EpcommError (unsupported), as low_latency_update_mask_buffer does."""
+        self._check_usable()
+        raise unsupported("low_latency_query_mask_buffer")
+
+    def low_latency_clean_mask_buffer(self) -> None:
+        """DeepEP: unmasks every rank. Raises EpcommError (unsupported), as
+        low_latency_update_mask_buffer does."""
+        self._check_usable()
+        raise unsupported("low_latency_clean_mask_buffer")

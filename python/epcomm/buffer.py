@@ -1,7 +1,7 @@
 """Buffer: DeepEP's V1 API on epcomm. This file holds its construction, DeepEP's static helpers,
 its lifetime and the communicators and streams it keeps; the calls themselves are mixed in from
-_high_throughput.py (get_dispatch_layout, dispatch, combine) and _low_latency_calls.py
-(low_latency_*)."""
+_high_throughput.py (get_dispatch_layout, dispatch, combine, internode_*) and
+_low_latency_calls.py (low_latency_*)."""
 import sys
 from typing import Dict, Optional
 
@@ -16,6 +16,7 @@ from ._high_throughput import HighThroughputCalls
 from ._low_latency import check_same_communicator
 from ._low_latency_calls import LowLatencyCalls
 from ._streams import CallStreams
+from ._unsupported import unsupported
 from .config import (COMBINE_CHUNKS, DISPATCH_CHUNKS, Config, low_latency_region_bytes,
                      recommended_config)
 from .event import EventOverlap
@@ -30,9 +31,17 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
     arrive ordered by source rank, then source token; combine adds in fp32 in a fixed order and
     rounds once to bf16).
 
-    group: a torch.distributed process group (None: the default group), one rank per process,
-        several processes per GPU allowed (under MPS; use gloo, NCCL refuses shared GPUs); or an
-        epcomm.ThreadGroup (ranks are threads), where CPU tensors run the host reference backend.
+    group: a torch.distributed process group, one rank per process, several processes per GPU
+        allowed (under MPS; use gloo, NCCL refuses shared GPUs); or an epcomm.ThreadGroup
+        (ranks are threads), where CPU tensors run the host reference backend. comm: an mpi4py
+        communicator, used (as in DeepEP) only when group is None. Both None: the default
+        torch.distributed group (where DeepEP raises).
+    The keywords DeepEP gives no effect on results are accepted and do nothing here:
+        num_rdma_bytes, num_qps_per_rank (checked positive in low-latency mode, as DeepEP
+        asserts), allow_nvlink_for_low_latency_mode and allow_mnnvl (NVSHMEM transport choices;
+        epcomm's one NVLink domain needs no RDMA).
+    use_fabric=True and enable_shrink=True raise EpcommError (ErrorCode.unsupported) naming the
+        feature: fabric memory and the elastic low-latency mode are not built.
 
     Differences from DeepEP:
     - Sizing. epcomm's receive pool holds every row a rank can receive, num_ranks *
@@ -49,14 +58,14 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
       dispatch and combine) is fixed when a communicator is created; a later call whose config
       asks for a different one raises ValueError, and a call with config=None uses it (the SM
       count never changes a result).
-    - num_rdma_bytes, num_qps_per_rank, allow_nvlink_for_low_latency_mode and allow_mnnvl are
-      accepted and unused (one NVLink domain, no RDMA). low_latency_mode=True enables
-      low_latency_dispatch / low_latency_combine, whose buffers are sized by the first
-      low_latency_dispatch's num_max_dispatch_tokens_per_rank, hidden and num_experts (not by
-      num_rdma_bytes); num_nvl_bytes may then be 0 if the high-throughput calls are not used.
-    - destroy() is collective (a barrier before the regions are unmapped). Without it the
-      communicators are destroyed when the Buffer is garbage collected, which is collective
-      too: call destroy() on every rank before torch.distributed.destroy_process_group().
+    - low_latency_mode=True enables low_latency_dispatch / low_latency_combine, whose buffers
+      are sized by the first low_latency_dispatch's num_max_dispatch_tokens_per_rank, hidden
+      and num_experts (not by num_rdma_bytes); num_nvl_bytes may then be 0 if the
+      high-throughput calls are not used.
+    - destroy() is collective (a barrier before the regions are unmapped) and works whether or
+      not explicitly_destroy was set (DeepEP asserts it was). Without it the communicators are
+      destroyed when the Buffer is garbage collected, which is collective too: call destroy()
+      on every rank before torch.distributed.destroy_process_group().
 
     epcomm keywords: max_tokens_per_rank, max_topk (default: max(8, the first dispatch's
     top-k)), algorithm ("flat", or "ring": the two-stage baseline), timeout_ms (every wait on
@@ -68,9 +77,14 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
     def __init__(self, group=None, num_nvl_bytes: int = 0, num_rdma_bytes: int = 0,
                  low_latency_mode: bool = False, num_qps_per_rank: int = 24,
                  allow_nvlink_for_low_latency_mode: bool = True, allow_mnnvl: bool = False,
-                 explicitly_destroy: bool = False, *, max_tokens_per_rank: Optional[int] = None,
-                 max_topk: Optional[int] = None, algorithm: str = "flat",
-                 timeout_ms: int = 5000) -> None:
+                 use_fabric: bool = False, explicitly_destroy: bool = False,
+                 enable_shrink: bool = False, comm=None, *,
+                 max_tokens_per_rank: Optional[int] = None, max_topk: Optional[int] = None,
+                 algorithm: str = "flat", timeout_ms: int = 5000) -> None:
+        if use_fabric:
+            raise unsupported("use_fabric")
+        if enable_shrink:
+            raise unsupported("enable_shrink")
         if low_latency_mode:
             _args.check_count("num_qps_per_rank", num_qps_per_rank, minimum=1)
         for name, value in (("num_nvl_bytes", num_nvl_bytes), ("num_rdma_bytes", num_rdma_bytes)):
@@ -88,14 +102,15 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
             raise ValueError("num_nvl_bytes = 0 and no max_tokens_per_rank: epcomm sizes its "
                              "receive pool from one of them")
 
-        self.group = group
-        self._bootstrap = bootstrap_for(group)
+        self._bootstrap = bootstrap_for(group, comm)
+        self.group = comm if group is None and comm is not None else group  # as DeepEP keeps it
         self.rank = self._bootstrap.rank()
         self.group_size = self._bootstrap.size()
         self.num_nvl_bytes = num_nvl_bytes
         self.num_rdma_bytes = num_rdma_bytes
         self.low_latency_mode = bool(low_latency_mode)
         self.explicitly_destroy = explicitly_destroy
+        self.enable_shrink = False  # True raised above
         self._sizing = PoolSizing(num_nvl_bytes, max_tokens_per_rank, max_topk,
                                   algorithms[algorithm], timeout_ms)
         self._endpoints: Dict[EndpointKind, Endpoint] = {}  # both modes, in creation order

@@ -289,26 +289,6 @@ def test_zero_copy_needs_the_buffer_and_a_handle_of_this_buffer():
 
 # ---- argument errors ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("option", ["round_scale", "use_ue8m0"])
-def test_unsupported_dispatch_options(option):
-    buffer = _one_rank_buffer()
-    with pytest.raises(ValueError, match=f"{option}=True is not supported"):
-        _dispatch(buffer, BASE, **{option: True})
-    buffer.destroy()
-
-
-@pytest.mark.parametrize("option", ["use_logfmt"])
-def test_unsupported_combine_options(option):
-    buffer = _one_rank_buffer()
-    recv_x, _, handle, _, _ = _dispatch(buffer, BASE, use_fp8=False)
-    inputs = ll_inputs(BASE, 0, 0)
-    with pytest.raises(ValueError, match=f"{option}=True is not supported"):
-        buffer.low_latency_combine(recv_x, inputs["topk_idx"], inputs["topk_weights"], handle,
-                                   **{option: True})
-    buffer.low_latency_combine(recv_x, inputs["topk_idx"], inputs["topk_weights"], handle)
-    buffer.destroy()
-
-
 @pytest.mark.parametrize("changes, error, message", [
     (dict(num_max_dispatch_tokens_per_rank=3), ValueError,
      "x has 4 tokens, more than num_max_dispatch_tokens_per_rank = 3"),
