@@ -19,9 +19,17 @@ from ._streams import CallStreams
 from ._unsupported import unsupported
 from .config import (COMBINE_CHUNKS, DISPATCH_CHUNKS, Config, low_latency_region_bytes,
                      recommended_config)
-from .event import EventOverlap
+from .event import EventHandle, EventOverlap
 from .groups import bootstrap_for
 from .handle import DispatchHandle
+
+
+def _sm90_in(architectures: str) -> bool:
+    """Whether CMake's CUDA_ARCHITECTURES list (comma-separated here) builds sm_90 code."""
+    for entry in filter(None, architectures.split(",")):
+        if entry in ("all", "all-major") or entry.split("-")[0].rstrip("af") == "90":
+            return True
+    return False
 
 
 class Buffer(HighThroughputCalls, LowLatencyCalls):
@@ -116,12 +124,19 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         self._endpoints: Dict[EndpointKind, Endpoint] = {}  # both modes, in creation order
         self._low_latency: Optional[Endpoint] = None  # created by the first low_latency_dispatch
         self._comm_stream: Optional[torch.cuda.Stream] = None
-        # The zero-copy combine inputs (key: low-latency buffer index), made on first use,
-        # dropped by destroy().
+        # get_local_buffer_tensor's memory (key: use_rdma_buffer) and the zero-copy combine
+        # inputs (key: low-latency buffer index), made on first use, dropped by destroy().
+        self._local_buffers: Dict[bool, torch.Tensor] = {}
         self._ll_combine_buffers: Dict[int, torch.Tensor] = {}
         self._destroyed = False
 
     # ---- DeepEP's static helpers -------------------------------------------------------------
+
+    @staticmethod
+    def is_sm90_compiled() -> bool:
+        """Whether this epcomm's CUDA backend was compiled for sm_90 (Hopper), where DeepEP says
+        whether its SM90 features (FP8, TMA) were compiled in. False without a CUDA backend."""
+        return bool(_epcomm.BUILT_WITH_CUDA) and _sm90_in(_epcomm.CUDA_ARCHITECTURES)
 
     @staticmethod
     def set_num_sms(new_num_sms: int) -> None:
@@ -147,10 +162,9 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
 
     @staticmethod
     def capture() -> EventOverlap:
-        """An event recorded on the current CUDA stream, to pass as previous_event."""
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream())
-        return EventOverlap(event)
+        """EventOverlap(EventHandle()): an event recorded on the current CUDA stream, to pass as
+        previous_event. Without a CUDA device its event records nothing (see EventHandle)."""
+        return EventOverlap(EventHandle())
 
     @staticmethod
     def get_low_latency_rdma_size_hint(num_max_dispatch_tokens_per_rank: int, hidden: int,
@@ -168,9 +182,56 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         return low_latency_region_bytes(num_max_dispatch_tokens_per_rank, hidden, num_ranks,
                                         num_experts, max_topk)
 
-    def get_comm_stream(self) -> Optional[torch.cuda.Stream]:
-        """The stream every CUDA call of this Buffer runs on (None before the first one)."""
+    def get_comm_stream(self) -> torch.cuda.Stream:
+        """The stream every CUDA call of this Buffer runs on. Made on the current CUDA device
+        if no call has made it yet (DeepEP makes it at construction); later calls must then use
+        that device. RuntimeError where PyTorch has no CUDA device: CPU tensors run
+        synchronously on the host backend, with no stream."""
+        self._check_usable()
+        if self._comm_stream is None:
+            if not torch.cuda.is_available():
+                raise RuntimeError("get_comm_stream: no CUDA device here; calls on CPU tensors "
+                                   "run synchronously on the host reference backend, with no "
+                                   "stream")
+            self._comm_stream = torch.cuda.Stream(device=torch.cuda.current_device())
         return self._comm_stream
+
+    def get_local_buffer_tensor(self, dtype: torch.dtype, size: Optional[torch.Size] = None,
+                                offset: int = 0, use_rdma_buffer: bool = False) -> torch.Tensor:
+        """A tensor of `dtype` over this rank's num_nvl_bytes (or, with use_rdma_buffer,
+        num_rdma_bytes) bytes of Buffer-owned memory, from byte `offset`: every call views the
+        same memory, zeroed when first made; with `size`, its first size.numel() elements
+        shaped as size. On the communication stream's device, else the current CUDA device,
+        else (no CUDA device) host memory. Local.
+
+        Differences from DeepEP: the memory is the Buffer's own, not the region peers write
+        into (epcomm's regions belong to communicators made per kind at the first call, and
+        their signals must not be overwritten), so writing it changes no call: zeroing it, as a
+        DeepEP caller does to clean the buffer, is harmless and not needed (clean_low_latency_
+        buffer). The tensor ends at the end of the memory ((bytes - offset) // itemsize
+        elements; DeepEP's runs offset bytes past it); offset must be a multiple of the element
+        size; a size larger than what is left raises ValueError."""
+        self._check_usable()
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype, not {type(dtype).__name__}")
+        num_bytes = self.num_rdma_bytes if use_rdma_buffer else self.num_nvl_bytes
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if not isinstance(offset, int) or not 0 <= offset <= num_bytes or offset % itemsize:
+            raise ValueError(f"offset = {offset!r}: must be a multiple of {itemsize} (the size of "
+                             f"{dtype}) in [0, {num_bytes}]")
+        memory = self._local_buffers.get(bool(use_rdma_buffer))
+        if memory is None:
+            memory = torch.zeros(num_bytes, dtype=torch.uint8, device=self._local_device())
+            self._local_buffers[bool(use_rdma_buffer)] = memory
+        count = (num_bytes - offset) // itemsize
+        tensor = memory[offset:offset + count * itemsize].view(dtype)
+        if size is None:
+            return tensor
+        size = torch.Size(size)
+        if size.numel() > count:
+            raise ValueError(f"size = {list(size)} needs {size.numel()} elements; the buffer holds "
+                             f"{count} of {dtype} from offset {offset}")
+        return tensor[:size.numel()].view(size)
 
     # ---- lifetime ----------------------------------------------------------------------------
 
@@ -184,6 +245,7 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
             endpoint.comm.close()
         self._endpoints.clear()
         self._low_latency = None
+        self._local_buffers.clear()
         self._ll_combine_buffers.clear()
 
     def __del__(self) -> None:
@@ -271,3 +333,10 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         endpoint = create_endpoint(self._bootstrap, kind, config, device_index, stream)
         self._endpoints[kind] = endpoint
         return endpoint
+
+    def _local_device(self) -> torch.device:
+        if self._comm_stream is not None:
+            return self._comm_stream.device
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
