@@ -56,14 +56,16 @@ def check_layout_args(num_tokens: int, num_ranks: int, num_tokens_per_rank,
                               (num_tokens, num_ranks))
 
 
-def sms_of(config: Optional[Config], default: int) -> int:
+def sms_of(config: Optional[Config]) -> Optional[int]:
+    """The SM count a call asks for: its config's, or None (no config: whatever the
+    communicator was made with; the SM count never changes a result)."""
     if config is not None and not isinstance(config, Config):
         raise TypeError(f"config must be an epcomm.Config, not {type(config).__name__}")
-    return config.num_sms if config is not None else default
+    return config.num_sms if config is not None else None
 
 
-def check_sms(wanted: int, fixed: int) -> None:
-    if wanted != fixed:
+def check_sms(wanted: Optional[int], fixed: int) -> None:
+    if wanted is not None and wanted != fixed:
         raise ValueError(f"config.num_sms = {wanted}, but this communicator was created with "
                          f"{fixed} SMs (epcomm fixes the SM count at creation)")
 

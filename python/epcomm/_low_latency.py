@@ -1,5 +1,5 @@
 """The low-latency (decode) mode of Buffer: argument checks, the dispatch's outputs as views of
-the communicator's buffers, and the receive hook."""
+the communicator's buffers, and the receive hook (the calls themselves: _low_latency_calls.py)."""
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -10,23 +10,20 @@ import _epcomm
 from . import _args, _tensors, _views
 from ._endpoint import Endpoint, EndpointKind
 from ._streams import CallStreams
-
-# DeepEP options epcomm does not implement, and what epcomm does instead.
-_UNSUPPORTED = {
-    "round_scale": "epcomm's fp8 scales are amax / 448, not rounded to powers of two",
-    "use_ue8m0": "epcomm's fp8 scales are fp32, not UE8M0",
-    "use_logfmt": "epcomm's combine sends bf16 rows",
-    "zero_copy": "low_latency_combine reads x from any tensor; there is no combine buffer to "
-                 "write it into first",
-}
+from ._unsupported import unsupported
 
 
-def reject_unsupported(**options: bool) -> None:
-    """Raises ValueError naming the first of `options` that is set."""
-    for name, value in options.items():
-        if value:
-            raise ValueError(f"{name}={value!r} is not supported: {_UNSUPPORTED[name]} "
-                             f"(leave {name}=False)")
+def check_cast_options(use_fp8: bool, round_scale: bool, use_ue8m0: bool) -> None:
+    """DeepEP's rules for the fp8 cast options: use_ue8m0 needs round_scale (DeepEP asserts),
+    and both shape the cast only, so with use_fp8=False they change nothing (DeepEP does not
+    cast then either). With use_fp8 they need what NOT_BUILT says."""
+    if use_ue8m0 and not round_scale:
+        raise ValueError("use_ue8m0=True needs round_scale=True (as in DeepEP): UE8M0 holds "
+                         "power-of-two scales only")
+    if use_fp8 and use_ue8m0:
+        raise unsupported("use_ue8m0")
+    if use_fp8 and round_scale:
+        raise unsupported("round_scale")
 
 
 def check_flags(async_finish: bool, return_recv_hook: bool) -> None:

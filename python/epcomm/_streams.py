@@ -8,16 +8,17 @@ from typing import Iterable, Optional
 
 import torch
 
-from .event import EventOverlap
+from .event import EventOverlap, cuda_event_of
 
 
 def _cuda_event(previous_event) -> Optional[torch.cuda.Event]:
     """The event to wait for; None for an EventOverlap without one (a call that did not use
-    async_finish, which the current stream already waited for)."""
-    event = getattr(previous_event, "event", previous_event)
+    async_finish, which the current stream already waited for, or a capture where there is no
+    CUDA device)."""
+    event = cuda_event_of(getattr(previous_event, "event", previous_event))
     if event is not None and not isinstance(event, torch.cuda.Event):
-        raise TypeError("previous_event must be an EventOverlap or a torch.cuda.Event, not "
-                        f"{type(previous_event).__name__}")
+        raise TypeError("previous_event must be an EventOverlap, an EventHandle or a "
+                        f"torch.cuda.Event, not {type(previous_event).__name__}")
     return event
 
 
@@ -27,13 +28,14 @@ class CallStreams:
         if allocate_on_comm_stream and (previous_event is None or not async_finish):
             raise ValueError("allocate_on_comm_stream=True needs previous_event and "
                              "async_finish=True (as in DeepEP)")
+        # Checked on CPU too (where there is nothing to wait for), so both agree on what works.
+        event = _cuda_event(previous_event) if previous_event is not None else None
         self.comm = comm_stream
         self.async_finish = async_finish
         self.allocate_on_comm_stream = allocate_on_comm_stream
         if comm_stream is None:
             return
         self.compute = torch.cuda.current_stream(comm_stream.device)
-        event = _cuda_event(previous_event) if previous_event is not None else None
         if event is not None:
             comm_stream.wait_event(event)
         else:

@@ -1,14 +1,43 @@
-"""EventOverlap: the event a Buffer call returns, for overlapping communication with compute."""
+"""EventOverlap: the event a Buffer call returns, for overlapping communication with compute;
+EventHandle: DeepEP's event recorded on the current stream when it is made."""
 from typing import Any, Optional, Tuple
 
 import torch
+
+
+class EventHandle:
+    """DeepEP's EventHandle: a CUDA event recorded on torch.cuda.current_stream() when the
+    handle is made; `EventOverlap(EventHandle())` is what Buffer.capture() returns in DeepEP.
+
+    `event` is the torch.cuda.Event. Difference from DeepEP: where PyTorch has no CUDA device,
+    `event` is None and current_stream_wait() returns at once; the only calls such a process
+    can make run on CPU tensors, synchronously, so everything issued before is already done.
+    """
+
+    def __init__(self) -> None:
+        self.event: Optional[torch.cuda.Event] = None
+        if torch.cuda.is_available():
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream())
+
+    def current_stream_wait(self) -> None:
+        """Makes torch.cuda.current_stream() wait for the event (does not block the host)."""
+        if self.event is not None:
+            torch.cuda.current_stream().wait_event(self.event)
+
+
+def cuda_event_of(event) -> Optional[torch.cuda.Event]:
+    """The torch.cuda.Event behind an EventOverlap's `event` (a torch.cuda.Event, an
+    EventHandle, or None)."""
+    return event.event if isinstance(event, EventHandle) else event
 
 
 class EventOverlap:
     """The end of a Buffer call on its communication stream.
 
     `event` is a torch.cuda.Event recorded after the call's work when it ran with
-    async_finish=True, else None. Differences from DeepEP: with event None (a call without
+    async_finish=True, else None (an EventHandle is accepted too, as DeepEP callers build
+    EventOverlap(EventHandle()) themselves). Differences from DeepEP: with event None (a call without
     async_finish, or any call on CPU tensors, which are synchronous) current_stream_wait() has
     nothing to wait for and returns, where DeepEP asserts.
 
@@ -23,8 +52,9 @@ class EventOverlap:
 
     def current_stream_wait(self) -> None:
         """Makes torch.cuda.current_stream() wait for the call to finish (does not block the host)."""
-        if self.event is not None:
-            torch.cuda.current_stream().wait_event(self.event)
+        event = cuda_event_of(self.event)
+        if event is not None:
+            torch.cuda.current_stream().wait_event(event)
 
     def __enter__(self) -> "EventOverlap":
         return self

@@ -1,5 +1,6 @@
-"""Where a Buffer's ranks come from: a torch.distributed group (one rank per process) or
-epcomm's in-process groups (ranks are threads; CPU tensors then run the host reference)."""
+"""Where a Buffer's ranks come from: a torch.distributed group (one rank per process), an
+mpi4py communicator (DeepEP's `comm`, one rank per process), or epcomm's in-process groups
+(ranks are threads; CPU tensors then run the host reference)."""
 from typing import List, Optional
 
 import torch
@@ -43,6 +44,28 @@ class TorchGroupBootstrap(_epcomm.Bootstrap):
         self.all_gather(b"\0")
 
 
+class MpiCommBootstrap(_epcomm.Bootstrap):
+    """epcomm's Bootstrap over an mpi4py communicator (what DeepEP's Buffer takes as `comm` when
+    `group` is None). Uses only comm.Get_rank(), comm.Get_size() and comm.allgather(obj), the
+    pickle-based collective, which is plenty for the few bytes epcomm gathers while it creates
+    or destroys a communicator. Its ranks are separate processes (CUDA tensors only)."""
+
+    def __init__(self, comm) -> None:
+        for method in ("Get_rank", "Get_size", "allgather"):
+            if not callable(getattr(comm, method, None)):
+                raise TypeError(f"comm must be an mpi4py.MPI.Comm (it has no {method}()), not "
+                                f"{type(comm).__name__}")
+        self._comm = comm
+        super().__init__(comm.Get_rank(), comm.Get_size(), False)
+
+    def all_gather(self, data: bytes) -> bytes:
+        parts = self._comm.allgather(bytes(data))
+        return b"".join(parts)
+
+    def barrier(self) -> None:
+        self._comm.allgather(b"")
+
+
 class ThreadGroup:
     """One rank of a group whose ranks are threads of this process (give one to each thread).
 
@@ -67,10 +90,14 @@ def make_thread_groups(num_ranks: int, timeout_ms: int = 30000) -> List[ThreadGr
     return [ThreadGroup(b) for b in _epcomm.make_in_process_bootstraps(num_ranks, timeout_ms)]
 
 
-def bootstrap_for(group) -> _epcomm.Bootstrap:
-    """The bootstrap of a Buffer's `group` argument (None: torch.distributed's default group)."""
+def bootstrap_for(group, comm=None) -> _epcomm.Bootstrap:
+    """The bootstrap of a Buffer's `group` and `comm` arguments: `group` when given (as in
+    DeepEP, `comm` is then not used), else the mpi4py `comm`, else torch.distributed's default
+    group."""
     if isinstance(group, ThreadGroup):
         return group.bootstrap
     if isinstance(group, _epcomm.Bootstrap):
         return group
+    if group is None and comm is not None:
+        return MpiCommBootstrap(comm)
     return TorchGroupBootstrap(group)

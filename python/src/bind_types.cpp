@@ -116,8 +116,11 @@ void bind_types(py::module_& m) {
   bind_config(m);
 #ifdef EPCOMM_PYTHON_WITH_CUDA
   m.attr("BUILT_WITH_CUDA") = true;
+  // The CUDA backend's CUDA_ARCHITECTURES, comma-separated (Buffer.is_sm90_compiled reads it).
+  m.attr("CUDA_ARCHITECTURES") = EPCOMM_PYTHON_CUDA_ARCHITECTURES;
 #else
   m.attr("BUILT_WITH_CUDA") = false;
+  m.attr("CUDA_ARCHITECTURES") = "";
 #endif
   m.def("copy_bytes", &copy_bytes, py::arg("dst"), py::arg("src"), py::arg("nbytes"),
         py::arg("stream") = 0, py::arg("on_device") = false,

@@ -35,6 +35,11 @@ def _cases():
                 i += 1
     cases.append(LLCase(3, M, M, 128, 2, 6, routing="none", hook=True, in_flight=True))
     cases.append(LLCase(2, M, M, 384, 8, 4, fp8=True, in_flight=True, rounds=3, seed=7))
+    # zero_copy: combine reads the rows from get_next_low_latency_combine_buffer (one tensor per
+    # alternating buffer: two micro-batches in flight use both), never from x.
+    cases.append(LLCase(2, M, M, 128, 3, 4, zero_copy=True, rounds=2, seed=21))
+    cases.append(LLCase(4, M, M, 256, 2, 8, fp8=True, hook=True, in_flight=True, zero_copy=True,
+                        ragged=True, rounds=2, seed=22))
     return cases
 
 
@@ -238,27 +243,51 @@ def test_size_hint_follows_the_region_layout():
     assert epcomm.Buffer.get_low_latency_rdma_size_hint(M_, H, R, E, max_topk=9) > 2 * per_buffer
 
 
-# ---- argument errors ----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("option", ["round_scale", "use_ue8m0"])
-def test_unsupported_dispatch_options(option):
+def test_next_combine_buffer_is_one_tensor_per_alternating_buffer():
+    case = LLCase(1, 4, 4, 128, 2, 4, seed=4)
     buffer = _one_rank_buffer()
-    with pytest.raises(ValueError, match=f"{option}=True is not supported"):
-        _dispatch(buffer, BASE, **{option: True})
+    inputs = ll_inputs(case, 0, 0)
+    args = (inputs["x"], inputs["topk_idx"], 4, 4)
+    recv_x, _, first, _, _ = buffer.low_latency_dispatch(*args, use_fp8=False)
+    _, _, second, _, _ = buffer.low_latency_dispatch(*args, use_fp8=False)
+    rows_first = buffer.get_next_low_latency_combine_buffer(first)
+    rows_second = buffer.get_next_low_latency_combine_buffer(second)
+    assert rows_first.shape == (4, 4, 128) and rows_first.dtype == torch.bfloat16
+    assert rows_first.data_ptr() != rows_second.data_ptr()
+    assert buffer.get_next_low_latency_combine_buffer(first) is rows_first
+    rows_first.copy_(recv_x)
+    weights = inputs["topk_weights"]
+    want, _, _ = buffer.low_latency_combine(recv_x, inputs["topk_idx"], weights, first)
+    with pytest.raises(ValueError, match=r"x has shape \[4, 3, 128\]"):  # x is still checked
+        buffer.low_latency_combine(recv_x[:, :3].contiguous(), inputs["topk_idx"], weights,
+                                   second, zero_copy=True)
+    buffer.get_next_low_latency_combine_buffer(second).copy_(recv_x)
+    got, _, _ = buffer.low_latency_combine(torch.zeros_like(recv_x), inputs["topk_idx"], weights,
+                                           second, zero_copy=True)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+    # The third dispatch reuses the first buffer, and with it the first tensor.
+    _, _, third, _, _ = buffer.low_latency_dispatch(*args, use_fp8=False)
+    assert buffer.get_next_low_latency_combine_buffer(third) is rows_first
     buffer.destroy()
 
 
-@pytest.mark.parametrize("option", ["use_logfmt", "zero_copy"])
-def test_unsupported_combine_options(option):
+def test_zero_copy_needs_the_buffer_and_a_handle_of_this_buffer():
     buffer = _one_rank_buffer()
-    recv_x, _, handle, _, _ = _dispatch(buffer, BASE, use_fp8=False)
-    inputs = ll_inputs(BASE, 0, 0)
-    with pytest.raises(ValueError, match=f"{option}=True is not supported"):
+    inputs = ll_inputs(LLCase(1, 4, 4, 128, 2, 4), 0, 0)
+    recv_x, _, handle, _, _ = buffer.low_latency_dispatch(inputs["x"], inputs["topk_idx"], 4, 4,
+                                                          use_fp8=False)
+    with pytest.raises(ValueError, match="get_next_low_latency_combine_buffer.*never called"):
         buffer.low_latency_combine(recv_x, inputs["topk_idx"], inputs["topk_weights"], handle,
-                                   **{option: True})
-    buffer.low_latency_combine(recv_x, inputs["topk_idx"], inputs["topk_weights"], handle)
+                                   zero_copy=True)
+    with pytest.raises(ValueError, match="handle must be a LowLatencyHandle from this Buffer"):
+        _one_rank_buffer().get_next_low_latency_combine_buffer(handle)
+    plain = epcomm.Buffer(epcomm.make_thread_groups(1)[0], max_tokens_per_rank=4)
+    with pytest.raises(ValueError, match="needs a Buffer created with low_latency_mode=True"):
+        plain.get_next_low_latency_combine_buffer(handle)
     buffer.destroy()
 
+
+# ---- argument errors ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("changes, error, message", [
     (dict(num_max_dispatch_tokens_per_rank=3), ValueError,

@@ -1,6 +1,6 @@
 """Runs one rank's side of a low-latency case through epcomm.Buffer and copies every output to
 the host, so CUDA runs, the host backend and the numpy model can be compared bit for bit."""
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -23,9 +23,10 @@ def _record_dispatch(recv_x, recv_count, handle: epcomm.LowLatencyHandle, fp8: b
 
 
 def run_ll_round(buffer: epcomm.Buffer, case: LLCase, rank: int, device: torch.device,
-                 stats: torch.Tensor) -> List[Dict]:
+                 stats: torch.Tensor, options: Optional[Dict] = None) -> List[Dict]:
     """The case's micro-batches on this rank: every dispatch (with hooks, all sends first and
-    then the receives), then every combine likewise. Returns one dict per micro-batch."""
+    then the receives), then every combine likewise. Returns one dict per micro-batch.
+    `options`: more keywords for every low_latency_dispatch."""
     cuda = device.type == "cuda"
     async_finish = case.async_finish and cuda
 
@@ -48,7 +49,7 @@ def run_ll_round(buffer: epcomm.Buffer, case: LLCase, rank: int, device: torch.d
         recv_x, recv_count, handle, event, hook = buffer.low_latency_dispatch(
             inputs["x"], inputs["topk_idx"], case.max_tokens, case.num_experts,
             cumulative_local_expert_recv_stats=stats, use_fp8=case.fp8,
-            async_finish=async_finish, return_recv_hook=case.hook)
+            async_finish=async_finish, return_recv_hook=case.hook, **(options or {}))
         assert (hook is not None) == case.hook
         wait(event)
         dispatched.append((recv_x, recv_count, handle))
@@ -62,13 +63,16 @@ def run_ll_round(buffer: epcomm.Buffer, case: LLCase, rank: int, device: torch.d
     combined, hooks = [], []
     for mb, (inputs, (_, _, handle)) in enumerate(zip(batches, dispatched)):
         y = ll_expert_output(case, rank, mb).to(device)
+        if case.zero_copy:  # the rows go into the Buffer's tensor; x is then not read
+            buffer.get_next_low_latency_combine_buffer(handle).copy_(y)
+            y = torch.full_like(y, 3.0)
         out = None
         if case.out_arg:
             out = torch.full((case.tokens_of(rank), case.hidden), 7.0, dtype=torch.bfloat16,
                              device=device)
         combined_x, event, hook = buffer.low_latency_combine(
             y, inputs["topk_idx"], inputs["topk_weights"], handle, async_finish=async_finish,
-            return_recv_hook=case.hook, out=out)
+            return_recv_hook=case.hook, out=out, zero_copy=case.zero_copy)
         assert (hook is not None) == case.hook
         assert out is None or combined_x is out
         wait(event)
@@ -83,12 +87,12 @@ def run_ll_round(buffer: epcomm.Buffer, case: LLCase, rank: int, device: torch.d
     return outputs
 
 
-def run_ll_case(buffer: epcomm.Buffer, case: LLCase, rank: int,
-                device: torch.device) -> List[List[Dict]]:
+def run_ll_case(buffer: epcomm.Buffer, case: LLCase, rank: int, device: torch.device,
+                options: Optional[Dict] = None) -> List[List[Dict]]:
     """Every round of the case; the last round's first micro-batch also carries "stats", the
     cumulative_local_expert_recv_stats accumulated over all of them."""
     stats = torch.zeros(case.experts_per_rank, dtype=torch.int32, device=device)
-    rounds = [run_ll_round(buffer, case.round(i), rank, device, stats)
+    rounds = [run_ll_round(buffer, case.round(i), rank, device, stats, options)
               for i in range(case.rounds)]
     rounds[-1][0]["stats"] = stats.cpu()
     return rounds

@@ -27,6 +27,7 @@ class LLCase:
     rounds: int = 1
     seed: int = 1
     async_finish: bool = False  # CUDA only
+    zero_copy: bool = False  # combine reads y from get_next_low_latency_combine_buffer
 
     @property
     def micro_batches(self) -> int:
@@ -43,7 +44,8 @@ class LLCase:
         flags = [self.routing, "fp8" if self.fp8 else "bf16", str(self.index_dtype)[6:]]
         flags += [f for f, on in (("ragged", self.ragged), ("hook", self.hook),
                                   ("inflight", self.in_flight), ("out", self.out_arg),
-                                  ("async", self.async_finish)) if on]
+                                  ("async", self.async_finish),
+                                  ("zerocopy", self.zero_copy)) if on]
         return (f"R{self.num_ranks}_T{self.num_tokens}_M{self.max_tokens}_H{self.hidden}_"
                 f"K{self.num_topk}_E{self.num_experts}_r{self.rounds}_" + "_".join(flags))
 
