@@ -111,8 +111,8 @@ if has bench; then
     timeout 150 "$BUILD/bench/epcomm-bench" $BENCH_EXTRA_ARGS >>"$OUT/bench.log" 2>&1
     note "bench extra: rc=$?"
   fi
-  # The same table from 8 processes (one rank each) sharing the GPU through MPS.
-  if [ -x "$(command -v mpirun)" ]; then
+  # The same table from 8 processes (one rank each) sharing the GPU through MPS (BENCH_MPI=0: not).
+  if [ -x "$(command -v mpirun)" ] && [ "${BENCH_MPI:-1}" != 0 ]; then
     start=$SECONDS
     mps_start
     root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
