@@ -6,10 +6,11 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
+#include "creation_checks.hpp"
 #include "cuda_check.hpp"
 #include "device_errors.hpp"
-#include "env.hpp"
 #include "kernels/launch.hpp"
 
 namespace epcomm::cuda {
@@ -29,79 +30,6 @@ T* device_alloc(size_t count) {
   T* p = nullptr;
   EPCOMM_CUDA_CHECK(cudaMalloc(&p, sizeof(T) * (count ? count : 1)));
   return p;
-}
-
-void check_sms(const char* field, int value, int device_sms, int device) {
-  if (value > device_sms) {
-    throw Error(ErrorCode::kInvalidArgument,
-                std::string("Config.") + field + " = " + std::to_string(value) + " exceeds the " +
-                    std::to_string(device_sms) + " SMs of GPU " + std::to_string(device));
-  }
-}
-
-int ring_channels(const Config& config) {
-  return config.algorithm == Algorithm::kRing ? std::max(1, config.dispatch_sms / 2) : 0;
-}
-
-// The ring kernels wait inside wide grids: every rank's grid must be resident at once, and each
-// peer needs its own warp group (with groups shared by peers, rings could wait on each other in
-// a cycle). Collective among in-process ranks, like check_hardware_queues.
-void check_ring(const Config& config, int num_ranks, int sharing, int device, int device_sms) {
-  if (config.algorithm != Algorithm::kRing) return;
-  const int R = num_ranks;
-  if (R > 15) {
-    throw Error(ErrorCode::kUnsupported,
-                "the ring path supports up to 15 ranks, not " + std::to_string(R));
-  }
-  if (config.combine_sms != config.dispatch_sms) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "Config.combine_sms = " + std::to_string(config.combine_sms) +
-                    ": the ring path runs combine through the dispatch's channels, so it must "
-                    "equal Config.dispatch_sms = " +
-                    std::to_string(config.dispatch_sms));
-  }
-  // NOTE: `sharing` counts ranks of this process only; ranks in other processes sharing the GPU
-  // (MPS) are not known here, and the ring has not been run across processes yet.
-  const int blocks = sharing * 2 * ring_channels(config);
-  const int fit = device_sms * kernels::ring_blocks_per_sm();
-  if (blocks > fit) {
-    throw Error(
-        ErrorCode::kUnsupported,
-        "ring path: " + std::to_string(sharing) + " ranks on GPU " + std::to_string(device) +
-            " with Config.dispatch_sms = " + std::to_string(config.dispatch_sms) + " need " +
-            std::to_string(blocks) + " resident blocks, but only " + std::to_string(fit) + " fit");
-  }
-}
-
-// Ranks of this process on `device`, this one included (1 when ranks are separate processes,
-// which have their own queues and contexts). Collective among in-process ranks.
-int ranks_sharing_device(Bootstrap& bootstrap, int device) {
-  if (!bootstrap.in_process()) return 1;
-  std::vector<int> devices(bootstrap.size());
-  bootstrap.allGather(&device, devices.data(), sizeof(int));
-  return static_cast<int>(std::count(devices.begin(), devices.end(), device));
-}
-
-// Ranks of one process that share a GPU issue waiting kernels on their own streams. CUDA maps
-// streams onto CUDA_DEVICE_MAX_CONNECTIONS hardware queues; two ranks on one queue deadlock
-// (a rank's next kernel waits behind its spinning notify, and a peer's notify behind that).
-void check_hardware_queues(int sharing, int device) {
-  const int needed = 4 * sharing;  // a rank's own stream, and room for the caller's streams
-  const int have = env::cuda_device_max_connections();
-  if (sharing > 8) {
-    throw Error(ErrorCode::kUnsupported, std::to_string(sharing) +
-                                             " ranks of this process share GPU " +
-                                             std::to_string(device) +
-                                             ": CUDA has at most 32 hardware queues, enough "
-                                             "for 8; run the others as separate processes");
-  }
-  if (sharing > 1 && have < needed) {
-    throw Error(ErrorCode::kUnsupported,
-                std::to_string(sharing) + " ranks of this process share GPU " +
-                    std::to_string(device) + " but CUDA_DEVICE_MAX_CONNECTIONS is " +
-                    std::to_string(have) + ": set it to at least " + std::to_string(needed) +
-                    " before the first CUDA call, or run one rank per process");
-  }
 }
 
 }  // namespace
