@@ -2,7 +2,7 @@
 #include "epcomm/communicator.hpp"
 
 #include <atomic>
-#include <sstream>
+#include <string>
 
 #include "backend.hpp"
 #include "config_agreement.hpp"

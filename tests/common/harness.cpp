@@ -95,6 +95,16 @@ void run_on_ranks(int num_ranks, const std::function<void(int)>& fn) {
   if (first) std::rethrow_exception(first);
 }
 
+void on_cuda_ranks(int num_ranks, const Config& config,
+                   const std::function<void(int, Communicator&, Memory&, Bootstrap&)>& fn) {
+  const auto bs = shared_bootstraps(num_ranks, 60000);
+  run_on_ranks(num_ranks, [&](int r) {
+    auto memory = make_memory(Backend::kCuda, gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], config, Backend::kCuda, gpu_of_rank(r));
+    fn(r, *comm, *memory, *bs[r]);
+  });
+}
+
 std::string first_difference(const RankOutputs& want, const RankOutputs& got) {
   std::ostringstream os;
   auto bytes = [&](const char* name, const auto& a, const auto& b) {

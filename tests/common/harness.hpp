@@ -17,6 +17,12 @@ std::vector<std::shared_ptr<Bootstrap>> shared_bootstraps(int num_ranks, int tim
 // Runs fn(rank) on num_ranks threads; after all have ended, rethrows the first failure.
 void run_on_ranks(int num_ranks, const std::function<void(int)>& fn);
 
+// Runs fn(r, comm, memory, bootstrap) on R in-process CUDA ranks (rank r on gpu_of_rank(r)),
+// each with its own device memory and communicator of `config`, destroyed when fn returns (a
+// rank's teardown meets its peers'). Bootstrap waits give up after 60 s.
+void on_cuda_ranks(int num_ranks, const Config& config,
+                   const std::function<void(int, Communicator&, Memory&, Bootstrap&)>& fn);
+
 struct RoundOptions {
   bool copy_recv_x = false;   // recv_x into a caller buffer instead of the pool view
   bool caller_meta = true;    // meta outputs into caller buffers instead of the communicator's
@@ -42,9 +48,8 @@ std::string first_difference(const RankOutputs& want, const RankOutputs& got);
 // One rank's round: layout, dispatch (outputs poisoned first), combine, and optionally a cached
 // dispatch with fresh rows and its combine. Checks that nothing was written past num_recv in
 // caller buffers (throws std::runtime_error if so). Collective: all ranks call it.
-RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory,
-                      const Shape& shape, Routing routing, uint64_t seed,
-                      const RoundOptions& options);
+RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory, const Shape& shape,
+                      Routing routing, uint64_t seed, const RoundOptions& options);
 
 // R communicators of `backend` on R threads (GPU rank % device_count for CUDA), `rounds`
 // rounds with seeds seed, seed+1, ...; returns outputs[round][rank].

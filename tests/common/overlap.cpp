@@ -3,9 +3,7 @@
 #include "overlap.hpp"
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
-#include <exception>
 #include <functional>
 #include <sstream>
 

@@ -199,80 +199,74 @@ TEST_F(CudaFaults, ConfigsThatDifferFailEveryRank) {
 // A misaligned pointer never reaches a kernel (where it would kill the context of every rank
 // in the process): refused on the host, and the communicator goes on working.
 TEST_F(CudaFaults, MisalignedAndOverlappingPointersAreRefusedBeforeAnyLaunch) {
-  auto bs = bootstraps(2);
   const Config cfg = small_config();
-  testing::run_on_ranks(2, [&](int r) {
-    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
-    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
-    Inputs in(*memory, {0, 4, 1, 5}, cfg.hidden);
-    DispatchInputs bad = in.get();
-    bad.x = static_cast<const char*>(bad.x) + 2;
-    expect_error(ErrorCode::kInvalidArgument, "is not 16-byte aligned",
-                 [&] { comm->dispatch(bad); });
-    bad = in.get();
-    bad.x = comm->combine_input();
-    expect_error(ErrorCode::kInvalidArgument, "overlaps the communicator's memory",
-                 [&] { comm->dispatch(bad); });
-    const DispatchResult res = comm->dispatch(in.get());
-    EXPECT_EQ(res.num_recv, 4);
-    Buffer out(*memory, 2 * cfg.hidden * 2);
-    comm->combine(res.recv_x, res.handle, out.get());  // recv_x is the pool: zero-copy
-    comm->synchronize();
-    std::vector<uint16_t> host(2 * cfg.hidden);
-    memory->download(host.data(), out.get(), host.size() * 2);
-    for (uint16_t v : host) ASSERT_EQ(v, 0x4000) << "1.0 from each of 2 ranks";
-  });
+  testing::on_cuda_ranks(
+      2, cfg, [&](int r, Communicator& comm, testing::Memory& memory, Bootstrap&) {
+        Inputs in(memory, {0, 4, 1, 5}, cfg.hidden);
+        DispatchInputs bad = in.get();
+        bad.x = static_cast<const char*>(bad.x) + 2;
+        expect_error(ErrorCode::kInvalidArgument, "is not 16-byte aligned",
+                     [&] { comm.dispatch(bad); });
+        bad = in.get();
+        bad.x = comm.combine_input();
+        expect_error(ErrorCode::kInvalidArgument, "overlaps the communicator's memory",
+                     [&] { comm.dispatch(bad); });
+        const DispatchResult res = comm.dispatch(in.get());
+        EXPECT_EQ(res.num_recv, 4);
+        Buffer out(memory, 2 * cfg.hidden * 2);
+        comm.combine(res.recv_x, res.handle, out.get());  // recv_x is the pool: zero-copy
+        comm.synchronize();
+        std::vector<uint16_t> host(2 * cfg.hidden);
+        memory.download(host.data(), out.get(), host.size() * 2);
+        for (uint16_t v : host) ASSERT_EQ(v, 0x4000) << "1.0 from each of 2 ranks";
+      });
 }
 
 TEST_F(CudaFaults, ReplayOfARejectedDispatchIsRejectedWithoutWriting) {
-  auto bs = bootstraps(2);
   const Config cfg = small_config();
   std::atomic<int> errors{0};
-  testing::run_on_ranks(2, [&](int r) {
-    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
-    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
-    Inputs bad(*memory, {0, 4, 1, r == 1 ? 999 : 5}, cfg.hidden);
-    DispatchOptions worst_case;
-    worst_case.wait_num_recv = false;  // hands out the handle of the rejected dispatch
-    const DispatchResult res = comm->dispatch(bad.get(), worst_case);
-    expect_error(ErrorCode::kInvalidExpert, "", [&] { comm->synchronize(); });
-    const size_t pool_bytes = static_cast<size_t>(comm->recv_capacity()) * cfg.hidden * 2;
-    Buffer recv_x(*memory, pool_bytes);
-    memory->fill(recv_x.get(), 0xA5, pool_bytes);
-    DispatchOptions cached = worst_case;
-    cached.outputs.recv_x = recv_x.get();
-    comm->dispatch_cached(res.handle, bad.x.get(), nullptr, cached);
-    if (!expect_error(ErrorCode::kStaleHandle, "was rejected", [&] {
-           comm->synchronize();
-         }).empty()) {
-      errors.fetch_add(1);
-    }
-    std::vector<unsigned char> host(pool_bytes);
-    memory->download(host.data(), recv_x.get(), pool_bytes);
-    for (unsigned char b : host) ASSERT_EQ(b, 0xA5) << "rank " << r << ": a row was written";
-    Inputs good(*memory, {0, 4, 1, 5}, cfg.hidden);
-    EXPECT_EQ(comm->dispatch(good.get()).num_recv, 4);
-  });
+  testing::on_cuda_ranks(
+      2, cfg, [&](int r, Communicator& comm, testing::Memory& memory, Bootstrap&) {
+        Inputs bad(memory, {0, 4, 1, r == 1 ? 999 : 5}, cfg.hidden);
+        DispatchOptions worst_case;
+        worst_case.wait_num_recv = false;  // hands out the handle of the rejected dispatch
+        const DispatchResult res = comm.dispatch(bad.get(), worst_case);
+        expect_error(ErrorCode::kInvalidExpert, "", [&] { comm.synchronize(); });
+        const size_t pool_bytes = static_cast<size_t>(comm.recv_capacity()) * cfg.hidden * 2;
+        Buffer recv_x(memory, pool_bytes);
+        memory.fill(recv_x.get(), 0xA5, pool_bytes);
+        DispatchOptions cached = worst_case;
+        cached.outputs.recv_x = recv_x.get();
+        comm.dispatch_cached(res.handle, bad.x.get(), nullptr, cached);
+        if (!expect_error(ErrorCode::kStaleHandle, "was rejected", [&] {
+               comm.synchronize();
+             }).empty()) {
+          errors.fetch_add(1);
+        }
+        std::vector<unsigned char> host(pool_bytes);
+        memory.download(host.data(), recv_x.get(), pool_bytes);
+        for (unsigned char b : host) ASSERT_EQ(b, 0xA5) << "rank " << r << ": a row was written";
+        Inputs good(memory, {0, 4, 1, 5}, cfg.hidden);
+        EXPECT_EQ(comm.dispatch(good.get()).num_recv, 4);
+      });
   EXPECT_EQ(errors.load(), 2);
 }
 
 TEST_F(CudaFaults, TopkThatDiffersBetweenRanksFailsEveryRank) {
-  auto bs = bootstraps(2);
   const Config cfg = small_config();
   std::atomic<int> errors{0};
-  testing::run_on_ranks(2, [&](int r) {
-    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
-    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
-    Inputs in(*memory, {0, 4, 1, 5}, cfg.hidden);
-    DispatchInputs di = in.get();
-    di.num_topk = r == 0 ? 2 : 1;
-    if (!expect_error(ErrorCode::kInvalidArgument, "num_topk", [&] {
-           comm->dispatch(di);
-         }).empty()) {
-      errors.fetch_add(1);
-    }
-    EXPECT_EQ(comm->dispatch(in.get()).num_recv, 4);
-  });
+  testing::on_cuda_ranks(2, cfg,
+                         [&](int r, Communicator& comm, testing::Memory& memory, Bootstrap&) {
+                           Inputs in(memory, {0, 4, 1, 5}, cfg.hidden);
+                           DispatchInputs di = in.get();
+                           di.num_topk = r == 0 ? 2 : 1;
+                           if (!expect_error(ErrorCode::kInvalidArgument, "num_topk", [&] {
+                                  comm.dispatch(di);
+                                }).empty()) {
+                             errors.fetch_add(1);
+                           }
+                           EXPECT_EQ(comm.dispatch(in.get()).num_recv, 4);
+                         });
   EXPECT_EQ(errors.load(), 2);
 }
 

@@ -87,17 +87,8 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// Runs fn(r, comm, memory, bootstrap) on R in-process ranks of GPU 0, each with its own device
-// memory and communicator (destroyed when fn returns: a rank's teardown meets its peers').
-void on_ranks(int R, const Config& cfg,
-              const std::function<void(int, Communicator&, testing::Memory&, Bootstrap&)>& fn) {
-  const auto bs = testing::shared_bootstraps(R, 60000);
-  testing::run_on_ranks(R, [&](int r) {
-    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
-    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
-    fn(r, *comm, *memory, *bs[r]);
-  });
-}
+// Runs fn(r, comm, memory, bootstrap) on R in-process ranks (harness.hpp).
+constexpr auto& on_ranks = testing::on_cuda_ranks;
 
 // The last rank never dispatches: every other rank's synchronize reports it, within about the
 // configured wait, and the communicator then refuses work.
