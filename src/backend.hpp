@@ -65,7 +65,8 @@ class CommBackend {
   virtual void* combine_input() = 0;
   // `repeat`: the dispatch of `handle` was combined before (y is then never combine_input()),
   // so peers may still read this rank's pool for that combine when this one is issued.
-  virtual void combine(const void* y, const HandleState& handle, void* out, bool repeat) = 0;
+  virtual void combine(const void* y, const HandleState& handle, void* out,
+                       const CombineOptions& options, bool repeat) = 0;
   virtual void synchronize() = 0;
 
   // Low-latency mode, one phase per call; Communicator orders the phases of each buffer

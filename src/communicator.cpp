@@ -205,7 +205,8 @@ DispatchResult Communicator::dispatch_cached(const DispatchHandle& handle, const
   });
 }
 
-void Communicator::combine(const void* y, const DispatchHandle& handle, void* out) {
+void Communicator::combine(const void* y, const DispatchHandle& handle, void* out,
+                           const CombineOptions& options) {
   const char* caller = "combine";
   check_usable();
   check_handle(handle, caller);
@@ -235,8 +236,14 @@ void Communicator::combine(const void* y, const DispatchHandle& handle, void* ou
   } else {
     check.check("y", y, kRowAlign, y_bytes);
   }
-  check.check("out", out, kRowAlign, bytes_of(handle.num_tokens(), row_bytes));
-  guarded(broken_, [&] { impl_->combine(y, *handle.state(), out, combined_); });
+  const size_t out_bytes = bytes_of(handle.num_tokens(), row_bytes);
+  check.check("out", out, kRowAlign, out_bytes);
+  if (options.bias != nullptr || options.bias2 != nullptr) {
+    throw Error(ErrorCode::kUnsupported, "combine: bias is not implemented by any backend yet");
+  }
+  if (options.bias != nullptr) check.check("bias", options.bias, kRowAlign, out_bytes);
+  if (options.bias2 != nullptr) check.check("bias2", options.bias2, kRowAlign, out_bytes);
+  guarded(broken_, [&] { impl_->combine(y, *handle.state(), out, options, combined_); });
   combined_ = true;
 }
 

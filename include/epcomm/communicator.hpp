@@ -65,8 +65,9 @@ class Communicator {
   // y_d[row of t on d]), accumulated in fp32; tokens sent nowhere come back as zeros.
   // `y` is [num_recv][H] bf16 (combine_input() or any other buffer, which is then staged),
   // `out` is [handle.num_tokens()][H] bf16. Throws kStaleHandle unless `handle` comes from
-  // this communicator's latest dispatch.
-  void combine(const void* y, const DispatchHandle& handle, void* out);
+  // this communicator's latest dispatch. `options` adds biases (see CombineOptions).
+  void combine(const void* y, const DispatchHandle& handle, void* out,
+               const CombineOptions& options = {});
 
   // Low-latency mode (needs Config::ll_max_tokens_per_rank > 0). Collective, issued in the same
   // order on every rank; nothing waits on the host, so each call can be captured in a CUDA

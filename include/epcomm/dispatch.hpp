@@ -83,4 +83,12 @@ struct DispatchResult {
   int* num_recv_per_expert = nullptr; // [Le], each rounded up to Config::expert_alignment
 };
 
+// Extras of a high-throughput combine.
+struct CombineOptions {
+  // Optional [T][H] bf16 rows added to the combined output (DeepEP's bias, one tensor or a
+  // pair): out[t] = bf16(sum of the expert rows + bias[t] + bias2[t]), all in fp32, rounded once.
+  const void* bias = nullptr;
+  const void* bias2 = nullptr;
+};
+
 }  // namespace epcomm

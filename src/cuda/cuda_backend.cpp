@@ -476,6 +476,7 @@ RingParams CudaBackend::ring_params(const CudaHandle& handle) const {
 }
 
 void CudaBackend::combine(const void* y, const detail::HandleState& handle_state, void* out,
+                          const CombineOptions& /*options*/,
                           bool repeat) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   const auto& handle = static_cast<const CudaHandle&>(handle_state);

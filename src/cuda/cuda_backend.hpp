@@ -43,7 +43,8 @@ class CudaBackend final : public detail::CommBackend {
                                  const float* x_scales, const DispatchOptions& options,
                                  uint64_t comm_id, uint64_t epoch) override;
   void* combine_input() override { return layout_.combine_row(domain_->local(), 0); }
-  void combine(const void* y, const detail::HandleState& handle, void* out, bool repeat) override;
+  void combine(const void* y, const detail::HandleState& handle, void* out,
+               const CombineOptions& options, bool repeat) override;
   void synchronize() override;
 
   // Low-latency mode: forwarded to LowLatencyEngine on this backend's stream.

@@ -278,6 +278,7 @@ void HostBackend::synchronize() {
 }
 
 void HostBackend::combine(const void* y, const detail::HandleState& handle_state, void* out,
+                          const CombineOptions& /*options*/,
                           bool /*repeat*/) {
   const auto& handle = static_cast<const HostHandle&>(handle_state);
   const size_t H = config_.hidden;

@@ -37,7 +37,8 @@ class HostBackend final : public detail::CommBackend {
                                  uint64_t comm_id, uint64_t epoch) override;
   void* combine_input() override { return pool_.data(); }
   // Its barriers order every pool access, so a repeated combine needs nothing more.
-  void combine(const void* y, const detail::HandleState& handle, void* out, bool repeat) override;
+  void combine(const void* y, const detail::HandleState& handle, void* out,
+               const CombineOptions& options, bool repeat) override;
   // Throws the error a call recorded for it (a low-latency combine given other topk_idx than
   // its dispatch), as the CUDA backend reports device errors.
   void synchronize() override;
