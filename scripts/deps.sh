@@ -21,3 +21,23 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 
 jobs() { nproc 2>/dev/null || echo 2; }
+
+# NVSHMEM's headers and libraries for compiling the NVSHMEM transport: the pip package
+# nvidia-nvshmem-cu13 pinned to the GPU machine's version, installed into folder $1 (once).
+# Prints the folder holding include/ and lib/; prints nothing when it cannot be fetched.
+ensure_nvshmem() {
+  local dir=$1 home="$1/nvidia/nvshmem"
+  if [ ! -f "$home/include/nvshmem.h" ]; then
+    local pip_cmd=""
+    for py in python3 /usr/bin/python3; do
+      "$py" -m pip --version >/dev/null 2>&1 && { pip_cmd="$py -m pip"; break; }
+    done
+    [ -z "$pip_cmd" ] && { echo "warning: no pip; NVSHMEM code not compiled" >&2; return 0; }
+    $pip_cmd install --quiet --no-deps --disable-pip-version-check --target "$dir" \
+      nvidia-nvshmem-cu13==3.4.5 >&2 ||
+      $pip_cmd install --quiet --no-deps --disable-pip-version-check --break-system-packages \
+        --target "$dir" nvidia-nvshmem-cu13==3.4.5 >&2 ||
+      { echo "warning: could not fetch nvidia-nvshmem-cu13; NVSHMEM code not compiled" >&2; return 0; }
+  fi
+  echo "$home"
+}

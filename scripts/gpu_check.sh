@@ -29,8 +29,15 @@ if has build; then
   start=$SECONDS
   generator=""
   command -v ninja >/dev/null && generator="-G Ninja"
+  # NVSHMEM: NVSHMEM_HOME, else the pip package nvidia-nvshmem-cu13 of the PyTorch venv.
+  nvshmem_home=${NVSHMEM_HOME:-}
+  for py in python3 /opt/torch/.venv/bin/python3; do
+    [ -n "$nvshmem_home" ] && break
+    nvshmem_home=$("$py" -c 'import nvidia.nvshmem as m; print(list(m.__path__)[0])' 2>/dev/null)
+  done
+  note "nvshmem: ${nvshmem_home:-not found}"
   { cmake -S . -B "$BUILD" $generator -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-      && cmake --build "$BUILD" -j "$(jobs)"; } >"$OUT/build.log" 2>&1
+      -DEPCOMM_NVSHMEM_HOME="$nvshmem_home" && cmake --build "$BUILD" -j "$(jobs)"; } >"$OUT/build.log" 2>&1
   rc=$?
   note "build: rc=$rc ($((SECONDS - start)) s)"
   [ $rc -ne 0 ] && { tail -40 "$OUT/build.log"; exit 1; }

@@ -15,7 +15,10 @@ for candidate in /usr/bin/python3 "$(command -v python3)"; do
   if "$candidate" -c "import torch, pytest, numpy" 2>/dev/null; then python=$candidate; break; fi
 done
 [ -n "$python" ] || { echo "error: no python3 with torch, pytest and numpy" >&2; exit 1; }
-cmake --preset dev -DEPCOMM_BUILD_PYTHON=ON -DPython_EXECUTABLE="$python"
+# NVSHMEM (headers and libraries from PyPI) so that the NVSHMEM transport compiles here too.
+nvshmem_home="${NVSHMEM_HOME:-$(ensure_nvshmem build/deps/nvshmem)}"
+cmake --preset dev -DEPCOMM_BUILD_PYTHON=ON -DPython_EXECUTABLE="$python" \
+  -DEPCOMM_NVSHMEM_HOME="$nvshmem_home"
 cmake --build --preset dev -j "$(jobs)"
 # With a GPU present, one test process at a time: processes sharing a GPU without MPS only
 # time-slice, and every CUDA test waits on peer kernels.
