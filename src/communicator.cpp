@@ -238,9 +238,6 @@ void Communicator::combine(const void* y, const DispatchHandle& handle, void* ou
   }
   const size_t out_bytes = bytes_of(handle.num_tokens(), row_bytes);
   check.check("out", out, kRowAlign, out_bytes);
-  if (options.bias != nullptr || options.bias2 != nullptr) {
-    throw Error(ErrorCode::kUnsupported, "combine: bias is not implemented by any backend yet");
-  }
   if (options.bias != nullptr) check.check("bias", options.bias, kRowAlign, out_bytes);
   if (options.bias2 != nullptr) check.check("bias2", options.bias2, kRowAlign, out_bytes);
   guarded(broken_, [&] { impl_->combine(y, *handle.state(), out, options, combined_); });

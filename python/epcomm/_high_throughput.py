@@ -18,18 +18,25 @@ XType = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 BiasType = Union[None, torch.Tensor, Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]
 
 
-def _check_bias(bias: BiasType) -> None:
-    """DeepEP's bias is None, one tensor or a pair (either may be None). None and (None, None)
-    add nothing, as in DeepEP; a tensor needs what NOT_BUILT["bias"] says."""
-    parts = bias if isinstance(bias, tuple) else (bias,)
+def _bias_pair(bias: BiasType, num_tokens: int, hidden: int,
+               device) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """DeepEP's bias: None, one tensor or a pair (either may be None), each [T, H] bf16 on x's
+    device. Returns the pair, None where absent."""
     if isinstance(bias, tuple) and len(bias) != 2:
         raise ValueError(f"bias is a tuple of {len(bias)}; expected a tensor or a pair")
-    for part in parts:
-        if part is not None and not isinstance(part, torch.Tensor):
+    if bias is not None and not isinstance(bias, (tuple, torch.Tensor)):
+        raise TypeError("bias must be None, a torch.Tensor or a pair of them, not "
+                        f"{type(bias).__name__}")
+    parts = bias if isinstance(bias, tuple) else (bias, None)
+    for i, part in enumerate(parts):
+        if part is None:
+            continue
+        if not isinstance(part, torch.Tensor):
             raise TypeError("bias must be None, a torch.Tensor or a pair of them, not "
                             f"{type(part).__name__}")
-    if any(part is not None for part in parts):
-        raise unsupported("bias")
+        _tensors.check_tensor(f"bias[{i}]" if isinstance(bias, tuple) else "bias", part,
+                              (torch.bfloat16,), (num_tokens, hidden), device)
+    return parts[0], parts[1]
 
 
 class HighThroughputCalls:
@@ -199,8 +206,9 @@ class HighThroughputCalls:
 
         x: [handle.num_recv_rows, H] bf16 (the rows of recv_x, in its order).
         topk_weights: [handle.num_recv_rows, K] fp32 or None.
-        bias: None (or (None, None)). A bias tensor, or a pair, raises EpcommError
-            (unsupported): see NOT_BUILT["bias"] in _unsupported.py.
+        bias: None, a [T, H] bf16 tensor, or a pair of them (either may be None), added to
+            the sum in fp32 after the rows (bias, then the pair's second), before the one
+            rounding; tokens sent nowhere come back as the rounded sum of the biases.
 
         Differences from DeepEP:
         - handle must come from the latest dispatch of its kind on this Buffer, else
@@ -213,11 +221,11 @@ class HighThroughputCalls:
           topk_weights' shape is checked).
         """
         self._check_usable()
-        _check_bias(bias)
         self._check_handle(handle)
         endpoint = handle._endpoint
         device = self._device_of(endpoint)
         rows, hidden = handle.num_recv_rows, endpoint.kind.hidden
+        bias0, bias1 = _bias_pair(bias, handle.num_tokens, hidden, device)
         _tensors.check_tensor("x", x, (torch.bfloat16,), (rows, hidden), device)
         if topk_weights is not None:
             _tensors.check_tensor("topk_weights", topk_weights, (torch.float32,),
@@ -232,8 +240,9 @@ class HighThroughputCalls:
         if combined_weights is not None:
             with streams.working():
                 combined_weights.copy_(handle._combined_topk_weights)
-        endpoint.comm.combine(_tensors.address(x), handle._native, _tensors.address(combined_x))
-        event = streams.finish([x, topk_weights], [combined_x, combined_weights])
+        endpoint.comm.combine(_tensors.address(x), handle._native, _tensors.address(combined_x),
+                              _tensors.address(bias0), _tensors.address(bias1))
+        event = streams.finish([x, topk_weights, bias0, bias1], [combined_x, combined_weights])
         return combined_x, combined_weights, event
 
     # ---- internode ---------------------------------------------------------------------------

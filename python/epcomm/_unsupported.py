@@ -16,9 +16,6 @@ NOT_BUILT = {
                           "runs within one NVLink domain, where dispatch is the call to use",
     "internode_combine": "the inter-node path (RDMA between NVLink domains) is not built; epcomm "
                          "runs within one NVLink domain, where combine is the call to use",
-    "bias": "combine does not take a bias yet: adding it in fp32 before the single rounding to "
-            "bf16 needs the combine kernels and the host reference to read it (adding it to the "
-            "output afterwards would round twice)",
     "dispatch_wait_recv_cost_stats": "the receive kernels do not time their waits per source rank",
     "combine_wait_recv_cost_stats": "the receive kernels do not time their waits per source rank",
     "round_scale": "the fp8 cast computes scales as amax / 448 in fp32, not rounded to powers of "

@@ -126,10 +126,15 @@ void bind_communicator(py::module_& m) {
       .def("combine_input", [](const PyCommunicator& c) { return to_address(c.get().combine_input()); })
       .def(
           "combine",
-          [](const PyCommunicator& c, Address y, const DispatchHandle& handle, Address out) {
-            c.get().combine(from_address<const void>(y), handle, from_address<void>(out));
+          [](const PyCommunicator& c, Address y, const DispatchHandle& handle, Address out,
+             Address bias, Address bias2) {
+            CombineOptions options;
+            options.bias = from_address<const void>(bias);
+            options.bias2 = from_address<const void>(bias2);
+            c.get().combine(from_address<const void>(y), handle, from_address<void>(out), options);
           },
-          py::arg("y"), py::arg("handle"), py::arg("out"), release_gil())
+          py::arg("y"), py::arg("handle"), py::arg("out"), py::arg("bias") = Address{0},
+          py::arg("bias2") = Address{0}, release_gil())
       .def(
           "synchronize", [](const PyCommunicator& c) { c.get().synchronize(); }, release_gil());
   bind_low_latency(m, communicator);

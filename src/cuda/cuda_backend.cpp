@@ -476,8 +476,7 @@ RingParams CudaBackend::ring_params(const CudaHandle& handle) const {
 }
 
 void CudaBackend::combine(const void* y, const detail::HandleState& handle_state, void* out,
-                          const CombineOptions& /*options*/,
-                          bool repeat) {
+                          const CombineOptions& options, bool repeat) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   const auto& handle = static_cast<const CudaHandle&>(handle_state);
   const Routing& routing = handle.routing->tables;
@@ -498,6 +497,8 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
   if (config_.algorithm == Algorithm::kRing) {
     RingParams ring = ring_params(handle);
     ring.out = static_cast<uint16_t*>(out);
+    ring.bias = static_cast<const uint16_t*>(options.bias);
+    ring.bias2 = static_cast<const uint16_t*>(options.bias2);
     kernels::launch_ring_combine(ring, stream_);
     EPCOMM_LAUNCH_CHECK("ring_combine_kernel");
     return;
@@ -512,6 +513,8 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
   gp.hidden = config_.hidden;
   gp.slot = routing.slot;
   gp.out = static_cast<uint16_t*>(out);
+  gp.bias = static_cast<const uint16_t*>(options.bias);
+  gp.bias2 = static_cast<const uint16_t*>(options.bias2);
   gp.state = d_state_;
   kernels::launch_gather(gp, config_.combine_sms, stream_);
   EPCOMM_LAUNCH_CHECK("gather_kernel");

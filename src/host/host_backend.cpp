@@ -278,8 +278,7 @@ void HostBackend::synchronize() {
 }
 
 void HostBackend::combine(const void* y, const detail::HandleState& handle_state, void* out,
-                          const CombineOptions& /*options*/,
-                          bool /*repeat*/) {
+                          const CombineOptions& options, bool /*repeat*/) {
   const auto& handle = static_cast<const HostHandle&>(handle_state);
   const size_t H = config_.hidden;
   if (y != pool_.data() && handle.rows > 0) {
@@ -296,6 +295,11 @@ void HostBackend::combine(const void* y, const detail::HandleState& handle_state
       if (row < 0) continue;
       const auto* y_row = reinterpret_cast<const uint16_t*>(peers_[d]->pool_.data()) + row * H;
       for (size_t h = 0; h < H; ++h) acc[h] += bf16_to_float(y_row[h]);
+    }
+    for (const void* bias : {options.bias, options.bias2}) {  // after the rows, in this order
+      if (bias == nullptr) continue;
+      const auto* bias_row = static_cast<const uint16_t*>(bias) + t * H;
+      for (size_t h = 0; h < H; ++h) acc[h] += bf16_to_float(bias_row[h]);
     }
     for (size_t h = 0; h < H; ++h) out_bits[t * H + h] = float_to_bf16(acc[h]);
   }

@@ -53,9 +53,23 @@ std::vector<unsigned char> make_y(const Shape& shape, const RankOutputs& out, ui
 
 std::vector<unsigned char> run_combine(Communicator& comm, Memory& memory, const Shape& shape,
                                        const DispatchHandle& handle,
-                                       const std::vector<unsigned char>& y, bool stage_y) {
+                                       const std::vector<unsigned char>& y, bool stage_y,
+                                       int bias_bits, uint64_t bias_seed) {
   const size_t out_bytes = static_cast<size_t>(shape.num_tokens) * shape.hidden * 2;
   Buffer out(memory, out_bytes);
+  // Biases of the same wide spread as y, so that adding them elsewhere than after the rows,
+  // in another order, or after a rounding changes bits.
+  Buffer biases[2];
+  CombineOptions options;
+  for (int b = 0; b < 2; ++b) {
+    if (!((bias_bits >> b) & 1) || out_bytes == 0) continue;
+    Rng rng(bias_seed * 97 + b * 13 + 3);
+    std::vector<uint16_t> values(out_bytes / 2);
+    for (auto& v : values) v = random_wide_bf16(rng);
+    biases[b] = Buffer(memory, out_bytes);
+    memory.upload(biases[b].get(), values.data(), out_bytes);
+    (b == 0 ? options.bias : options.bias2) = biases[b].get();
+  }
   if (out_bytes) memory.fill(out.get(), kPoison, out_bytes);
   Buffer staged;
   void* y_ptr = comm.combine_input();
@@ -64,7 +78,7 @@ std::vector<unsigned char> run_combine(Communicator& comm, Memory& memory, const
     y_ptr = staged.get();
   }
   if (!y.empty()) memory.upload(y_ptr, y.data(), y.size());
-  comm.combine(y_ptr, handle, out.get());
+  comm.combine(y_ptr, handle, out.get(), options);
   comm.synchronize();
   return download(memory, out.get(), out_bytes);
 }
@@ -235,7 +249,8 @@ RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory, 
 
   const bool y_from_x = options.y_is_recv_x && cfg.dtype == DType::kBF16;
   out.combined = run_combine(comm, memory, shape, res.handle,
-                             make_y(shape, out, seed, rank, y_from_x), options.stage_y);
+                             make_y(shape, out, seed, rank, y_from_x), options.stage_y,
+                             options.bias, seed * 7 + rank);
   if (!options.cached) return out;
 
   // Cached dispatch: same routing, fresh rows.
@@ -266,7 +281,8 @@ RankOutputs run_round(Communicator& comm, Bootstrap& bootstrap, Memory& memory, 
   cached_view.recv_x = out.cached_recv_x;
   out.cached_combined =
       run_combine(comm, memory, shape, cres.handle,
-                  make_y(shape, cached_view, seed + 0x5eed, rank, y_from_x), options.stage_y);
+                  make_y(shape, cached_view, seed + 0x5eed, rank, y_from_x), options.stage_y,
+                  options.bias, (seed + 0x5eed) * 7 + rank);
   return out;
 }
 

@@ -30,6 +30,7 @@ struct RoundOptions {
   bool y_is_recv_x = false;   // bf16 only: y = the received rows themselves
   bool wait_num_recv = true;  // exact mode (host learns num_recv) or worst-case mode
   bool cached = true;         // also run a cached dispatch of fresh rows, and its combine
+  int bias = 0;               // combine biases: bit 0 CombineOptions::bias, bit 1 bias2
 };
 
 struct RankOutputs {

@@ -33,6 +33,7 @@ std::string case_name(const Case& c) {
      << (c.options.stage_y ? "_stagey" : "_inplacey")
      << (c.options.wait_num_recv ? "_exact" : "_worstcase")
      << (c.options.caller_meta ? "_callermeta" : "_ownmeta");
+  if (c.options.bias) os << "_bias" << c.options.bias;
   if (c.algorithm == Algorithm::kRing) os << "_q" << c.ring_slots << "c" << c.ring_chunk;
   if (c.rounds > 1) os << "_rounds" << c.rounds;
   return os.str();
@@ -64,6 +65,7 @@ std::vector<Case> make_cases(Algorithm algorithm) {
         c.options.stage_y = bit(7);
         c.options.wait_num_recv = bit(8) || bit(9);
         c.options.caller_meta = bit(10);
+        c.options.bias = static_cast<int>(bit(12) | (bit(13) << 1));
         if (algorithm == Algorithm::kRing && bit(11)) {
           c.ring_slots = 2;  // flow control on every row
           c.ring_chunk = 1;

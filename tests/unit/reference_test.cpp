@@ -102,6 +102,51 @@ TEST(HostReference, HandComputedTwoRanks) {
   });
 }
 
+// Biases join the fp32 sum after the rows and the whole is rounded once: rows 1 and 2^-8 plus
+// a bias of 2^-8 give 1 + 2^-7, where rounding the rows first (to 1, a tie to even) would give
+// 1. A token sent nowhere comes back as bf16(bias + bias2).
+TEST(HostReference, CombineAddsBiasesBeforeTheOneRounding) {
+  Config cfg;
+  cfg.num_experts = 2;  // expert 0 on rank 0, expert 1 on rank 1
+  cfg.hidden = 8;
+  cfg.max_tokens_per_rank = 2;
+  cfg.max_topk = 2;
+  const auto bs = testing::shared_bootstraps(2, 30000);
+  testing::run_on_ranks(2, [&](int r) {
+    auto comm = Communicator::create(bs[r], cfg, Backend::kHost);
+    const int64_t topk[2][2][2] = {{{0, 1}, {-1, -1}}, {{-1, -1}, {-1, -1}}};
+    uint16_t x[2][8], bias[2][8], bias2[2][8], out[2][8];
+    for (int h = 0; h < 8; ++h) {
+      x[0][h] = x[1][h] = bf16_of(5.f);
+      bias[0][h] = bf16_of(0.00390625f);  // 2^-8
+      bias[1][h] = bf16_of(3.f);
+      bias2[0][h] = bf16_of(-0.0078125f);  // -2^-7
+      bias2[1][h] = bf16_of(0.5f);
+    }
+    for (bool both : {false, true}) {
+      DispatchInputs in;
+      in.x = x;
+      in.topk_idx = topk[r];
+      in.num_tokens = 2;
+      in.num_topk = 2;
+      DispatchResult res = comm->dispatch(in);
+      ASSERT_EQ(res.num_recv, r == 0 ? 1 : 1);
+      auto* y = static_cast<uint16_t*>(comm->combine_input());
+      for (int h = 0; h < 8; ++h) y[h] = bf16_of(r == 0 ? 1.f : 0.00390625f);
+      std::memset(out, 0xA5, sizeof(out));
+      CombineOptions options;
+      options.bias = bias;
+      if (both) options.bias2 = bias2;
+      comm->combine(y, res.handle, out, options);
+      if (r != 0) continue;
+      for (int h = 0; h < 8; ++h) {
+        EXPECT_EQ(out[0][h], bf16_of(both ? 1.f : 1.0078125f)) << "both " << both << " h " << h;
+        EXPECT_EQ(out[1][h], bf16_of(both ? 3.5f : 3.f)) << "both " << both << " h " << h;
+      }
+    }
+  });
+}
+
 // The host backend against an independent computation from the generated inputs.
 void check_against_inputs(const Shape& shape, Routing routing, uint64_t seed,
                           const testing::RoundOptions& options) {

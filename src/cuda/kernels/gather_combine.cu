@@ -1,7 +1,7 @@
 // Gather combine (DESIGN section 6). A one-block kernel raises this rank's ready signal at
 // every peer and waits for every peer's; then a wide kernel with no waits gathers, for each
 // local token, the expert outputs from the ranks it was sent to, in ascending rank order,
-// accumulates in fp32 and rounds once to bf16.
+// accumulates in fp32, adds the optional biases (bias, then bias2) and rounds once to bf16.
 #include "common/wait.cuh"
 #include "common/warp_copy.cuh"
 #include "launch.hpp"
@@ -37,6 +37,9 @@ __global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyPa
 }
 
 // One warp gathers token t from `n` source rows (ascending rank order) listed in `rows`.
+// kBias: add the biases the params name (an instantiation of its own, so that the common
+// combine without them keeps its registers).
+template <bool kBias>
 __device__ __forceinline__ void gather_token(const cuda::GatherParams& p, const uint4* const* rows,
                                              int n, int t, int lane) {
   const int num_vec = p.hidden / 8;
@@ -65,13 +68,23 @@ __device__ __forceinline__ void gather_token(const cuda::GatherParams& p, const 
         }
       }
     }
+    const size_t token_vec = static_cast<size_t>(t) * num_vec;
 #pragma unroll
     for (int u = 0; u < kGatherUnroll; ++u) {
-      if (v0 + 32 * u < num_vec) st_na(out + v0 + 32 * u, to_bf16x8(acc[u]));
+      const int v = v0 + 32 * u;
+      if (v >= num_vec) continue;
+      if (kBias && p.bias) {
+        accumulate_bf16x8(acc[u], reinterpret_cast<const uint4*>(p.bias)[token_vec + v]);
+      }
+      if (kBias && p.bias2) {
+        accumulate_bf16x8(acc[u], reinterpret_cast<const uint4*>(p.bias2)[token_vec + v]);
+      }
+      st_na(out + v, to_bf16x8(acc[u]));
     }
   }
 }
 
+template <bool kBias>
 __global__ void __launch_bounds__(kGatherThreads) gather_kernel(cuda::GatherParams p) {
   if (rank_failed(p.state) || !p.state->dispatch_ok) return;
   extern __shared__ const uint4* s_rows[];  // [warps][R]: this warp's token's source rows
@@ -91,7 +104,7 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(cuda::GatherPara
       n += __popc(mask);
     }
     __syncwarp();
-    gather_token(p, rows, n, t, lane);
+    gather_token<kBias>(p, rows, n, t, lane);
     __syncwarp();
   }
 }
@@ -99,7 +112,7 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(cuda::GatherPara
 }  // namespace
 
 cudaError_t load_gather_combine_kernels() {
-  return load_kernels(combine_ready_kernel, gather_kernel);
+  return load_kernels(combine_ready_kernel, gather_kernel<false>, gather_kernel<true>);
 }
 
 void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream) {
@@ -109,7 +122,11 @@ void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream
 void launch_gather(const cuda::GatherParams& p, int num_blocks, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
   const size_t shared = sizeof(const uint4*) * (kGatherThreads / 32) * p.num_ranks;
-  gather_kernel<<<num_blocks, kGatherThreads, shared, stream>>>(p);
+  if (p.bias != nullptr || p.bias2 != nullptr) {
+    gather_kernel<true><<<num_blocks, kGatherThreads, shared, stream>>>(p);
+  } else {
+    gather_kernel<false><<<num_blocks, kGatherThreads, shared, stream>>>(p);
+  }
 }
 
 }  // namespace epcomm::kernels

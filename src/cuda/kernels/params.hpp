@@ -135,6 +135,8 @@ struct GatherParams {
   int num_ranks, num_tokens, hidden;
   const int* slot;  // [T][R]
   uint16_t* out;    // [T][H] bf16
+  const uint16_t* bias;   // [T][H] bf16 or null: added after the rows, before the rounding
+  const uint16_t* bias2;  // [T][H] bf16 or null: added after bias
   const DeviceState* state;
 };
 
@@ -160,6 +162,8 @@ struct RingParams {
   uint64_t* received;  // [C][R] rows consumed from ring (c, s -> this rank) so far
   // Combine.
   uint16_t* out;  // [T][H]
+  const uint16_t* bias;   // as GatherParams::bias
+  const uint16_t* bias2;  // as GatherParams::bias2
   WaitContext wait;
 };
 

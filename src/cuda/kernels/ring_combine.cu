@@ -76,6 +76,9 @@ __device__ bool combine_receive(const RingParams& p, int channel) {
       for (int v = lane; v < num_vec && !failed; v += 32) {
         float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
         for (int j = 0; j < n; ++j) accumulate_bf16x8(acc, ld_na(s_rows[warp][j] + v));
+        const size_t at = static_cast<size_t>(t) * num_vec + v;
+        if (p.bias) accumulate_bf16x8(acc, reinterpret_cast<const uint4*>(p.bias)[at]);
+        if (p.bias2) accumulate_bf16x8(acc, reinterpret_cast<const uint4*>(p.bias2)[at]);
         st_na(out + v, to_bf16x8(acc));
       }
     }

@@ -62,11 +62,6 @@ def _internode_combine():
     buffer.internode_combine(recv_x, handle, config=epcomm.Buffer.get_combine_config(16))
 
 
-def _bias():
-    buffer, x, _, recv_x, handle = _ht_dispatched()
-    buffer.combine(recv_x, handle, bias=torch.zeros_like(x))
-
-
 def _ll_dispatch(**options):
     buffer = _ll_buffer()
     x = torch.randn(T, H).to(torch.bfloat16)
@@ -84,7 +79,6 @@ RAISES = {
     "enable_shrink": _enable_shrink,
     "internode_dispatch": _internode_dispatch,
     "internode_combine": _internode_combine,
-    "bias": _bias,
     "dispatch_wait_recv_cost_stats": lambda: _ll_dispatch(
         dispatch_wait_recv_cost_stats=torch.zeros(1, dtype=torch.int64)),
     "combine_wait_recv_cost_stats": lambda: _ll_combine(
@@ -110,24 +104,6 @@ def test_features_not_built_raise_unsupported_naming_the_feature(feature):
         RAISES[feature]()
     assert raised.value.code == epcomm.ErrorCode.unsupported
     assert NOT_BUILT[feature] in str(raised.value)
-
-
-@pytest.mark.parametrize("bias", [(torch.zeros(T, H), None), (None, torch.zeros(T, H)),
-                                  (torch.zeros(T, H), torch.zeros(T, H))],
-                         ids=["first", "second", "both"])
-def test_a_bias_pair_with_a_tensor_raises_and_leaves_the_handle_usable(bias):
-    buffer, x, topk_idx, recv_x, handle = _ht_dispatched()
-    with pytest.raises(epcomm.EpcommError, match="^bias is not supported") as raised:
-        buffer.combine(recv_x, handle, bias=tuple(b.to(torch.bfloat16) if b is not None else b
-                                                  for b in bias))
-    assert raised.value.code == epcomm.ErrorCode.unsupported
-    combined, _, _ = buffer.combine(recv_x, handle)  # nothing was sent
-    assert torch.equal(combined, x)  # one rank: each token came back once, unchanged
-    with pytest.raises(TypeError, match="bias must be None, a torch.Tensor or a pair"):
-        buffer.combine(recv_x, handle, bias=[None])
-    with pytest.raises(ValueError, match="bias is a tuple of 3"):
-        buffer.combine(recv_x, handle, bias=(None, None, None))
-    buffer.destroy()
 
 
 def test_use_ue8m0_needs_round_scale_as_in_deepep():

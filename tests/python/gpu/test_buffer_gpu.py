@@ -96,3 +96,41 @@ def test_stale_handle_and_device_checks(dist_env, buffer):
     sent_to = in_rank.sum(dim=1, keepdim=True).float()
     assert torch.equal(combined, (x.float() * sent_to).to(torch.bfloat16))
     assert buffer.get_comm_stream() is not None
+
+
+def _wide(shape, generator, device):
+    """bf16 values over many binades and both signs (a second rounding shows)."""
+    mantissa = torch.rand(shape, generator=generator) + 1.0
+    exponent = torch.randint(-12, 12, shape, generator=generator).float()
+    sign = torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
+    return (sign * mantissa * torch.pow(2.0, exponent)).to(torch.bfloat16).to(device)
+
+
+@pytest.mark.parametrize("worst_case", [False, True])
+def test_combine_adds_biases_in_fp32_before_the_one_rounding(dist_env, buffer, worst_case):
+    """Rows of small integers sum exactly over any number of ranks, so the combine without bias
+    is exact and the biased one must equal bf16(that + bias_0 + bias_1) in fp32."""
+    rank, world, device = dist_env
+    E, T, H = 8 * world, 40, 256
+    generator = torch.Generator().manual_seed(300 + rank)
+    x = torch.randint(-8, 9, (T, H), generator=generator).to(torch.bfloat16).to(device)
+    topk_idx = torch.randint(-1, E, (T, 4), generator=generator).to(device)
+    topk_idx[T // 2:] = -1  # tokens sent nowhere come back as the biases' rounded sum
+    per_rank, _, per_expert, in_rank, _ = buffer.get_dispatch_layout(topk_idx, E)
+    args = dict(num_tokens_per_rank=per_rank, is_token_in_rank=in_rank,
+                num_tokens_per_expert=per_expert, topk_idx=topk_idx)
+    if worst_case:
+        args["num_worst_tokens"] = MAX_TOKENS * world
+    recv_x, _, _, _, handle, _ = buffer.dispatch(x, **args)
+    b0, b1 = _wide((T, H), generator, device), _wide((T, H), generator, device)
+    plain, _, _ = buffer.combine(recv_x, handle)
+    sent_to = in_rank.sum(dim=1, keepdim=True).float()
+    assert torch.equal(plain, (x.float() * sent_to).to(torch.bfloat16))
+    for bias in (b0, (b0, None), (None, b1), (b0, b1)):
+        parts = bias if isinstance(bias, tuple) else (bias, None)
+        combined, _, _ = buffer.combine(recv_x, handle, bias=bias)
+        acc = plain.float()
+        for part in parts:
+            if part is not None:
+                acc = acc + part.float()
+        assert torch.equal(combined.view(torch.int16), acc.to(torch.bfloat16).view(torch.int16))
