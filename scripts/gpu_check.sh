@@ -104,6 +104,10 @@ if has test; then
   note "ctest, processes under MPS: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_mpi.log" | tail -1)"
   grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_mpi.log" | head -20 | tee -a "$summary"
   mps_stop
+  # The installed package, used by a separate project (host and CUDA backends).
+  start=$SECONDS
+  (cd "$BUILD" && timeout 300 ctest --output-on-failure -V -L package) >"$OUT/ctest_package.log" 2>&1
+  note "package consumer: rc=$? ($((SECONDS - start)) s): $(grep -E 'as expected|not run' "$OUT/ctest_package.log" | sed 's/^[0-9]*: //' | tr '\n' ' ')"
 fi
 
 if has bench; then
