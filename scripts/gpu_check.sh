@@ -104,6 +104,11 @@ if has test; then
   note "ctest, processes under MPS: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_mpi.log" | tail -1)"
   grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_mpi.log" | head -20 | tee -a "$summary"
   mps_stop
+  # The MoE layer example on the CUDA backend (4 in-process ranks), checked against the dense layer.
+  start=$SECONDS
+  timeout 200 "$BUILD/examples/epcomm_moe_layer" --backend cuda --ranks 4 --tokens 256 \
+    --hidden 1024 --experts 32 --topk 4 --ffn 256 --bench --iters 3 >"$OUT/example_moe_layer.log" 2>&1
+  note "example moe_layer (cuda): rc=$? ($((SECONDS - start)) s): $(grep -E '^bench|^checked' "$OUT/example_moe_layer.log" | tr '\n' ' ')"
   # The installed package, used by a separate project (host and CUDA backends).
   start=$SECONDS
   (cd "$BUILD" && timeout 300 ctest --output-on-failure -V -L package) >"$OUT/ctest_package.log" 2>&1
