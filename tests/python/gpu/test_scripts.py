@@ -1,6 +1,6 @@
 """Whole programs on the GPU, each launched with torchrun on 2 processes (run this file in one
-process, not under torchrun): the DeepEP-style caller with only its import line changed, and
-the README's Python example exactly as written."""
+process, not under torchrun): the DeepEP-style caller with only its import line changed, the
+README's Python example exactly as written, and examples/python/moe_layer.py."""
 import difflib
 import os
 import re
@@ -17,9 +17,9 @@ NUM_PROCESSES = 2
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-def torchrun(script: Path, timeout_s: int = 240) -> str:
+def torchrun(script: Path, *args: str, timeout_s: int = 240) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={NUM_PROCESSES}", str(script)]
+               f"--nproc_per_node={NUM_PROCESSES}", str(script), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
                           env=dict(os.environ))
     output = done.stdout + done.stderr
@@ -48,3 +48,10 @@ def test_readme_example_runs_as_written(tmp_path):
     script = tmp_path / "readme_example.py"
     script.write_text(example)
     torchrun(script)
+
+
+def test_moe_layer_example_matches_the_dense_layer():
+    output = torchrun(ROOT / "examples/python/moe_layer.py", "--device", "cuda", "--tokens", "256",
+                      "--hidden", "1024", "--experts", "32", "--ffn", "512", "--bench")
+    assert output.count("0 out of bound") == NUM_PROCESSES, output[-3000:]
+    print(re.findall(r"rank \d+: bench .*", output))
