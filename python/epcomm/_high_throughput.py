@@ -24,9 +24,6 @@ def _bias_pair(bias: BiasType, num_tokens: int, hidden: int,
     device. Returns the pair, None where absent."""
     if isinstance(bias, tuple) and len(bias) != 2:
         raise ValueError(f"bias is a tuple of {len(bias)}; expected a tensor or a pair")
-    if bias is not None and not isinstance(bias, (tuple, torch.Tensor)):
-        raise TypeError("bias must be None, a torch.Tensor or a pair of them, not "
-                        f"{type(bias).__name__}")
     parts = bias if isinstance(bias, tuple) else (bias, None)
     for i, part in enumerate(parts):
         if part is None:
