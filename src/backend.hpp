@@ -38,6 +38,7 @@ struct LowLatencyCombineArgs {
   const void* topk_idx = nullptr;
   const float* topk_weights = nullptr;
   void* out = nullptr;  // [T][H] bf16
+  int64_t* wait_cost_stats = nullptr;  // [R] or null
 };
 
 // Arguments already checked by Communicator: pointers present, T and K in range, dtype-matched
@@ -77,6 +78,10 @@ class CommBackend {
   virtual void ll_dispatch_receive(int buffer) = 0;
   virtual void ll_combine_send(const LowLatencyCombineArgs& args, int buffer) = 0;
   virtual void ll_combine_receive(int buffer) = 0;
+  // Rank masks (Communicator::low_latency_update_mask): rank already checked.
+  virtual void ll_update_mask(int rank, bool masked) = 0;
+  virtual void ll_query_mask(int32_t* mask_out) = 0;
+  virtual void ll_clean_mask() = 0;
 };
 
 std::unique_ptr<CommBackend> make_host_backend(std::shared_ptr<Bootstrap> bootstrap,

@@ -260,12 +260,21 @@ LowLatencyDispatchResult Communicator::low_latency_dispatch(const LowLatencyDisp
     invalid_argument(caller, value_of("num_topk", in.num_topk) + " is outside [1, max_topk = " +
                                  std::to_string(config_.max_topk) + "]");
   }
+  if (in.round_scale && !in.use_fp8) {
+    invalid_argument(caller, "round_scale = true needs use_fp8 = true (it shapes the fp8 scales)");
+  }
+  if (in.use_ue8m0 && !in.round_scale) {
+    invalid_argument(caller,
+                     "use_ue8m0 = true needs round_scale = true (UE8M0 holds powers of two only)");
+  }
   if (in.num_tokens > 0 && in.x == nullptr) invalid_argument(caller, "x is null");
   if (in.num_tokens > 0 && in.topk_idx == nullptr) invalid_argument(caller, "topk_idx is null");
   const PointerChecker check(caller, impl_->shared_memory());
   check.check("x", in.x, kRowAlign, bytes_of(in.num_tokens, 2 * static_cast<size_t>(H)));
   check.check("topk_idx", in.topk_idx, index_align(config_),
               bytes_of(in.num_tokens, in.num_topk * index_bytes(config_.index_type)));
+  check.check("wait_cost_stats", in.wait_cost_stats, sizeof(int64_t),
+              sizeof(int64_t) * static_cast<size_t>(num_ranks()));
   const uint64_t call = ll_calls_ + 1;
   const int buffer = static_cast<int>((call - 1) % 2);
   LowLatencyBuffer& slot = ll_buffers_[buffer];
@@ -333,7 +342,8 @@ int Communicator::low_latency_buffer(const LowLatencyHandle& handle, int phase,
 
 void Communicator::low_latency_combine(const void* y, const void* topk_idx,
                                        const float* topk_weights, const LowLatencyHandle& handle,
-                                       void* out, bool send_only) {
+                                       void* out, bool send_only,
+                                       const LowLatencyCombineOptions& options) {
   const char* caller = "low_latency_combine";
   check_usable();
   const int buffer = low_latency_buffer(handle, kLlDispatched, caller);
@@ -352,9 +362,13 @@ void Communicator::low_latency_combine(const void* y, const void* topk_idx,
               bytes_of(T, K * index_bytes(config_.index_type)));
   check.check("topk_weights", topk_weights, kWordAlign, bytes_of(T, K * sizeof(float)));
   check.check("out", out, kRowAlign, bytes_of(T, row_bytes));
+  check.check("wait_cost_stats", options.wait_cost_stats, sizeof(int64_t),
+              sizeof(int64_t) * static_cast<size_t>(num_ranks()));
   ll_buffers_[buffer].phase = kLlCombineSent;
   guarded(broken_, [&] {
-    impl_->ll_combine_send(detail::LowLatencyCombineArgs{y, topk_idx, topk_weights, out}, buffer);
+    impl_->ll_combine_send(
+        detail::LowLatencyCombineArgs{y, topk_idx, topk_weights, out, options.wait_cost_stats},
+        buffer);
   });
   if (!send_only) {
     guarded(broken_, [&] { impl_->ll_combine_receive(buffer); });
@@ -381,6 +395,38 @@ void Communicator::low_latency_receive(const LowLatencyHandle& handle) {
     }
     ll_buffers_[buffer].phase = kLlDispatched;
   }
+}
+
+void Communicator::low_latency_update_mask(int rank, bool masked) {
+  const char* caller = "low_latency_update_mask";
+  check_usable();
+  if (config_.ll_max_tokens_per_rank == 0)
+    invalid_argument(caller, "Config.ll_max_tokens_per_rank is 0: the low-latency mode is off");
+  if (rank < 0 || rank >= num_ranks()) {
+    invalid_argument(
+        caller, value_of("rank", rank) + " is outside [0, " + std::to_string(num_ranks()) + ")");
+  }
+  guarded(broken_, [&] { impl_->ll_update_mask(rank, masked); });
+}
+
+void Communicator::low_latency_query_mask(int32_t* mask_out) {
+  const char* caller = "low_latency_query_mask";
+  check_usable();
+  if (config_.ll_max_tokens_per_rank == 0)
+    invalid_argument(caller, "Config.ll_max_tokens_per_rank is 0: the low-latency mode is off");
+  if (mask_out == nullptr) invalid_argument(caller, "mask_out is null");
+  const PointerChecker check(caller, impl_->shared_memory());
+  check.check("mask_out", mask_out, sizeof(int32_t),
+              sizeof(int32_t) * static_cast<size_t>(num_ranks()));
+  guarded(broken_, [&] { impl_->ll_query_mask(mask_out); });
+}
+
+void Communicator::low_latency_clean_mask() {
+  const char* caller = "low_latency_clean_mask";
+  check_usable();
+  if (config_.ll_max_tokens_per_rank == 0)
+    invalid_argument(caller, "Config.ll_max_tokens_per_rank is 0: the low-latency mode is off");
+  guarded(broken_, [&] { impl_->ll_clean_mask(); });
 }
 
 void Communicator::synchronize() {

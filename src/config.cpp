@@ -60,6 +60,9 @@ void Config::validate(int num_ranks) const {
   if (ll_max_tokens_per_rank > 0 && hidden % kFp8ScaleBlock != 0) {
     fail("hidden", hidden, "must be a multiple of 128 for the low-latency mode (fp8 scales)");
   }
+  if (ll_enable_shrink && ll_max_tokens_per_rank == 0) {
+    fail("ll_enable_shrink", 1, "needs the low-latency mode (ll_max_tokens_per_rank > 0)");
+  }
   if (ring_chunk < 1 || ring_chunk >= ring_slots) {
     fail("ring_chunk", ring_chunk,
          "must be in [1, ring_slots) with ring_slots = " + std::to_string(ring_slots));

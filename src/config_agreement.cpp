@@ -16,7 +16,7 @@ struct Field {
   int64_t value;
 };
 
-constexpr int kNumFields = 16;
+constexpr int kNumFields = 17;
 
 struct Fields {
   Field f[kNumFields];
@@ -38,6 +38,7 @@ Fields fields_of(const Config& c) {
                  {"ring_slots", c.ring_slots},
                  {"ring_chunk", c.ring_chunk},
                  {"ll_max_tokens_per_rank", c.ll_max_tokens_per_rank},
+                 {"ll_enable_shrink", c.ll_enable_shrink ? 1 : 0},
                  {"sequence_start", static_cast<int64_t>(c.sequence_start)}}};
 }
 

@@ -90,10 +90,22 @@ class Communicator {
   // the dispatch of `handle`, `topk_weights` is [T][K] fp32, `out` is [T][H] bf16. Throws
   // kStaleHandle unless `handle` is the latest dispatch on its buffer and was received.
   void low_latency_combine(const void* y, const void* topk_idx, const float* topk_weights,
-                           const LowLatencyHandle& handle, void* out, bool send_only = false);
+                           const LowLatencyHandle& handle, void* out, bool send_only = false,
+                           const LowLatencyCombineOptions& options = {});
 
   // Finishes the send_only dispatch or combine pending on `handle`'s buffer.
   void low_latency_receive(const LowLatencyHandle& handle);
+
+  // Rank masks of the low-latency mode (DeepEP's low_latency_*_mask_buffer). Local, ordered on
+  // the stream, capturable; change them between rounds, not between a send and its receive.
+  // A masked rank is neither sent to nor waited for: its experts receive nothing from this
+  // rank, its tokens are not received, and its experts add nothing to this rank's combine.
+  // Masking is this rank's view only; ranks that still send to a rank that masked them time
+  // out on it (and, with Config::ll_enable_shrink, mask it in turn).
+  void low_latency_update_mask(int rank, bool masked);
+  // Writes each rank's mask (1 masked, 0 not) to mask_out: [R] int32 in the backend's memory.
+  void low_latency_query_mask(int32_t* mask_out);
+  void low_latency_clean_mask();  // unmasks every rank
 
   // Waits for all work of this communicator and reports device-side errors (kInvalidExpert,
   // kTimeout, kCapacityExceeded) found since the last check.

@@ -26,6 +26,10 @@ struct Config {
   int ll_max_tokens_per_rank = 0;  // M of the low-latency mode (<= 1024): the most tokens one
                                    // low-latency dispatch sends from a rank; 0 disables the mode
                                    // (no buffers). Needs hidden % 128 == 0.
+  // Elastic low-latency mode (DeepEP's enable_shrink): a low-latency wait on a peer that times
+  // out masks that peer (Communicator::low_latency_query_mask shows it) instead of failing the
+  // communicator, and the call goes on without it. Masks set by hand work without it.
+  bool ll_enable_shrink = false;
   // Test hook for counter wrap: dispatch epochs, combine rounds and low-latency rounds start
   // here instead of 0 (every sequence is 64-bit; tests start just below 2^32). Leave it at 0.
   uint64_t sequence_start = 0;

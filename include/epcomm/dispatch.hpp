@@ -72,15 +72,15 @@ struct DispatchOptions {
 // Rows are ordered by source rank ascending, then source token ascending.
 struct DispatchResult {
   DispatchHandle handle;
-  int num_recv = -1;                  // -1 unless wait_num_recv
+  int num_recv = -1;  // -1 unless wait_num_recv
   const int* num_recv_device = nullptr;
-  void* recv_x = nullptr;             // [num_recv][H] of Config::dtype
-  float* recv_scales = nullptr;       // [num_recv][H/128], fp8 only
-  void* recv_topk_idx = nullptr;      // [num_recv][K]: local expert id (idx - rank*Le) or -1
-  float* recv_topk_weights = nullptr; // [num_recv][K]: weight where local, else 0 (also 0 from
-                                      // a source that passed no topk_weights)
-  RecvSource* recv_src = nullptr;     // [num_recv]
-  int* num_recv_per_expert = nullptr; // [Le], each rounded up to Config::expert_alignment
+  void* recv_x = nullptr;              // [num_recv][H] of Config::dtype
+  float* recv_scales = nullptr;        // [num_recv][H/128], fp8 only
+  void* recv_topk_idx = nullptr;       // [num_recv][K]: local expert id (idx - rank*Le) or -1
+  float* recv_topk_weights = nullptr;  // [num_recv][K]: weight where local, else 0 (also 0 from
+                                       // a source that passed no topk_weights)
+  RecvSource* recv_src = nullptr;      // [num_recv]
+  int* num_recv_per_expert = nullptr;  // [Le], each rounded up to Config::expert_alignment
 };
 
 // Extras of a high-throughput combine.

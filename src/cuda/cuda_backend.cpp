@@ -561,4 +561,19 @@ void CudaBackend::ll_combine_receive(int buffer) {
   ll_->combine_receive(buffer, stream_);
 }
 
+void CudaBackend::ll_update_mask(int rank, bool masked) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  ll_->update_mask(rank, masked, stream_);
+}
+
+void CudaBackend::ll_query_mask(int32_t* mask_out) {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  ll_->query_mask(mask_out, stream_);
+}
+
+void CudaBackend::ll_clean_mask() {
+  EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  ll_->clean_mask(stream_);
+}
+
 }  // namespace epcomm::cuda

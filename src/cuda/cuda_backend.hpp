@@ -53,6 +53,9 @@ class CudaBackend final : public detail::CommBackend {
   void ll_dispatch_receive(int buffer) override;
   void ll_combine_send(const detail::LowLatencyCombineArgs& args, int buffer) override;
   void ll_combine_receive(int buffer) override;
+  void ll_update_mask(int rank, bool masked) override;
+  void ll_query_mask(int32_t* mask_out) override;
+  void ll_clean_mask() override;
 
  private:
   // Outputs go to the caller's buffer where one is given, else to this backend's own.

@@ -81,9 +81,13 @@ Error error_from_record(const ErrorRecord& rec, int wait_timeout_ms) {
          << " fit; ranks must pass the same topk_idx to dispatch and combine";
       return Error(ErrorCode::kBroken, os.str());
     case kDevLlFp8Mismatch:
+      // expected and seen hold cast modes: bit 0 use_fp8, bit 1 round_scale.
       os << "low_latency_dispatch: peer rank " << rec.peer
-         << " passed use_fp8 = " << (rec.seen ? "true" : "false") << " but this rank "
-         << (rec.expected ? "true" : "false") << "; every rank must pass the same";
+         << " passed use_fp8 = " << ((rec.seen & 1) ? "true" : "false")
+         << ", round_scale = " << ((rec.seen & 2) ? "true" : "false")
+         << " but this rank use_fp8 = " << ((rec.expected & 1) ? "true" : "false")
+         << ", round_scale = " << ((rec.expected & 2) ? "true" : "false")
+         << "; every rank must pass the same";
       return Error(ErrorCode::kBroken, os.str());
     default:
       os << "unknown device error code " << rec.code;

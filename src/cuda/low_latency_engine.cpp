@@ -68,6 +68,10 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
   layout_ =
       LowLatencyLayout::make(num_ranks_, experts_per_rank_, M, config_.max_topk, config_.hidden);
   d_counters_ = device_alloc<LowLatencyCounters>(1);
+  d_mask_ = device_alloc<int32_t>(num_ranks_);
+  d_verdicts_ = device_alloc<uint32_t>(4 * static_cast<size_t>(num_ranks_));
+  EPCOMM_CUDA_CHECK(cudaMemset(d_mask_, 0, sizeof(int32_t) * num_ranks_));
+  EPCOMM_CUDA_CHECK(cudaMemset(d_verdicts_, 0, sizeof(uint32_t) * 4 * num_ranks_));
   LowLatencyCounters start{};
   start.round[0] = start.round[1] = config_.sequence_start;
   EPCOMM_CUDA_CHECK(cudaMemcpy(d_counters_, &start, sizeof(start), cudaMemcpyHostToDevice));
@@ -75,6 +79,7 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
   for (BufferCall& call : calls_) {
     call.outputs.recv_x = device_alloc<char>(rows * 2 * config_.hidden);
     call.outputs.recv_scales = device_alloc<float>(rows * (config_.hidden / kFp8ScaleBlock));
+    call.outputs.recv_scale_codes = reinterpret_cast<uint8_t*>(call.outputs.recv_scales);
     call.outputs.recv_count = device_alloc<int>(experts_per_rank_);
     call.outputs.recv_src = device_alloc<int32_t>(rows * 3);
     call.outputs.layout_range =
@@ -99,6 +104,8 @@ LowLatencyEngine::~LowLatencyEngine() {
     cudaFree(call.dispatch_topk);
   }
   cudaFree(d_counters_);
+  cudaFree(d_mask_);
+  cudaFree(d_verdicts_);
 }
 
 LowLatencyParams LowLatencyEngine::params(int buffer, bool combine) const {
@@ -115,6 +122,8 @@ LowLatencyParams LowLatencyEngine::params(int buffer, bool combine) const {
   p.hidden = config_.hidden;
   p.buffer = buffer;
   p.use_fp8 = call.in.use_fp8;
+  p.round_scale = call.in.round_scale;
+  p.use_ue8m0 = call.in.use_ue8m0;
   p.x = static_cast<const uint16_t*>(call.in.x);
   // The combine reads the ids its dispatch saved (int64), and checks the ones it was given.
   const bool caller_int64 = config_.index_type == IndexType::kInt64;
@@ -130,6 +139,10 @@ LowLatencyParams LowLatencyEngine::params(int buffer, bool combine) const {
   p.rows_from = call.rows_from;
   p.counters = d_counters_;
   p.wait = wait_;
+  p.mask = d_mask_;
+  p.shrink = config_.ll_enable_shrink;
+  p.verdicts = d_verdicts_ + (static_cast<size_t>(buffer) * 2 + (combine ? 1 : 0)) * num_ranks_;
+  p.wait_cost_stats = combine ? call.combine.wait_cost_stats : call.in.wait_cost_stats;
   return p;
 }
 
@@ -143,7 +156,8 @@ LowLatencyDispatchResult LowLatencyEngine::dispatch_send(const LowLatencyDispatc
   EPCOMM_LAUNCH_CHECK("ll_dispatch_send_kernel");
   LowLatencyDispatchResult r;
   r.recv_x = call.outputs.recv_x;
-  r.recv_scales = in.use_fp8 ? call.outputs.recv_scales : nullptr;
+  r.recv_scales = in.use_fp8 && !in.use_ue8m0 ? call.outputs.recv_scales : nullptr;
+  r.recv_scale_codes = in.use_ue8m0 ? call.outputs.recv_scale_codes : nullptr;
   r.recv_count = call.outputs.recv_count;
   r.recv_src = reinterpret_cast<LowLatencySource*>(call.outputs.recv_src);
   r.layout_range = call.outputs.layout_range;
@@ -167,6 +181,21 @@ void LowLatencyEngine::combine_receive(int buffer, cudaStream_t stream) {
   kernels::launch_ll_combine_recv(
       params(buffer, true), ll_blocks(config_.combine_sms, calls_[buffer].in.num_tokens), stream);
   EPCOMM_LAUNCH_CHECK("ll_combine_recv_kernel");
+}
+
+void LowLatencyEngine::update_mask(int rank, bool masked, cudaStream_t stream) {
+  // The word becomes 0, then its low byte 1 when masked (little-endian): two capturable memsets.
+  EPCOMM_CUDA_CHECK(cudaMemsetAsync(d_mask_ + rank, 0, sizeof(int32_t), stream));
+  if (masked) EPCOMM_CUDA_CHECK(cudaMemsetAsync(d_mask_ + rank, 1, 1, stream));
+}
+
+void LowLatencyEngine::query_mask(int32_t* mask_out, cudaStream_t stream) {
+  EPCOMM_CUDA_CHECK(
+      cudaMemcpyAsync(mask_out, d_mask_, sizeof(int32_t) * num_ranks_, cudaMemcpyDefault, stream));
+}
+
+void LowLatencyEngine::clean_mask(cudaStream_t stream) {
+  EPCOMM_CUDA_CHECK(cudaMemsetAsync(d_mask_, 0, sizeof(int32_t) * num_ranks_, stream));
 }
 
 }  // namespace epcomm::cuda

@@ -26,6 +26,10 @@ class LowLatencyEngine {
   void dispatch_receive(int buffer, cudaStream_t stream);
   void combine_send(const detail::LowLatencyCombineArgs& args, int buffer, cudaStream_t stream);
   void combine_receive(int buffer, cudaStream_t stream);
+  // Rank masks, ordered on `stream`.
+  void update_mask(int rank, bool masked, cudaStream_t stream);
+  void query_mask(int32_t* mask_out, cudaStream_t stream);
+  void clean_mask(cudaStream_t stream);
   // This rank's low-latency region (peers write it).
   detail::MemoryRange shared_memory() const { return {domain_->local(), domain_->bytes()}; }
 
@@ -47,6 +51,8 @@ class LowLatencyEngine {
   LowLatencyLayout layout_;
   std::unique_ptr<MemoryDomain> domain_;
   LowLatencyCounters* d_counters_ = nullptr;
+  int32_t* d_mask_ = nullptr;       // [R]
+  uint32_t* d_verdicts_ = nullptr;  // [buffer][dispatch, combine][R]
   BufferCall calls_[2];
 };
 

@@ -56,6 +56,7 @@ HostBackend::HostBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   recv_topk_weights_.assign(rows * config_.max_topk, 0.f);
   recv_src_.assign(rows, RecvSource{0, 0});
   num_recv_per_expert_.assign(experts_per_rank_, 0);
+  ll_mask_.assign(num_ranks_, 0);
 
   HostBackend* self = this;
   peers_.resize(num_ranks_);

@@ -50,6 +50,10 @@ class HostBackend final : public detail::CommBackend {
   void ll_dispatch_receive(int buffer) override;
   void ll_combine_send(const detail::LowLatencyCombineArgs& args, int buffer) override;
   void ll_combine_receive(int buffer) override;
+  // The masks live in host memory; mask_out is host memory.
+  void ll_update_mask(int rank, bool masked) override;
+  void ll_query_mask(int32_t* mask_out) override;
+  void ll_clean_mask() override;
 
  private:
   // What this rank offers its peers during one collective call.
@@ -72,6 +76,7 @@ class HostBackend final : public detail::CommBackend {
     detail::LowLatencyCombineArgs combine;
     std::vector<unsigned char> recv_x;       // [Le][R * M][H] bf16 or fp8
     std::vector<float> recv_scales;          // [Le][R * M][H / 128]
+    std::vector<uint8_t> recv_scale_codes;   // [Le][R * M][H / 128], use_ue8m0
     std::vector<int> recv_count;             // [Le]
     std::vector<LowLatencySource> recv_src;  // [Le][R * M]
     std::vector<int> layout_range;           // [Le][R][2]
@@ -81,6 +86,8 @@ class HostBackend final : public detail::CommBackend {
   // Appends the tokens of `from` routed to expert `e` to local expert `le`'s rows.
   void ll_receive_from(const LowLatencyDispatchInputs& from, int source, int e, int le,
                        LowLatencyBuffer& buf, int& row);
+  // Whether this rank and `peer` exchange low-latency messages: neither masks the other.
+  bool ll_reaches(int peer) const;
 
   std::shared_ptr<Bootstrap> bootstrap_;
   Config config_;
@@ -101,6 +108,7 @@ class HostBackend final : public detail::CommBackend {
   int num_recv_ = 0;           // rows in the pool from the latest dispatch
   std::string pending_error_;  // kInvalidArgument for the next synchronize
   LowLatencyBuffer ll_[2];
+  std::vector<int32_t> ll_mask_;  // [R]: 1 where this rank masks the rank
 };
 
 }  // namespace epcomm::host

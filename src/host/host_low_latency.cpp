@@ -2,7 +2,8 @@
 // inputs. A token goes once to each of its experts, under the first top-k slot naming it. Rows
 // of a local expert come from source rank 0 first, then rank 1, ..., each source's tokens in
 // ascending order. Combine adds fmaf(w[t][k], y, acc) over k ascending from 0 in fp32 and
-// rounds once to bf16.
+// rounds once to bf16. Two ranks exchange nothing when either masks the other: the masked
+// rank's tokens are not received and its experts add nothing to the combine.
 #include <algorithm>
 #include <cstring>
 #include <sstream>
@@ -69,6 +70,7 @@ LowLatencyDispatchResult HostBackend::ll_dispatch_send(const LowLatencyDispatchI
   if (buf.recv_x.empty()) {  // sized once, on first use: most communicators never use the mode
     buf.recv_x.assign(rows * config_.hidden * 2, 0);
     buf.recv_scales.assign(rows * (config_.hidden / kFp8ScaleBlock), 0.f);
+    buf.recv_scale_codes.assign(rows * (config_.hidden / kFp8ScaleBlock), 0);
     buf.recv_count.assign(experts_per_rank_, 0);
     buf.recv_src.assign(rows, LowLatencySource{0, 0, 0});
     buf.layout_range.assign(static_cast<size_t>(experts_per_rank_) * num_ranks_ * 2, 0);
@@ -81,7 +83,8 @@ LowLatencyDispatchResult HostBackend::ll_dispatch_send(const LowLatencyDispatchI
   buf.in.topk_idx = buf.topk_idx.data();
   LowLatencyDispatchResult r;
   r.recv_x = buf.recv_x.data();
-  r.recv_scales = in.use_fp8 ? buf.recv_scales.data() : nullptr;
+  r.recv_scales = in.use_fp8 && !in.use_ue8m0 ? buf.recv_scales.data() : nullptr;
+  r.recv_scale_codes = in.use_ue8m0 ? buf.recv_scale_codes.data() : nullptr;
   r.recv_count = buf.recv_count.data();
   r.recv_src = buf.recv_src.data();
   r.layout_range = buf.layout_range.data();
@@ -103,11 +106,20 @@ void HostBackend::ll_receive_from(const LowLatencyDispatchInputs& from, int sour
       const size_t out_row = first_row + row;
       const auto* x = static_cast<const uint16_t*>(from.x) + static_cast<size_t>(t) * H;
       if (fp8) {
+        // The sender casts (its round_scale); the receiver picks the scale format.
         uint8_t* q = buf.recv_x.data() + out_row * H;
-        float* scales = buf.recv_scales.data() + out_row * (H / kFp8ScaleBlock);
+        const size_t first_scale = out_row * (H / kFp8ScaleBlock);
         for (int g = 0; g < H / kFp8ScaleBlock; ++g) {
-          scales[g] =
-              cast_block_to_e4m3(x + g * kFp8ScaleBlock, q + g * kFp8ScaleBlock, kFp8ScaleBlock);
+          const uint16_t* block = x + g * kFp8ScaleBlock;
+          uint8_t* q_block = q + g * kFp8ScaleBlock;
+          const float scale = from.round_scale
+                                  ? cast_block_to_e4m3_pow2(block, q_block, kFp8ScaleBlock)
+                                  : cast_block_to_e4m3(block, q_block, kFp8ScaleBlock);
+          if (buf.in.use_ue8m0) {
+            buf.recv_scale_codes[first_scale + g] = ue8m0_code(scale);
+          } else {
+            buf.recv_scales[first_scale + g] = scale;
+          }
         }
       } else {
         std::memcpy(buf.recv_x.data() + out_row * H * 2, x, static_cast<size_t>(H) * 2);
@@ -124,11 +136,16 @@ void HostBackend::ll_dispatch_receive(int buffer) {
   ll_agree_on_experts(buf.in.topk_idx, buf.in.num_tokens, buf.in.num_topk);  // all have sent
   for (int s = 0; s < num_ranks_; ++s) {
     // Each rank casts its own rows: with mixed modes receivers could not read them.
-    if (peers_[s]->ll_[buffer].in.use_fp8 != peers_[0]->ll_[buffer].in.use_fp8) {
+    const LowLatencyDispatchInputs& first = peers_[0]->ll_[buffer].in;
+    const LowLatencyDispatchInputs& theirs = peers_[s]->ll_[buffer].in;
+    const char* differs = theirs.use_fp8 != first.use_fp8           ? "use_fp8"
+                          : theirs.round_scale != first.round_scale ? "round_scale"
+                                                                    : nullptr;
+    if (differs != nullptr) {
       bootstrap_->barrier();
-      throw Error(
-          ErrorCode::kInvalidArgument,
-          "low_latency_dispatch: use_fp8 differs between rank 0 and rank " + std::to_string(s));
+      throw Error(ErrorCode::kInvalidArgument, std::string("low_latency_dispatch: ") + differs +
+                                                   " differs between rank 0 and rank " +
+                                                   std::to_string(s));
     }
   }
   for (int le = 0; le < experts_per_rank_; ++le) {
@@ -136,7 +153,7 @@ void HostBackend::ll_dispatch_receive(int buffer) {
     int row = 0;
     for (int s = 0; s < num_ranks_; ++s) {
       const int first = row;
-      ll_receive_from(peers_[s]->ll_[buffer].in, s, e, le, buf, row);
+      if (ll_reaches(s)) ll_receive_from(peers_[s]->ll_[buffer].in, s, e, le, buf, row);
       int* range = buf.layout_range.data() + (static_cast<size_t>(le) * num_ranks_ + s) * 2;
       range[0] = first;
       range[1] = row - first;
@@ -145,6 +162,18 @@ void HostBackend::ll_dispatch_receive(int buffer) {
   }
   bootstrap_->barrier();  // peers may reuse x and topk_idx once everyone has read them
 }
+
+bool HostBackend::ll_reaches(int peer) const {
+  return ll_mask_[peer] == 0 && peers_[peer]->ll_mask_[rank_] == 0;
+}
+
+void HostBackend::ll_update_mask(int rank, bool masked) { ll_mask_[rank] = masked ? 1 : 0; }
+
+void HostBackend::ll_query_mask(int32_t* mask_out) {
+  std::copy(ll_mask_.begin(), ll_mask_.end(), mask_out);
+}
+
+void HostBackend::ll_clean_mask() { std::fill(ll_mask_.begin(), ll_mask_.end(), 0); }
 
 void HostBackend::ll_combine_send(const detail::LowLatencyCombineArgs& args, int buffer) {
   ll_[buffer].combine = args;
@@ -192,6 +221,7 @@ void HostBackend::ll_combine_receive(int buffer) {
       while (read_index(ids, is_int64, static_cast<size_t>(t) * K + k0) != e) ++k0;
       const int d = static_cast<int>(e / experts_per_rank_);
       const int le = static_cast<int>(e % experts_per_rank_);
+      if (!ll_reaches(d)) continue;  // a masked rank's experts add nothing
       const LowLatencyBuffer& expert_side = peers_[d]->ll_[buffer];
       const int first =
           expert_side.layout_range[(static_cast<size_t>(le) * num_ranks_ + rank_) * 2];

@@ -37,7 +37,7 @@ inline uint8_t float_to_e4m3(float f) {
     code = static_cast<uint32_t>(std::nearbyint(a * 512.0f));  // 8 means 2^-6, code 0x08: fine
   } else {
     int exponent;
-    std::frexp(a, &exponent);  // a = m * 2^exponent with m in [0.5, 1)
+    std::frexp(a, &exponent);    // a = m * 2^exponent with m in [0.5, 1)
     const int e = exponent - 1;  // a in [2^e, 2^(e+1))
     if (e > 8) return sign | 0x7e;
     // a / 2^(e-3) in [8, 16): exact scaling by a power of two, then one rounding.
@@ -57,6 +57,41 @@ inline float cast_block_to_e4m3(const uint16_t* x, uint8_t* q, int n) {
   const float inv = 448.0f / a;
   for (int i = 0; i < n; ++i) q[i] = float_to_e4m3(bf16_to_float(x[i]) * inv);
   return a / 448.0f;
+}
+
+// ceil(log2(v)) for a positive normal fp32 v, from its bits: the exponent, plus one when any
+// mantissa bit is set.
+inline int log2_ceil(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return static_cast<int>((bits >> 23) & 0xffu) - 127 + ((bits & 0x7fffffu) != 0 ? 1 : 0);
+}
+
+// 2^e for e in [-126, 127], exactly.
+inline float pow2(int e) {
+  const uint32_t bits = static_cast<uint32_t>(e + 127) << 23;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// The same cast with a power-of-two scale (DeepEP's round_scale): a = max(amax, 1e-4),
+// e = ceil(log2(a * (1 / 448))) with the fp32 product, q = e4m3(x * 2^-e), scale = 2^e.
+inline float cast_block_to_e4m3_pow2(const uint16_t* x, uint8_t* q, int n) {
+  float amax = 0.f;
+  for (int i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(bf16_to_float(x[i])));
+  const float a = std::fmax(amax, 1e-4f);
+  const int e = log2_ceil(a * (1.0f / 448.0f));
+  const float inv = pow2(-e);
+  for (int i = 0; i < n; ++i) q[i] = float_to_e4m3(bf16_to_float(x[i]) * inv);
+  return pow2(e);
+}
+
+// The UE8M0 code of a power-of-two scale: its biased fp32 exponent.
+inline uint8_t ue8m0_code(float scale) {
+  uint32_t bits;
+  std::memcpy(&bits, &scale, sizeof(bits));
+  return static_cast<uint8_t>(bits >> 23);
 }
 
 inline int64_t read_index(const void* base, bool is_int64, size_t i) {

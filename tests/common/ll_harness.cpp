@@ -54,7 +54,7 @@ void fill_block(Rng& rng, uint16_t* block) {
 // The views of one low-latency buffer, as a dispatch on it returned them.
 struct BufferViews {
   void* recv_x = nullptr;
-  float* recv_scales = nullptr;
+  void* recv_scales = nullptr;  // recv_scales, or recv_scale_codes with use_ue8m0
   int* recv_count = nullptr;
   LowLatencySource* recv_src = nullptr;
   int* layout_range = nullptr;
@@ -62,8 +62,9 @@ struct BufferViews {
 };
 
 BufferViews views_of(const LowLatencyDispatchResult& res) {
-  return {res.recv_x,   res.recv_scales,  res.recv_count,
-          res.recv_src, res.layout_range, res.handle.call()};
+  void* scales = res.recv_scale_codes != nullptr ? static_cast<void*>(res.recv_scale_codes)
+                                                 : static_cast<void*>(res.recv_scales);
+  return {res.recv_x, scales, res.recv_count, res.recv_src, res.layout_range, res.handle.call()};
 }
 
 // Sizes of one rank's low-latency outputs.
@@ -72,7 +73,9 @@ struct Sizes {
       : num_local_experts(s.num_experts / s.num_ranks),
         rows_per_expert(static_cast<size_t>(s.num_ranks) * s.max_tokens),
         row_bytes(static_cast<size_t>(s.hidden) * (s.use_fp8 ? 1 : 2)),
-        scale_row_bytes(s.use_fp8 ? static_cast<size_t>(s.hidden / kFp8ScaleBlock) * 4 : 0) {}
+        scale_row_bytes(s.use_fp8 ? static_cast<size_t>(s.hidden / kFp8ScaleBlock) *
+                                        (s.use_ue8m0() ? 1 : 4)
+                                  : 0) {}
   int num_local_experts;
   size_t rows_per_expert, row_bytes, scale_row_bytes;
   size_t rows() const { return num_local_experts * rows_per_expert; }
@@ -167,6 +170,24 @@ void upload(Memory& memory, Buffer& buf, const void* src, size_t bytes) {
   if (bytes) memory.upload(buf.get(), src, bytes);
 }
 
+// The stats after a round against their values before: masked peers' entries unchanged, no
+// entry decreased, and every entry unchanged on the host reference (no device waits).
+void check_wait_stats(Memory& memory, const Buffer& stats, const std::vector<int64_t>& before,
+                      const LowLatencyShape& shape, int rank, bool host,
+                      std::ostringstream& problems) {
+  std::vector<int64_t> after(before.size());
+  memory.download(after.data(), stats.get(), after.size() * sizeof(int64_t));
+  for (size_t i = 0; i < after.size(); ++i) {
+    const int peer = static_cast<int>(i % shape.num_ranks);
+    const bool fixed = shape.masks(rank, peer) || host;
+    if (after[i] < before[i] || (fixed && after[i] != before[i])) {
+      problems << "rank " << rank << ": " << (i < before.size() / 2 ? "dispatch" : "combine")
+               << " wait_cost_stats[" << peer << "] went from " << before[i] << " to " << after[i]
+               << (fixed ? " (must not change)" : " (must not decrease)") << "; ";
+    }
+  }
+}
+
 bool same_views(const BufferViews& a, const BufferViews& b, bool fp8) {
   return a.recv_x == b.recv_x && a.recv_count == b.recv_count && a.recv_src == b.recv_src &&
          a.layout_range == b.layout_range && (!fp8 || a.recv_scales == b.recv_scales);
@@ -177,9 +198,21 @@ bool same_views(const BufferViews& a, const BufferViews& b, bool fp8) {
 std::string LowLatencyShape::name() const {
   std::ostringstream os;
   os << "R" << num_ranks << "_M" << max_tokens << "_T" << num_tokens << "_H" << hidden << "_E"
-     << num_experts << "_K" << num_topk << (use_fp8 ? "_fp8" : "_bf16") << "_"
-     << epcomm::to_string(index_type);
+     << num_experts << "_K" << num_topk << (use_fp8 ? "_fp8" : "_bf16");
+  if (use_ue8m0()) {
+    os << "_ue8m0";
+  } else if (round_scale()) {
+    os << "_pow2";
+  }
+  os << "_" << epcomm::to_string(index_type);
+  if (masked_ranks != 0) os << "_masked" << std::hex << masked_ranks;
   return os.str();
+}
+
+void apply_ll_masks(Communicator& comm, const LowLatencyShape& shape) {
+  for (int peer = 0; peer < shape.num_ranks; ++peer) {
+    comm.low_latency_update_mask(peer, shape.masks(comm.rank(), peer));
+  }
 }
 
 int ll_num_tokens(const LowLatencyShape& shape, int rank) {
@@ -307,6 +340,7 @@ std::vector<LowLatencyRankOutputs> run_ll_round(Communicator& comm, Bootstrap& b
   // allocation that grows the memory pool can wait for the kernels running on the GPU. One H100
   // run (c190c6b) timed out once in the first dispatch with the count of a peer that was, by
   // this account, still allocating.
+  apply_ll_masks(comm, shape);
   bootstrap.barrier();
 
   // The outputs are the communicator's own buffers: an empty pair on each buffer shows their
@@ -316,6 +350,8 @@ std::vector<LowLatencyRankOutputs> run_ll_round(Communicator& comm, Bootstrap& b
     LowLatencyDispatchInputs empty;
     empty.num_topk = K;
     empty.use_fp8 = shape.use_fp8;
+    empty.round_scale = shape.round_scale();
+    empty.use_ue8m0 = shape.use_ue8m0();
     const LowLatencyDispatchResult res = comm.low_latency_dispatch(empty);
     views[res.handle.buffer()] = views_of(res);
     comm.low_latency_combine(in[0].y.get(), nullptr, nullptr, res.handle, nullptr);
@@ -323,6 +359,12 @@ std::vector<LowLatencyRankOutputs> run_ll_round(Communicator& comm, Bootstrap& b
   comm.synchronize();
   bootstrap.barrier();  // every rank is done with both buffers before any is poisoned
   for (const BufferViews& v : views) poison(memory, v, shape);
+  // [dispatch R | combine R] int64, from earlier values that the calls may only increase.
+  const size_t stats_count = 2 * static_cast<size_t>(shape.num_ranks);
+  std::vector<int64_t> stats_before(stats_count);
+  for (size_t i = 0; i < stats_count; ++i) stats_before[i] = static_cast<int64_t>(i * 1000 + rank);
+  Buffer stats(memory, stats_count * sizeof(int64_t));
+  memory.upload(stats.get(), stats_before.data(), stats_count * sizeof(int64_t));
   for (PairInputs& pi : in) memory.fill(pi.out.get(), kPoison, pi.out.bytes());
   bootstrap.barrier();  // no peer sends into a buffer before its owner poisoned it
 
@@ -334,21 +376,31 @@ std::vector<LowLatencyRankOutputs> run_ll_round(Communicator& comm, Bootstrap& b
     d.num_tokens = in[p].data.num_tokens;
     d.num_topk = K;
     d.use_fp8 = shape.use_fp8;
+    d.round_scale = shape.round_scale();
+    d.use_ue8m0 = shape.use_ue8m0();
+    d.wait_cost_stats = options.wait_stats ? stats.as<int64_t>() : nullptr;
     res[p] = comm.low_latency_dispatch(d, options.hook);
   }
   if (options.hook) {
     for (const auto& r : res) comm.low_latency_receive(r.handle);
   }
+  LowLatencyCombineOptions combine_options;
+  combine_options.wait_cost_stats =
+      options.wait_stats ? stats.as<int64_t>() + shape.num_ranks : nullptr;
   for (int p = 0; p < pairs; ++p) {
     comm.low_latency_combine(in[p].y.get(), in[p].topk_idx.get(), in[p].topk_weights.as<float>(),
-                             res[p].handle, in[p].out.get(), options.hook);
+                             res[p].handle, in[p].out.get(), options.hook, combine_options);
   }
   if (options.hook) {
     for (const auto& r : res) comm.low_latency_receive(r.handle);
   }
   comm.synchronize();
-
   std::ostringstream problems;
+  if (options.wait_stats) {
+    check_wait_stats(memory, stats, stats_before, shape, rank, comm.backend() == Backend::kHost,
+                     problems);
+  }
+
   std::vector<LowLatencyRankOutputs> outputs;
   for (int p = 0; p < pairs; ++p) {
     const BufferViews got = views_of(res[p]);

@@ -28,15 +28,17 @@ struct LlCase {
 std::string case_name(const LlCase& c) {
   std::ostringstream os;
   os << c.shape.name() << "_" << testing::to_string(c.routing) << (c.options.hook ? "_hook" : "")
-     << "_inflight" << c.options.in_flight << "_sms" << c.sms;
+     << "_inflight" << c.options.in_flight << "_sms" << c.sms
+     << (c.options.wait_stats ? "_stats" : "");
   if (c.rounds > 1) os << "_rounds" << c.rounds;
   return os.str();
 }
 
 void PrintTo(const LlCase& c, std::ostream* os) { *os << c.name; }
 
-// Each (R, routing, T) once; dtype, index type, hook, calls in flight, M, H, K and experts per
-// rank come from bits of a hash of the case index, so that each variant meets many shapes.
+// Each (R, routing, T) once; dtype, fp8 scale format, index type, hook, calls in flight, masked
+// ranks, wait stats, M, H, K and experts per rank come from bits of a hash of the case index,
+// so that each variant meets many shapes.
 // T = 0 sends nothing; T = 1 leaves the last rank without tokens (it takes T / 2).
 std::vector<LlCase> make_cases() {
   std::vector<LlCase> cases;
@@ -55,9 +57,13 @@ std::vector<LlCase> make_cases() {
         c.shape.num_experts = R * (1 << (bit(0) + bit(1)));  // 1, 2 or 4 per rank
         c.shape.num_topk = bit(2) ? 8 : 1 + i % 4;
         c.shape.use_fp8 = bit(3);
+        c.shape.scales = c.shape.use_fp8 ? static_cast<LowLatencyShape::Scales>(i % 3)
+                                         : LowLatencyShape::Scales::kFloat;
         c.shape.index_type = bit(4) ? IndexType::kInt32 : IndexType::kInt64;
         c.options.hook = bit(5);
         c.options.in_flight = 1 + bit(6);
+        c.shape.masked_ranks = R > 2 && bit(7) ? 1u << (i % R) : 0u;
+        c.options.wait_stats = bit(8);
         c.sms = 1 + (i * 7) % 16;
         c.seed = 11000 + 10 * i;
         c.name = case_name(c);
@@ -76,7 +82,10 @@ std::vector<LlCase> make_cases() {
     c.shape.num_experts = 16;
     c.shape.num_topk = 4;
     c.shape.use_fp8 = v & 1;
+    c.shape.scales = static_cast<LowLatencyShape::Scales>(v / 2 % 3);
     c.shape.index_type = v % 3 == 0 ? IndexType::kInt32 : IndexType::kInt64;
+    c.shape.masked_ranks = v >= 6 ? 0x24u : 0u;  // ranks 2 and 5 cut off
+    c.options.wait_stats = v & 2;
     c.options.hook = v & 2;
     c.options.in_flight = v & 4 ? 2 : 1;
     c.routing = v & 4 ? Routing::kWithHoles : Routing::kUniform;

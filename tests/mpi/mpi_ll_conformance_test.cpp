@@ -52,6 +52,10 @@ std::vector<Case> make_cases(int num_ranks) {
         c.shape.num_experts = num_ranks * (i % 3 == 2 ? 1 : 4);
         c.shape.num_topk = i % 5 == 0 ? 8 : 1 + i % 4;
         c.shape.use_fp8 = fp8;
+        c.shape.scales =
+            fp8 ? static_cast<LowLatencyShape::Scales>(i / 2 % 3) : LowLatencyShape::Scales::kFloat;
+        c.shape.masked_ranks = num_ranks > 2 && i % 7 == 3 ? 1u << (num_ranks - 1) : 0u;
+        c.options.wait_stats = i % 2 == 1;
         c.shape.index_type = (i / 2) % 2 ? IndexType::kInt32 : IndexType::kInt64;
         c.options.hook = (i / 3) % 2 == 1;
         c.options.in_flight = (i / 4) % 2 ? 2 : 1;

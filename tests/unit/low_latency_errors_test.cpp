@@ -227,6 +227,67 @@ TEST(LowLatencyErrors, Fp8MustAgreeAcrossRanks) {
   });
 }
 
+TEST(LowLatencyErrors, RoundScaleMustAgreeAcrossRanks) {
+  const auto bs = testing::shared_bootstraps(2, 5000);
+  testing::run_on_ranks(2, [&](int r) {
+    auto comm = Communicator::create(bs[r], ll_config(), Backend::kHost);
+    Inputs data(2);
+    data.in.use_fp8 = true;
+    data.in.round_scale = r == 0;
+    expect_error(ErrorCode::kInvalidArgument, "round_scale differs between rank 0 and rank 1",
+                 [&] { comm->low_latency_dispatch(data.in); });
+  });
+}
+
+TEST(LowLatencyErrors, ScaleOptionsNeedWhatTheyShape) {
+  auto comm = one_rank(ll_config());
+  Inputs data(2);
+  data.in.round_scale = true;
+  expect_error(ErrorCode::kInvalidArgument, "round_scale = true needs use_fp8 = true",
+               [&] { comm->low_latency_dispatch(data.in); });
+  data.in.use_fp8 = true;
+  data.in.round_scale = false;
+  data.in.use_ue8m0 = true;
+  expect_error(ErrorCode::kInvalidArgument, "use_ue8m0 = true needs round_scale = true",
+               [&] { comm->low_latency_dispatch(data.in); });
+  data.in.round_scale = true;
+  LowLatencyDispatchResult res;
+  ASSERT_NO_THROW(res = comm->low_latency_dispatch(data.in));  // the buffer stayed free
+  EXPECT_EQ(res.recv_scales, nullptr);
+  EXPECT_NE(res.recv_scale_codes, nullptr);
+}
+
+TEST(LowLatencyErrors, MaskArguments) {
+  auto off = one_rank(ll_config(0));
+  int32_t mask[2] = {7, 7};
+  expect_error(ErrorCode::kInvalidArgument, "low_latency_update_mask: Config.ll_max_tokens",
+               [&] { off->low_latency_update_mask(0, true); });
+  expect_error(ErrorCode::kInvalidArgument, "low_latency_query_mask: Config.ll_max_tokens",
+               [&] { off->low_latency_query_mask(mask); });
+  expect_error(ErrorCode::kInvalidArgument, "low_latency_clean_mask: Config.ll_max_tokens",
+               [&] { off->low_latency_clean_mask(); });
+  const auto bs = testing::shared_bootstraps(2, 5000);
+  testing::run_on_ranks(2, [&](int r) {
+    auto comm = Communicator::create(bs[r], ll_config(), Backend::kHost);
+    for (int bad : {-1, 2}) {
+      expect_error(ErrorCode::kInvalidArgument, "rank = " + std::to_string(bad),
+                   [&] { comm->low_latency_update_mask(bad, true); });
+    }
+    expect_error(ErrorCode::kInvalidArgument, "mask_out is null",
+                 [&] { comm->low_latency_query_mask(nullptr); });
+    int32_t got[2] = {7, 7};
+    comm->low_latency_update_mask(1 - r, true);
+    comm->low_latency_query_mask(got);
+    EXPECT_EQ(got[r], 0);
+    EXPECT_EQ(got[1 - r], 1);
+    comm->low_latency_update_mask(1 - r, false);
+    comm->low_latency_update_mask(r, true);
+    comm->low_latency_clean_mask();
+    comm->low_latency_query_mask(got);
+    EXPECT_EQ(got[0] + got[1], 0);
+  });
+}
+
 TEST(LowLatencyErrors, ConfigValidation) {
   for (int bad : {-1, 1025}) {
     Config c = ll_config(bad);
@@ -245,6 +306,12 @@ TEST(LowLatencyErrors, ConfigValidation) {
   c.ll_max_tokens_per_rank = 2000;
   expect_error(ErrorCode::kInvalidArgument, "Config.ll_max_tokens_per_rank = 2000",
                [&] { one_rank(c); });
+  Config shrink = ll_config(0);
+  shrink.ll_enable_shrink = true;
+  expect_error(ErrorCode::kInvalidArgument, "Config.ll_enable_shrink = 1",
+               [&] { shrink.validate(2); });
+  shrink.ll_max_tokens_per_rank = kMaxTokens;
+  EXPECT_NO_THROW(shrink.validate(2));
 }
 
 }  // namespace

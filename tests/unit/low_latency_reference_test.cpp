@@ -6,8 +6,8 @@
 #include <cstring>
 #include <vector>
 
-#include "epcomm/epcomm.hpp"
 #include "bf16_bits.hpp"
+#include "epcomm/epcomm.hpp"
 #include "harness.hpp"
 #include "ll_harness.hpp"
 
@@ -68,6 +68,31 @@ float cast_block(const uint16_t* x, uint8_t* q) {
   return a / 448.0f;
 }
 
+// The round_scale cast, from the contract in its own terms: the scale is the least power of two
+// at or above a * (1 / 448) (the fp32 product), found with a double log2 instead of bits.
+float cast_block_pow2(const uint16_t* x, uint8_t* q) {
+  float amax = 0.0f;
+  for (int i = 0; i < kFp8ScaleBlock; ++i) amax = std::max(amax, std::fabs(float_of(x[i])));
+  const float a = std::max(amax, 1e-4f);
+  const float wanted = a * (1.0f / 448.0f);
+  const int e = static_cast<int>(std::ceil(std::log2(static_cast<double>(wanted))));
+  const float inv = std::ldexp(1.0f, -e);
+  for (int i = 0; i < kFp8ScaleBlock; ++i) q[i] = e4m3().encode(float_of(x[i]) * inv);
+  return std::ldexp(1.0f, e);
+}
+
+// The scale in the format the shape asks for: fp32 bytes, or the UE8M0 code 127 + log2(scale).
+void append_scale(const LowLatencyShape& s, float scale, std::vector<unsigned char>& out) {
+  if (s.use_ue8m0()) {
+    int exponent = 0;
+    std::frexp(scale, &exponent);  // scale = 0.5 * 2^exponent
+    out.push_back(static_cast<unsigned char>(127 + exponent - 1));
+    return;
+  }
+  const auto* sb = reinterpret_cast<const unsigned char*>(&scale);
+  out.insert(out.end(), sb, sb + 4);
+}
+
 TEST(LowLatencyE4m3Model, KnownCodes) {
   const E4m3& t = e4m3();
   EXPECT_EQ(t.encode(1.0f), 0x38);
@@ -113,7 +138,8 @@ std::vector<LowLatencyRankOutputs> model(const LowLatencyShape& s,
       const int e = d * Le + le;
       for (int src = 0; src < R; ++src) {
         out[d].layout_range[(le * R + src) * 2] = static_cast<int>(rows[e].size());
-        for (int t = 0; t < in[src].num_tokens; ++t) {
+        const int tokens = s.masks(d, src) ? 0 : in[src].num_tokens;  // cut off: nothing comes
+        for (int t = 0; t < tokens; ++t) {
           for (int k = 0; k < K; ++k) {
             if (expert_of(src, t, k) == e) {
               rows[e].push_back({src, t, k});
@@ -137,10 +163,10 @@ std::vector<LowLatencyRankOutputs> model(const LowLatencyShape& s,
         }
         for (int g = 0; g < H / kFp8ScaleBlock; ++g) {
           uint8_t q[kFp8ScaleBlock];
-          const float scale = cast_block(x + g * kFp8ScaleBlock, q);
+          const float scale = s.round_scale() ? cast_block_pow2(x + g * kFp8ScaleBlock, q)
+                                              : cast_block(x + g * kFp8ScaleBlock, q);
           out[d].recv_x.insert(out[d].recv_x.end(), q, q + kFp8ScaleBlock);
-          const auto* sb = reinterpret_cast<const unsigned char*>(&scale);
-          out[d].recv_scales.insert(out[d].recv_scales.end(), sb, sb + 4);
+          append_scale(s, scale, out[d].recv_scales);
         }
       }
     }
@@ -153,9 +179,10 @@ std::vector<LowLatencyRankOutputs> model(const LowLatencyShape& s,
       for (int k = 0; k < K; ++k) {
         const int64_t e = expert_of(src, t, k);
         if (e < 0) continue;
+        const int d = static_cast<int>(e / Le), le = static_cast<int>(e % Le);
+        if (s.masks(src, d)) continue;  // a cut-off rank's experts add nothing
         int row = 0;  // the token's row at its expert, whichever slot first named it
         while (rows[e][row].rank != src || rows[e][row].token != t) ++row;
-        const int d = static_cast<int>(e / Le), le = static_cast<int>(e % Le);
         const uint16_t* yrow = y[d].data() + (static_cast<size_t>(le) * rows_per_expert + row) * H;
         const float w = in[src].topk_weights[static_cast<size_t>(t) * K + k];
         for (int h = 0; h < H; ++h) acc[h] = std::fma(w, float_of(yrow[h]), acc[h]);
@@ -220,6 +247,8 @@ std::vector<ModelCase> model_cases() {
       c.shape.num_experts = (i % 3 == 0 ? 2 : 4) * R;
       c.shape.num_topk = 1 + i % 4;
       c.shape.use_fp8 = i % 2 == 0;
+      c.shape.scales = static_cast<LowLatencyShape::Scales>(i / 2 % 3);
+      c.shape.masked_ranks = R >= 3 && i % 5 == 2 ? 1u << (i % R) : 0u;
       c.shape.index_type = i % 3 == 1 ? IndexType::kInt32 : IndexType::kInt64;
       c.options.hook = i % 4 >= 2;
       c.options.in_flight = 1 + (i / 2) % 2;
@@ -292,31 +321,84 @@ TEST(LowLatencyReference, Fp8CastMatchesIndependentEncoder) {
   cfg.index_type = IndexType::kInt32;
   cfg.ll_max_tokens_per_rank = T;
   auto comm = Communicator::create(testing::shared_bootstraps(1, 5000)[0], cfg, Backend::kHost);
-  LowLatencyDispatchInputs in;
-  in.x = x.data();
-  in.topk_idx = topk.data();
-  in.num_tokens = T;
-  in.num_topk = 1;
-  in.use_fp8 = true;
-  const LowLatencyDispatchResult res = comm->low_latency_dispatch(in);
-  ASSERT_NE(res.recv_scales, nullptr);
-  const auto* q = static_cast<const uint8_t*>(res.recv_x);
-  for (int t = 0; t < T; ++t) {
-    const size_t row = static_cast<size_t>(t % 2) * res.rows_per_expert + t / 2;
-    for (int g = 0; g < kBlocks; ++g) {
-      uint8_t want[kFp8ScaleBlock];
-      const float scale =
-          cast_block(x.data() + static_cast<size_t>(t) * H + g * kFp8ScaleBlock, want);
-      EXPECT_EQ(std::memcmp(&scale, res.recv_scales + row * kBlocks + g, 4), 0)
-          << "token " << t << " block " << g << ": scale " << res.recv_scales[row * kBlocks + g]
-          << ", expected " << scale;
-      for (int i = 0; i < kFp8ScaleBlock; ++i) {
-        ASSERT_EQ(q[row * H + g * kFp8ScaleBlock + i], want[i])
-            << "token " << t << " block " << g << " element " << i
-            << " x = " << float_of(x[static_cast<size_t>(t) * H + g * kFp8ScaleBlock + i]);
+  // Each scale format: fp32 a / 448, round_scale (fp32 powers of two), and their UE8M0 codes.
+  for (int mode = 0; mode < 3; ++mode) {
+    SCOPED_TRACE(mode == 0 ? "fp32 scales" : mode == 1 ? "round_scale" : "use_ue8m0");
+    LowLatencyDispatchInputs in;
+    in.x = x.data();
+    in.topk_idx = topk.data();
+    in.num_tokens = T;
+    in.num_topk = 1;
+    in.use_fp8 = true;
+    in.round_scale = mode >= 1;
+    in.use_ue8m0 = mode == 2;
+    const LowLatencyDispatchResult res = comm->low_latency_dispatch(in);
+    const std::vector<uint16_t> y(static_cast<size_t>(2) * res.rows_per_expert * H);
+    const std::vector<float> weights(T, 1.0f);
+    std::vector<uint16_t> out(static_cast<size_t>(T) * H);
+    // Ends the round, so that a later mode's dispatch may take this buffer again; the outputs
+    // checked below stay valid until the dispatch two calls later.
+    comm->low_latency_combine(y.data(), topk.data(), weights.data(), res.handle, out.data());
+    ASSERT_EQ(res.recv_scales == nullptr, mode == 2);
+    ASSERT_EQ(res.recv_scale_codes == nullptr, mode != 2);
+    const auto* q = static_cast<const uint8_t*>(res.recv_x);
+    for (int t = 0; t < T; ++t) {
+      const size_t row = static_cast<size_t>(t % 2) * res.rows_per_expert + t / 2;
+      for (int g = 0; g < kBlocks; ++g) {
+        uint8_t want[kFp8ScaleBlock];
+        const uint16_t* block = x.data() + static_cast<size_t>(t) * H + g * kFp8ScaleBlock;
+        const float scale = mode == 0 ? cast_block(block, want) : cast_block_pow2(block, want);
+        if (mode == 2) {
+          int exponent = 0;
+          std::frexp(scale, &exponent);
+          EXPECT_EQ(res.recv_scale_codes[row * kBlocks + g], 126 + exponent)
+              << "token " << t << " block " << g << ": scale " << scale;
+        } else {
+          EXPECT_EQ(std::memcmp(&scale, res.recv_scales + row * kBlocks + g, 4), 0)
+              << "token " << t << " block " << g << ": scale " << res.recv_scales[row * kBlocks + g]
+              << ", expected " << scale;
+        }
+        for (int i = 0; i < kFp8ScaleBlock; ++i) {
+          ASSERT_EQ(q[row * H + g * kFp8ScaleBlock + i], want[i])
+              << "token " << t << " block " << g << " element " << i
+              << " x = " << float_of(block[i]);
+        }
       }
     }
   }
+}
+
+// A power-of-two scale: the least power of two at or above a * (1 / 448), exactly at a power.
+TEST(LowLatencyReference, RoundScaleTakesTheNextPowerOfTwo) {
+  constexpr int H = 128;
+  Config cfg;
+  cfg.num_experts = 1;
+  cfg.hidden = H;
+  cfg.max_tokens_per_rank = 1;
+  cfg.max_topk = 1;
+  cfg.index_type = IndexType::kInt32;
+  cfg.ll_max_tokens_per_rank = 4;
+  auto comm = Communicator::create(testing::shared_bootstraps(1, 5000)[0], cfg, Backend::kHost);
+  // amax per token: 448 (scale exactly 1), 450 (just above: 2), 3.5 (3.5 / 448 = 2^-7: exact),
+  // 0 (the 1e-4 floor: 1e-4 / 448 is in (2^-23, 2^-22], so 2^-22).
+  const float amax[] = {448.0f, 450.0f, 3.5f, 0.0f};
+  const float want[] = {1.0f, 2.0f, 0.0078125f, std::ldexp(1.0f, -22)};
+  std::vector<uint16_t> x(4 * H, bf16_of(0.0f));
+  for (int t = 0; t < 4; ++t) x[t * H + 5] = bf16_of(-amax[t]);
+  ASSERT_EQ(float_of(x[1 * H + 5]), -450.0f);  // exact in bf16
+  std::vector<int32_t> topk(4, 0);
+  LowLatencyDispatchInputs in;
+  in.x = x.data();
+  in.topk_idx = topk.data();
+  in.num_tokens = 4;
+  in.num_topk = 1;
+  in.use_fp8 = true;
+  in.round_scale = true;
+  const LowLatencyDispatchResult res = comm->low_latency_dispatch(in);
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(res.recv_scales[t], want[t]) << "token " << t;
+  // q = x / scale: -448 -> -448 (0xfe), 3.5 / 2^-7 = 448 again.
+  EXPECT_EQ(static_cast<const uint8_t*>(res.recv_x)[0 * H + 5], 0xfe);
+  EXPECT_EQ(static_cast<const uint8_t*>(res.recv_x)[2 * H + 5], 0xfe);
 }
 
 // R=2, E=4 (experts 0, 1 on rank 0; 2, 3 on rank 1), M=4, T=3, K=2, H=128, int64 ids.

@@ -20,8 +20,10 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_combine_send_kernel(LowLaten
   if (rank_failed(p.wait.state)) return;
   const int R = p.num_ranks, Le = p.experts_per_rank, H = p.hidden;
   extern __shared__ int s_rows[];  // [Le + 1]: each expert's first row in the packed order
+  __shared__ bool s_masked[cuda::kMaxCudaRanks];
   const uint32_t tag = round_tag(p);
   for (int le = threadIdx.x; le < Le; le += blockDim.x) s_rows[le] = p.recv.recv_count[le];
+  for (int s = threadIdx.x; s < R; s += blockDim.x) s_masked[s] = rank_masked(p, s);
   __syncthreads();
   if (threadIdx.x < 32) warp_exclusive_scan(s_rows, Le, threadIdx.x);
   __syncthreads();
@@ -36,8 +38,9 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_combine_send_kernel(LowLaten
   block_copy_rows<true>(
       r_end - r_begin, 2 * static_cast<size_t>(H),
       [&](int i) { return p.y + packed_row(r_begin + i) * H; },
-      [&](int i) {
+      [&](int i) -> char* {
         const int32_t* src = p.recv.recv_src + packed_row(r_begin + i) * 3;  // rank, token, slot
+        if (s_masked[src[0]]) return nullptr;  // masked since the dispatch: not returned
         return p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]);
       });
   // As in the dispatch send, the last block to finish posts each source's signal, also when
@@ -45,7 +48,10 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_combine_send_kernel(LowLaten
   // rank's dispatch receive (and its resets) before any peer's next round on this buffer.
   if (!last_block_done<true>(&p.counters->blocks_done[p.buffer][cuda::kLlCombineSend])) return;
   post_signals(
-      R, [&](int s) { return p.layout.delivered(p.peers[s], p.buffer, p.rank); },
+      R,
+      [&](int s) {
+        return s_masked[s] ? nullptr : p.layout.delivered(p.peers[s], p.buffer, p.rank);
+      },
       [&](int s) {
         const uint32_t rows = p.rows_from[s];  // summed by the dispatch receive
         p.rows_from[s] = 0;
@@ -54,8 +60,10 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_combine_send_kernel(LowLaten
 }
 
 // Rows each peer owes this rank: this rank's (token, expert) messages to the peer's experts.
-// Threads d < R then wait for every peer's signal and check it.
-__device__ void wait_for_rows(const LowLatencyParams& p, int* s_expected) {
+// Threads d < R then wait for every peer's signal and check it; s_masked[d] tells the peers
+// that return nothing (masked before or, with shrink, during the wait). Block 0 adds each wait
+// to the stats.
+__device__ void wait_for_rows(const LowLatencyParams& p, int* s_expected, bool* s_masked) {
   const int R = p.num_ranks, K = p.num_topk;
   for (int d = threadIdx.x; d < R; d += blockDim.x) s_expected[d] = 0;
   __syncthreads();
@@ -75,13 +83,14 @@ __device__ void wait_for_rows(const LowLatencyParams& p, int* s_expected) {
   const uint32_t tag = round_tag(p);
   char* local = p.peers[p.rank];
   for (int d = threadIdx.x; d < R; d += blockDim.x) {
-    uint64_t word = 0;
-    if (!bounded_wait(
-            p.wait, p.layout.delivered(local, p.buffer, d), [](uint64_t v) { return v != 0; },
-            static_cast<uint64_t>(tag) << 32 | static_cast<uint32_t>(s_expected[d]),
-            cuda::kPhaseLlCombine, d, &word)) {
-      continue;
-    }
+    uint64_t word = 0, waited = 0;
+    const PeerWait how = wait_on_peer(
+        p, p.layout.delivered(local, p.buffer, d), [](uint64_t v) { return v != 0; },
+        static_cast<uint64_t>(tag) << 32 | static_cast<uint32_t>(s_expected[d]),
+        cuda::kPhaseLlCombine, d, p.verdicts + d, &word, &waited);
+    if (blockIdx.x == 0) add_wait_cost(p, d, waited);
+    s_masked[d] = how == PeerWait::kMasked;
+    if (how != PeerWait::kArrived) continue;
     const uint32_t seen_tag = static_cast<uint32_t>(word >> 32);
     const uint32_t rows = static_cast<uint32_t>(word);
     if (seen_tag != tag || rows != static_cast<uint32_t>(s_expected[d])) {
@@ -99,11 +108,12 @@ __device__ void wait_for_rows(const LowLatencyParams& p, int* s_expected) {
 constexpr int kSlotTable = 512;
 
 // The first slot of token t naming the expert of slot k (whose row holds y[t][k]), or -1 when
-// slot k adds nothing.
-__device__ __forceinline__ int row_slot(const LowLatencyParams& p, int t, int k) {
+// slot k adds nothing (no expert, or one on a masked rank).
+__device__ __forceinline__ int row_slot(const LowLatencyParams& p, const bool* s_masked, int t,
+                                        int k) {
   const size_t row = static_cast<size_t>(t) * p.num_topk;
   const int64_t e = load_topk(p.topk_idx, p.idx_int64, row + k);
-  if (e < 0 || e >= p.num_experts) return -1;
+  if (e < 0 || e >= p.num_experts || s_masked[e / p.experts_per_rank]) return -1;
   int first = 0;
   while (load_topk(p.topk_idx, p.idx_int64, row + first) != e) ++first;
   return first;
@@ -119,7 +129,8 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_combine_recv_kernel(LowLaten
   extern __shared__ int s_expected[];  // [R]
   __shared__ int s_row_slot[kSlotTable];
   __shared__ float s_weight[kSlotTable];
-  wait_for_rows(p, s_expected);
+  __shared__ bool s_masked[cuda::kMaxCudaRanks];
+  wait_for_rows(p, s_expected, s_masked);
   // After a failed wait the rows are incomplete: the error is reported at synchronize.
   const int K = p.num_topk, vectors = p.hidden / 8;
   char* local = p.peers[p.rank];
@@ -132,7 +143,7 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_combine_recv_kernel(LowLaten
     __syncthreads();  // the previous batch's table is no longer read
     for (int i = threadIdx.x; i < n * K; i += blockDim.x) {
       const int t = token_of(l0 + i / K);
-      s_row_slot[i] = row_slot(p, t, i % K);
+      s_row_slot[i] = row_slot(p, s_masked, t, i % K);
       s_weight[i] = p.topk_weights[static_cast<size_t>(t) * K + i % K];
     }
     __syncthreads();
@@ -171,6 +182,7 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_combine_recv_kernel(LowLaten
   if (last_block_done<false>(&p.counters->blocks_done[p.buffer][cuda::kLlCombineReceive])) {
     for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) {
       *p.layout.delivered(local, p.buffer, d) = 0;
+      p.verdicts[d] = cuda::kPeerUndecided;
     }
     if (threadIdx.x == 0) p.counters->round[p.buffer] += 1;
   }

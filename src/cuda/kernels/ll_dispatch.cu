@@ -25,6 +25,14 @@ constexpr int kMaxBatchMessages = 512;
 // Set in a posted count when the sender cast its rows to fp8: receivers read rows as they were
 // written or report the mismatch.
 constexpr uint32_t kFp8CountFlag = 1u << 31;
+// Set beside kFp8CountFlag when the sender's scales are powers of two (round_scale).
+constexpr uint32_t kRoundScaleCountFlag = 1u << 30;
+constexpr uint32_t kCountFlags = kFp8CountFlag | kRoundScaleCountFlag;
+
+// The cast mode a count carries or a rank uses: bit 0 fp8, bit 1 round_scale.
+__device__ __forceinline__ uint32_t cast_mode(const LowLatencyParams& p) {
+  return (p.use_fp8 ? 1u : 0u) | (p.round_scale ? 2u : 0u);
+}
 
 // The batch's token b (of n_tokens) goes to messages batch[first[b] .. first[b + 1]).
 // Each token's row is read once and written to all its messages: threads take 16-byte columns
@@ -93,7 +101,7 @@ __device__ void send_batch(const LowLatencyParams& p, const Message* batch, cons
     for (int u = 0; u < kUnroll; ++u) {
       const int i = i0 + u * half_warps + hw;
       float scale;
-      const uint2 q = cast_group_to_fp8(v[u], &scale);
+      const uint2 q = cast_group_to_fp8(v[u], p.round_scale, &scale);
       if (i >= items) continue;
       const int b = i / groups, g = i % groups;
       for (int j = first[b]; j < first[b + 1]; ++j) {
@@ -162,8 +170,12 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_dispatch_send_kernel(LowLate
   __shared__ int s_first[kMaxBatchMessages + 1];  // per token of the batch: its first message
   __shared__ int s_expert[kMaxBatchMessages];     // [token of the batch][k]: first_expert
   __shared__ int s_batch_tokens;
+  __shared__ bool s_masked[cuda::kMaxCudaRanks];
   for (int e = threadIdx.x; e < E; e += blockDim.x) s_next[e] = s_total[e] = 0;
-  for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) s_peers[d] = p.peers[d];
+  for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) {
+    s_peers[d] = p.peers[d];
+    s_masked[d] = rank_masked(p, d);
+  }
   // Read before any block of this round can finish: the tag is the same for every block.
   const uint32_t tag = round_tag(p);
   __syncthreads();
@@ -185,8 +197,9 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_dispatch_send_kernel(LowLate
     // memory only.
     const int n = min(batch_tokens, t_end - t0);
     for (int i = threadIdx.x; i < n * p.num_topk; i += blockDim.x) {
-      s_expert[i] =
+      const int e =
           first_expert(p.topk_idx, p.idx_int64, t0 + i / p.num_topk, i % p.num_topk, p.num_topk, E);
+      s_expert[i] = e >= 0 && s_masked[e / p.experts_per_rank] ? -1 : e;  // masked: not sent
     }
     __syncthreads();
     if (warp == 0) {
@@ -200,30 +213,35 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_dispatch_send_kernel(LowLate
 
   // The last block to finish posts every expert's count, also 0: the receivers wait for all.
   if (!last_block_done<true>(&p.counters->blocks_done[p.buffer][cuda::kLlDispatchSend])) return;
+  const uint32_t flags =
+      (p.use_fp8 ? kFp8CountFlag : 0u) | (p.round_scale ? kRoundScaleCountFlag : 0u);
   post_signals(
       E,
       [&](int e) {
-        return p.layout.count(s_peers[e / p.experts_per_rank], p.buffer, e % p.experts_per_rank,
-                              p.rank);
+        const int d = e / p.experts_per_rank;
+        return s_masked[d] ? nullptr
+                           : p.layout.count(s_peers[d], p.buffer, e % p.experts_per_rank, p.rank);
       },
       [&](int e) {
-        return (static_cast<uint64_t>(tag) << 32) | (p.use_fp8 ? kFp8CountFlag : 0u) |
-               static_cast<uint32_t>(s_total[e]);
+        return (static_cast<uint64_t>(tag) << 32) | flags | static_cast<uint32_t>(s_total[e]);
       });
 }
 
-// The message count in a posted word. A count with another round's tag, another fp8 setting, or
-// more than M messages reads as 0; the expert's owner block records it as an error.
+// The message count in a posted word. A count with another round's tag, another cast mode
+// (use_fp8, round_scale), or more than M messages reads as 0; the expert's owner block records
+// it as an error.
 __device__ int checked_count(const LowLatencyParams& p, uint64_t word, int s, uint32_t tag,
                              bool owner) {
   const uint32_t low = static_cast<uint32_t>(word);
-  const int n = static_cast<int>(low & ~kFp8CountFlag);
+  const int n = static_cast<int>(low & ~kCountFlags);
+  const uint32_t mode =
+      ((low & kFp8CountFlag) != 0 ? 1u : 0u) | ((low & kRoundScaleCountFlag) != 0 ? 2u : 0u);
   int32_t code = cuda::kDevNone;
   uint64_t expected = 0, seen = 0;
   if (static_cast<uint32_t>(word >> 32) != tag) {
     code = cuda::kDevLlRoundMismatch, expected = tag, seen = word >> 32;
-  } else if (((low & kFp8CountFlag) != 0) != p.use_fp8) {
-    code = cuda::kDevLlFp8Mismatch, expected = p.use_fp8, seen = !p.use_fp8;
+  } else if (mode != cast_mode(p)) {
+    code = cuda::kDevLlFp8Mismatch, expected = cast_mode(p), seen = mode;
   } else if (n > p.layout.max_tokens) {
     code = cuda::kDevLlOverflow, expected = p.layout.max_tokens, seen = n;
   }
@@ -237,7 +255,7 @@ __device__ int checked_count(const LowLatencyParams& p, uint64_t word, int s, ui
 
 // The threads of the block wait for all Le x R counts (bounded; a thread per count, pausing
 // between polls) and write count[le][s] to counts[le * (R + 1) + s] (0 for a count never posted
-// or not valid).
+// or not valid, and for a masked source). The owner block of le adds each wait to the stats.
 __device__ void wait_for_counts(const LowLatencyParams& p, uint32_t tag, int own_begin, int own_end,
                                 int* counts) {
   constexpr uint32_t kBackoffNs = 100;
@@ -245,12 +263,15 @@ __device__ void wait_for_counts(const LowLatencyParams& p, uint32_t tag, int own
   char* local = p.peers[p.rank];
   for (int i = threadIdx.x; i < p.experts_per_rank * R; i += blockDim.x) {
     const int le = i / R, s = i % R;
-    uint64_t word = 0;
-    const bool posted = bounded_wait(
-        p.wait, p.layout.count(local, p.buffer, le, s), [](uint64_t v) { return v != 0; },
-        static_cast<uint64_t>(tag) << 32, cuda::kPhaseLlDispatch, s, &word, kBackoffNs);
+    const bool owner = le >= own_begin && le < own_end;
+    uint64_t word = 0, waited = 0;
+    const PeerWait how = wait_on_peer(
+        p, p.layout.count(local, p.buffer, le, s), [](uint64_t v) { return v != 0; },
+        static_cast<uint64_t>(tag) << 32, cuda::kPhaseLlDispatch, s, p.verdicts + s, &word, &waited,
+        kBackoffNs);
+    if (owner) add_wait_cost(p, s, waited);
     counts[le * (R + 1) + s] =
-        posted ? checked_count(p, word, s, tag, le >= own_begin && le < own_end) : 0;
+        how == PeerWait::kArrived ? checked_count(p, word, s, tag, owner) : 0;
   }
 }
 
@@ -326,7 +347,16 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_dispatch_recv_kernel(LowLate
   block_copy_rows<false>(
       r_end - r_begin, row_bytes, [&](int i) { return message_of(place_of(r_begin + i)); },
       [&](int i) { return p.recv.recv_x + out_row(place_of(r_begin + i)) * row_bytes; });
-  if (p.use_fp8) {  // the scales: 16 bytes at a time where a row of them is a multiple of 16
+  if (p.use_ue8m0) {  // one code per scale: its biased exponent (the scales are powers of two)
+    const int groups = p.hidden / 128;
+    const size_t scales_offset = p.layout.message_scales_offset();
+    for (int i = threadIdx.x; i < (r_end - r_begin) * groups; i += blockDim.x) {
+      const Place at = place_of(r_begin + i / groups);
+      const int g = i % groups;
+      const uint32_t bits = reinterpret_cast<const uint32_t*>(message_of(at) + scales_offset)[g];
+      p.recv.recv_scale_codes[out_row(at) * groups + g] = static_cast<uint8_t>(bits >> 23);
+    }
+  } else if (p.use_fp8) {  // the scales: 16 bytes at a time where a row of them is a multiple of 16
     const int groups = p.hidden / 128;
     const bool by_vector = groups % 4 == 0;
     const int per_row = by_vector ? groups / 4 : groups;
@@ -349,6 +379,7 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_dispatch_recv_kernel(LowLate
     for (int i = threadIdx.x; i < Le * R; i += blockDim.x) {
       *p.layout.count(local, p.buffer, i / R, i % R) = 0;
     }
+    for (int s = threadIdx.x; s < R; s += blockDim.x) p.verdicts[s] = cuda::kPeerUndecided;
   }
 }
 

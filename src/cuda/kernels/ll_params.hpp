@@ -23,11 +23,12 @@ enum LowLatencyKernel { kLlDispatchSend, kLlDispatchReceive, kLlCombineSend, kLl
 
 // The outputs of one buffer, in the rank's own memory.
 struct LowLatencyOutputs {
-  char* recv_x;        // [Le][R * M][row bytes]
-  float* recv_scales;  // [Le][R * M][H / 128]
-  int* recv_count;     // [Le]
-  int32_t* recv_src;   // [Le][R * M][3]: rank, token, top-k slot
-  int* layout_range;   // [Le][R][2]
+  char* recv_x;               // [Le][R * M][row bytes]
+  float* recv_scales;         // [Le][R * M][H / 128]
+  uint8_t* recv_scale_codes;  // [Le][R * M][H / 128] UE8M0 (the recv_scales memory, reused)
+  int* recv_count;            // [Le]
+  int32_t* recv_src;          // [Le][R * M][3]: rank, token, top-k slot
+  int* layout_range;          // [Le][R][2]
 };
 
 struct LowLatencyParams {
@@ -36,6 +37,8 @@ struct LowLatencyParams {
   int rank, num_ranks, experts_per_rank, num_experts, num_tokens, num_topk, hidden;
   int buffer;
   bool use_fp8;
+  bool round_scale;  // dispatch: power-of-two scales (this rank's cast)
+  bool use_ue8m0;    // dispatch receive: scales written as UE8M0 codes
   bool idx_int64;
   const uint16_t* x;         // dispatch: [T][H] bf16
   const void* topk_idx;      // [T][K]: dispatch: the caller's; combine: dispatch_topk below
@@ -50,6 +53,18 @@ struct LowLatencyParams {
                         // receive, read and reset by the combine send)
   LowLatencyCounters* counters;
   WaitContext wait;
+  // [R], rank-private: 1 where this rank masks the rank (neither sent to nor waited for).
+  // Written by the host's stream-ordered updates and, with shrink, by a receive kernel whose
+  // wait on the rank timed out.
+  int32_t* mask;
+  bool shrink;  // Config::ll_enable_shrink: a timed-out wait masks its peer instead of failing
+  // [R] per receive kernel of this buffer (dispatch, then combine): what the kernel's blocks
+  // agreed about each peer (PeerVerdict); reset by the kernel's last block.
+  uint32_t* verdicts;
+  int64_t* wait_cost_stats;  // [R] or null: nanoseconds waited per peer, added
 };
+
+// What the blocks of one receive kernel agreed about a peer (first writer wins, by CAS).
+enum PeerVerdict : uint32_t { kPeerUndecided = 0, kPeerArrived = 1, kPeerMasked = 2 };
 
 }  // namespace epcomm::cuda
