@@ -143,7 +143,7 @@ fi
 if has python; then  # the Python package: pytest with 2, 4 and 8 processes under MPS
   start=$SECONDS
   mps_start
-  BUILD="$BUILD" OUT="$OUT/python" timeout 300 bash scripts/python_gpu_check.sh >"$OUT/python.log" 2>&1
+  BUILD="$BUILD" OUT="$OUT/python" timeout 400 bash scripts/python_gpu_check.sh >"$OUT/python.log" 2>&1
   note "python: rc=$? ($((SECONDS - start)) s): $(grep -E '(passed|failed|error)' "$OUT/python.log" | tail -3 | tr '\n' ' ')"
   mps_stop
 fi

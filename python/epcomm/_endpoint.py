@@ -38,6 +38,10 @@ class Endpoint:
     kind: EndpointKind
     comm: _epcomm.Communicator
     config: _epcomm.Config
+    # High-throughput pools: whether the latest dispatch on this communicator awaits its first
+    # combine, and the Buffer's dispatch count when it was issued (see Buffer._endpoint).
+    pending: bool = False
+    last_dispatch: int = 0
 
     @property
     def experts_per_rank(self) -> int:
@@ -47,7 +51,7 @@ class Endpoint:
 # The Config fields every rank must agree on, in the order they are exchanged.
 _AGREED_FIELDS = ("dtype", "index_type", "hidden", "num_experts", "max_tokens_per_rank",
                   "max_topk", "max_recv_rows", "dispatch_sms", "combine_sms", "algorithm",
-                  "wait_timeout_ms", "ll_max_tokens_per_rank")
+                  "wait_timeout_ms", "ll_max_tokens_per_rank", "ll_enable_shrink")
 
 
 def _base_config(kind: EndpointKind, sizing: PoolSizing, num_topk: int, dispatch_sms: int,

@@ -152,6 +152,7 @@ class HighThroughputCalls:
         else:
             received = receive_exact(endpoint, streams, args, x.dtype, num_topk, device)
             counts = [-(-c // expert_alignment) * expert_alignment for c in received.per_expert]
+        self._dispatched_on(endpoint)
         new_handle = DispatchHandle(self, endpoint, received.native_handle, num_tokens, num_topk,
                                     received.num_recv, num_worst_tokens, combined)
         outputs = [received.x, received.scales, received.topk_idx, received.topk_weights]
@@ -185,6 +186,7 @@ class HighThroughputCalls:
             received = receive_exact(endpoint, streams, args, x.dtype, 0, x.device,
                                      native=handle._native)
         handle._native = received.native_handle
+        self._dispatched_on(endpoint)
         event = streams.finish([x, x_scales], [received.x, received.scales])
         recv_x = (received.x, received.scales) if x_scales is not None else received.x
         return recv_x, None, None, None, None, event
@@ -208,7 +210,8 @@ class HighThroughputCalls:
             rounding; tokens sent nowhere come back as the rounded sum of the biases.
 
         Differences from DeepEP:
-        - handle must come from the latest dispatch of its kind on this Buffer, else
+        - handle must come from one of the two latest dispatches of its kind that can await a
+          combine at once (two pools; Buffer._endpoint says which dispatch goes where), else
           EpcommError (stale_handle).
         - epcomm sends no weights back. combined_topk_weights ([T, K] fp32, None when
           topk_weights is None) is made on the token's own rank from the weights it dispatched:
@@ -239,6 +242,7 @@ class HighThroughputCalls:
                 combined_weights.copy_(handle._combined_topk_weights)
         endpoint.comm.combine(_tensors.address(x), handle._native, _tensors.address(combined_x),
                               _tensors.address(bias0), _tensors.address(bias1))
+        endpoint.pending = False  # it combined the pool's latest dispatch (else it raised)
         event = streams.finish([x, topk_weights, bias0, bias1], [combined_x, combined_weights])
         return combined_x, combined_weights, event
 

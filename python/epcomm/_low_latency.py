@@ -10,20 +10,27 @@ import _epcomm
 from . import _args, _tensors, _views
 from ._endpoint import Endpoint, EndpointKind
 from ._streams import CallStreams
-from ._unsupported import unsupported
 
 
-def check_cast_options(use_fp8: bool, round_scale: bool, use_ue8m0: bool) -> None:
+def check_cast_options(use_fp8: bool, round_scale: bool, use_ue8m0: bool, hidden: int) -> None:
     """DeepEP's rules for the fp8 cast options: use_ue8m0 needs round_scale (DeepEP asserts),
     and both shape the cast only, so with use_fp8=False they change nothing (DeepEP does not
-    cast then either). With use_fp8 they need what NOT_BUILT says."""
+    cast then either). UE8M0 codes are packed four to an int32, so hidden must be a multiple
+    of 512 (DeepEP asserts that for every fp8 dispatch)."""
     if use_ue8m0 and not round_scale:
         raise ValueError("use_ue8m0=True needs round_scale=True (as in DeepEP): UE8M0 holds "
                          "power-of-two scales only")
-    if use_fp8 and use_ue8m0:
-        raise unsupported("use_ue8m0")
-    if use_fp8 and round_scale:
-        raise unsupported("round_scale")
+    if use_fp8 and use_ue8m0 and hidden % (4 * _epcomm.FP8_SCALE_BLOCK):
+        raise ValueError(f"use_ue8m0=True with hidden = {hidden}: the codes are packed four to "
+                         f"an int32, so hidden must be a multiple of {4 * _epcomm.FP8_SCALE_BLOCK}")
+
+
+def check_wait_stats(name: str, stats, num_ranks: int, device: torch.device) -> int:
+    """The address of a [R] int64 wait-cost stats tensor, or 0 for None."""
+    if stats is None:
+        return 0
+    _tensors.check_tensor(name, stats, (torch.int64,), (num_ranks,), device)
+    return _tensors.address(stats)
 
 
 def check_flags(async_finish: bool, return_recv_hook: bool) -> None:
@@ -82,13 +89,16 @@ def _shown(value) -> str:
 class Received:
     """Views of one low-latency dispatch's outputs (see LowLatencyDispatchResult)."""
     x: torch.Tensor                 # [Le, R * M, H] bf16, or fp8 bytes
-    scales: Optional[torch.Tensor]  # [Le, R * M, H / 128] fp32, fp8 only
+    # fp8 only: [Le, R * M, H / 128] fp32, or with use_ue8m0 [Le, R * M, H / 512] int32 (four
+    # UE8M0 codes each, the first block's in the low byte)
+    scales: Optional[torch.Tensor]
     count: torch.Tensor             # [Le] int32
     src: torch.Tensor               # [Le, R * M, 3] int32
     layout_range: torch.Tensor      # [Le, R, 2] int32
 
 
-def received_views(result, endpoint: Endpoint, use_fp8: bool, device: torch.device) -> Received:
+def received_views(result, endpoint: Endpoint, use_fp8: bool, use_ue8m0: bool,
+                   device: torch.device) -> Received:
     num_local = endpoint.experts_per_rank
     rows, hidden = result.rows_per_expert, endpoint.kind.hidden
 
@@ -97,7 +107,10 @@ def received_views(result, endpoint: Endpoint, use_fp8: bool, device: torch.devi
 
     x_dtype = _tensors.FP8_DTYPES[0] if use_fp8 else torch.bfloat16
     scales = None
-    if use_fp8:
+    if use_fp8 and use_ue8m0:
+        scales = view(result.recv_scale_codes,
+                      (num_local, rows, hidden // (4 * _epcomm.FP8_SCALE_BLOCK)), torch.int32)
+    elif use_fp8:
         scales = view(result.recv_scales, (num_local, rows, hidden // _epcomm.FP8_SCALE_BLOCK),
                       torch.float32)
     return Received(view(result.recv_x, (num_local, rows, hidden), x_dtype), scales,

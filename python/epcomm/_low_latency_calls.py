@@ -47,8 +47,16 @@ class LowLatencyCalls:
             say where each row came from.
         cumulative_local_expert_recv_stats: [Le] int32 or None; recv_count is added to it once
             the rows are received (as DeepEP's receivers add each source's count).
-        round_scale, use_ue8m0: with use_fp8=False they change nothing, as in DeepEP (there is
-            no cast); use_ue8m0 needs round_scale (ValueError otherwise, where DeepEP asserts).
+        dispatch_wait_recv_cost_stats: [R] int64 or None; the receive adds, per source rank,
+            the nanoseconds its waits for that source's message counts took (summed over the
+            local experts). CUDA only measures them; the host backend leaves the tensor as it is.
+        round_scale (with use_fp8): each block's scale is a power of two, 2^ceil(log2(a *
+            (1 / 448))) with the fp32 product, and rows = e4m3(x / scale), exact (DeepEP's
+            rule). use_ue8m0 (needs round_scale, ValueError otherwise, where DeepEP asserts):
+            the scales come as UE8M0 codes (the scale's biased fp32 exponent, scale =
+            2^(code - 127)), four to an int32, [Le, R * M, H / 512], the first block's code in
+            the low byte; H must be a multiple of 512. With use_fp8=False both change nothing,
+            as in DeepEP (there is no cast).
         return_recv_hook: the call only sends and returns hook, a callable that receives; call
             it before reading the outputs (on CUDA it is ordered on the current stream).
             Otherwise hook is None. async_finish (CUDA): an EventOverlap to wait on instead of
@@ -63,22 +71,22 @@ class LowLatencyCalls:
         - The buffers are sized by the first call's M, hidden, num_experts and topk_idx dtype
           (and Buffer's max_topk, default max(8, K)): a later call with others raises
           ValueError. num_rdma_bytes is not read.
-        - The scales are fp32, row-major [Le, R * M, H / 128] (DeepEP's are a column-major
-          view of the same shape).
+        - The scales are row-major, [Le, R * M, H / 128] fp32 or [Le, R * M, H / 512] int32
+          (DeepEP's are a column-major view of the same shape).
         - At most two dispatches may be in flight: a third before the first's combine raises
           EpcommError (invalid_argument), on every rank.
-        - EpcommError (unsupported), naming the feature: dispatch_wait_recv_cost_stats given,
-          or use_fp8 with round_scale (power-of-two scales) or use_ue8m0 (packed scales).
+        - The wait-cost stats count nanoseconds (DeepEP's count GPU clock cycles).
         """
         self._check_usable()
         self._check_low_latency_mode("low_latency_dispatch")
-        if dispatch_wait_recv_cost_stats is not None:
-            raise unsupported("dispatch_wait_recv_cost_stats")
-        _low_latency.check_cast_options(use_fp8, round_scale, use_ue8m0)
         _low_latency.check_flags(async_finish, return_recv_hook)
         stats = cumulative_local_expert_recv_stats
         num_tokens, hidden, num_topk = _low_latency.check_dispatch(
             x, topk_idx, num_max_dispatch_tokens_per_rank, num_experts, self.group_size, stats)
+        _low_latency.check_cast_options(use_fp8, round_scale, use_ue8m0, hidden)
+        wait_stats = _low_latency.check_wait_stats(
+            "dispatch_wait_recv_cost_stats", dispatch_wait_recv_cost_stats, self.group_size,
+            x.device)
         device = x.device
         kind = EndpointKind(self._backend_for(device), _epcomm.DType.bf16,
                             _tensors.INDEX_DTYPES[topk_idx.dtype], hidden, num_experts, 0,
@@ -86,10 +94,12 @@ class LowLatencyCalls:
         streams = self._streams(device, None, async_finish, False)
         endpoint = self._low_latency_endpoint(kind, num_topk, device)
         use_fp8 = bool(use_fp8)
+        round_scale, use_ue8m0 = use_fp8 and bool(round_scale), use_fp8 and bool(use_ue8m0)
         result = endpoint.comm.low_latency_dispatch(
             _tensors.address(x), _tensors.address(topk_idx), num_tokens, num_topk,
-            use_fp8=use_fp8, send_only=return_recv_hook)
-        received = _low_latency.received_views(result, endpoint, use_fp8, device)
+            use_fp8=use_fp8, send_only=return_recv_hook, round_scale=round_scale,
+            use_ue8m0=use_ue8m0, wait_cost_stats=wait_stats)
+        received = _low_latency.received_views(result, endpoint, use_fp8, use_ue8m0, device)
         handle = LowLatencyHandle(self, endpoint, result.handle, num_tokens, num_topk, use_fp8,
                                   received.src, received.layout_range)
 
@@ -101,10 +111,10 @@ class LowLatencyCalls:
         hook = None
         if return_recv_hook:
             hook = _low_latency.receive_hook(endpoint, result.handle, streams, count_received,
-                                             (x, topk_idx))
+                                             (x, topk_idx, dispatch_wait_recv_cost_stats))
         else:
             count_received()
-        event = streams.finish([x, topk_idx, stats], [])
+        event = streams.finish([x, topk_idx, stats, dispatch_wait_recv_cost_stats], [])
         recv_x = (received.x, received.scales) if use_fp8 else received.x
         return recv_x, received.count, handle, event, hook
 
@@ -128,10 +138,13 @@ class LowLatencyCalls:
             once hook() has run. async_finish as for low_latency_dispatch.
         zero_copy: the rows are read from get_next_low_latency_combine_buffer(handle), which
             the caller filled, instead of from x (x is still checked for shape, as in DeepEP).
+        combine_wait_recv_cost_stats: [R] int64 or None; the receive adds, per rank, the
+            nanoseconds it waited for that rank's returned rows (CUDA; the host backend leaves
+            it as it is).
 
         Differences from DeepEP: handle must be the latest dispatch on its buffer, received
-        and not yet combined, else EpcommError (stale_handle). use_logfmt=True and
-        combine_wait_recv_cost_stats raise EpcommError (unsupported), naming the feature.
+        and not yet combined, else EpcommError (stale_handle). use_logfmt=True raises
+        EpcommError (unsupported), naming the feature.
         """
         self._check_usable()
         if not isinstance(handle, LowLatencyHandle) or handle._owner is not self:
@@ -139,11 +152,11 @@ class LowLatencyCalls:
                              f"low_latency_dispatch, not {type(handle).__name__}")
         if use_logfmt:
             raise unsupported("use_logfmt")
-        if combine_wait_recv_cost_stats is not None:
-            raise unsupported("combine_wait_recv_cost_stats")
         _low_latency.check_flags(async_finish, return_recv_hook)
         endpoint = handle._endpoint
         device = self._device_of(endpoint)
+        wait_stats = _low_latency.check_wait_stats(
+            "combine_wait_recv_cost_stats", combine_wait_recv_cost_stats, self.group_size, device)
         kind = endpoint.kind
         T, K, H = handle.num_tokens, handle.num_topk, kind.hidden
         _tensors.check_tensor("x", x, (torch.bfloat16,), (
@@ -166,12 +179,15 @@ class LowLatencyCalls:
                                                                  device=device)
         endpoint.comm.low_latency_combine(
             _tensors.address(rows), _tensors.address(topk_idx), _tensors.address(topk_weights),
-            handle._native, _tensors.address(combined_x), send_only=return_recv_hook)
+            handle._native, _tensors.address(combined_x), send_only=return_recv_hook,
+            wait_cost_stats=wait_stats)
         hook = None
         if return_recv_hook:
             hook = _low_latency.receive_hook(endpoint, handle._native, streams, lambda: None,
-                                             (rows, topk_idx, topk_weights, combined_x))
-        event = streams.finish([rows, topk_idx, topk_weights], [combined_x])
+                                             (rows, topk_idx, topk_weights, combined_x,
+                                              combine_wait_recv_cost_stats))
+        event = streams.finish([rows, topk_idx, topk_weights, combine_wait_recv_cost_stats],
+                               [combined_x])
         return combined_x, event, hook
 
     def get_next_low_latency_combine_buffer(self, handle: LowLatencyHandle) -> torch.Tensor:
@@ -212,22 +228,77 @@ class LowLatencyCalls:
                              ll_max_tokens_per_rank=num_max_dispatch_tokens_per_rank)
             _low_latency.check_same_communicator(self._low_latency, wanted, num_topk=1)
 
-    # ---- the elastic mode (enable_shrink): raises, see _unsupported.NOT_BUILT -------------------
+    # ---- the elastic mode (enable_shrink) ---------------------------------------------------
 
     def low_latency_update_mask_buffer(self, rank_to_mask: int, mask: bool = False) -> None:
-        """DeepEP: masks (mask=True) or unmasks one rank for later low-latency calls. Raises
-        EpcommError (unsupported): masks need enable_shrink=True, which this build lacks."""
+        """Local. Masks (mask=True) or unmasks rank_to_mask for the later low-latency calls of
+        this rank: a masked rank is neither sent to nor waited for, its experts receive nothing
+        from this rank, its tokens are not received, and its experts add nothing to this rank's
+        combine (as if its top-k ids were -1). Needs enable_shrink=True, as in DeepEP
+        (ValueError otherwise). Change masks between rounds, not between a dispatch and its
+        combine. With enable_shrink a wait on a rank that times out (Buffer's timeout_ms)
+        masks that rank by itself, without an error. Masks are this rank's view: a rank that
+        masks a peer which still sends to it leaves that peer timing out (and masking it)."""
         self._check_usable()
-        raise unsupported("low_latency_update_mask_buffer")
+        self._check_shrink("low_latency_update_mask_buffer")
+        if isinstance(rank_to_mask, bool) or not isinstance(rank_to_mask, int) or not (
+                0 <= rank_to_mask < self.group_size):
+            raise ValueError(f"rank_to_mask = {rank_to_mask!r}: must be an int in "
+                             f"[0, {self.group_size})")
+        self._ll_mask[rank_to_mask] = 1 if mask else 0
+        if self._low_latency is not None:
+            with self._mask_streams():
+                self._low_latency.comm.low_latency_update_mask(rank_to_mask, bool(mask))
 
     def low_latency_query_mask_buffer(self, mask_status: torch.Tensor) -> None:
-        """DeepEP: writes each rank's mask (1 masked, 0 not) into mask_status ([R] int32).
-        Raises EpcommError (unsupported), as low_latency_update_mask_buffer does."""
+        """Local. Writes each rank's mask (1 masked, 0 not) into mask_status, an [R] int32
+        tensor (on this Buffer's device, or the CPU), ordered on the current stream: the masks
+        set by low_latency_update_mask_buffer and those the timed-out waits added."""
         self._check_usable()
-        raise unsupported("low_latency_query_mask_buffer")
+        self._check_shrink("low_latency_query_mask_buffer")
+        _tensors.check_tensor("mask_status", mask_status, (torch.int32,), (self.group_size,))
+        if self._low_latency is None:
+            mask_status.copy_(torch.tensor(self._ll_mask, dtype=torch.int32))
+            return
+        device = self._device_of(self._low_latency)
+        if mask_status.device != device:
+            raise ValueError(f"mask_status is on {mask_status.device}; the low-latency buffers "
+                             f"are on {device}")
+        with self._mask_streams():
+            self._low_latency.comm.low_latency_query_mask(_tensors.address(mask_status))
 
     def low_latency_clean_mask_buffer(self) -> None:
-        """DeepEP: unmasks every rank. Raises EpcommError (unsupported), as
-        low_latency_update_mask_buffer does."""
+        """Local. Unmasks every rank (also the ones the timed-out waits masked)."""
         self._check_usable()
-        raise unsupported("low_latency_clean_mask_buffer")
+        self._check_shrink("low_latency_clean_mask_buffer")
+        self._ll_mask = [0] * self.group_size
+        if self._low_latency is not None:
+            with self._mask_streams():
+                self._low_latency.comm.low_latency_clean_mask()
+
+    def _check_shrink(self, caller: str) -> None:
+        self._check_low_latency_mode(caller)
+        if not self.enable_shrink:
+            raise ValueError(f"{caller} needs enable_shrink=True (as in DeepEP): the rank masks "
+                             "belong to the elastic low-latency mode")
+
+    def _mask_streams(self):
+        """The mask calls are ordered on the communication stream after the current stream's
+        work, and the current stream then waits for them (nothing blocks the host)."""
+        return _MaskOrder(self._comm_stream)
+
+
+class _MaskOrder:
+    """Context: the communication stream waits for the current one on entry, and the current
+    stream for the communication stream on exit (no-op without CUDA)."""
+
+    def __init__(self, comm_stream) -> None:
+        self._comm = comm_stream
+
+    def __enter__(self):
+        if self._comm is not None:
+            self._comm.wait_stream(torch.cuda.current_stream(self._comm.device))
+
+    def __exit__(self, *exc) -> None:
+        if self._comm is not None:
+            torch.cuda.current_stream(self._comm.device).wait_stream(self._comm)

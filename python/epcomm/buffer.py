@@ -3,7 +3,7 @@ its lifetime and the communicators and streams it keeps; the calls themselves ar
 _high_throughput.py (get_dispatch_layout, dispatch, combine, internode_*) and
 _low_latency_calls.py (low_latency_*)."""
 import sys
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -48,8 +48,11 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         num_rdma_bytes, num_qps_per_rank (checked positive in low-latency mode, as DeepEP
         asserts), allow_nvlink_for_low_latency_mode and allow_mnnvl (NVSHMEM transport choices;
         epcomm's one NVLink domain needs no RDMA).
-    use_fabric=True and enable_shrink=True raise EpcommError (ErrorCode.unsupported) naming the
-        feature: fabric memory and the elastic low-latency mode are not built.
+    use_fabric=True raises EpcommError (ErrorCode.unsupported) naming the feature: fabric
+        memory is not built. enable_shrink=True turns on the elastic low-latency mode: a
+        low-latency wait on a rank that times out (timeout_ms) masks that rank instead of
+        failing, and the low_latency_*_mask_buffer calls work (see
+        low_latency_update_mask_buffer); the high-throughput calls have no masks.
 
     Differences from DeepEP:
     - Sizing. epcomm's receive pool holds every row a rank can receive, num_ranks *
@@ -91,8 +94,6 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
                  algorithm: str = "flat", timeout_ms: int = 5000) -> None:
         if use_fabric:
             raise unsupported("use_fabric")
-        if enable_shrink:
-            raise unsupported("enable_shrink")
         if low_latency_mode:
             _args.check_count("num_qps_per_rank", num_qps_per_rank, minimum=1)
         for name, value in (("num_nvl_bytes", num_nvl_bytes), ("num_rdma_bytes", num_rdma_bytes)):
@@ -118,10 +119,15 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         self.num_rdma_bytes = num_rdma_bytes
         self.low_latency_mode = bool(low_latency_mode)
         self.explicitly_destroy = explicitly_destroy
-        self.enable_shrink = False  # True raised above
+        self.enable_shrink = bool(enable_shrink)
+        # The rank masks (enable_shrink), kept here until the low-latency communicator exists.
+        self._ll_mask = [0] * self.group_size
         self._sizing = PoolSizing(num_nvl_bytes, max_tokens_per_rank, max_topk,
                                   algorithms[algorithm], timeout_ms)
-        self._endpoints: Dict[EndpointKind, Endpoint] = {}  # both modes, in creation order
+        # Both modes, in creation order; key (kind, pool): a high-throughput kind has up to two
+        # pools (Buffer._endpoint), the low-latency communicator is pool 0 of its kind.
+        self._endpoints: Dict[Tuple[EndpointKind, int], Endpoint] = {}
+        self._dispatches = 0  # high-throughput dispatches issued, fresh or cached
         self._low_latency: Optional[Endpoint] = None  # created by the first low_latency_dispatch
         self._comm_stream: Optional[torch.cuda.Stream] = None
         # get_local_buffer_tensor's memory (key: use_rdma_buffer) and the zero-copy combine
@@ -301,19 +307,38 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
 
     def _endpoint(self, kind: EndpointKind, num_tokens: int, num_topk: int,
                   sms: Optional[int], device: torch.device) -> Endpoint:
-        """The communicator for `kind`, created now (collectively) if this is its first use,
-        checked to take a dispatch of num_tokens x num_topk (before any collective step). A new
-        one dispatches and combines with `sms` SMs (the call's config.num_sms), else
-        Buffer.num_sms: one count for both, as DeepEP's configs have and the ring needs."""
-        endpoint = self._endpoints.get(kind)
+        """The communicator a fresh dispatch of `kind` goes to, created now (collectively) if
+        needed, checked to take num_tokens x num_topk (before any collective step). A new one
+        dispatches and combines with `sms` SMs (the call's config.num_sms), else
+        Buffer.num_sms: one count for both, as DeepEP's configs have and the ring needs.
+
+        Two pools per kind, so that two dispatches can await their combines at once (vLLM's
+        dual-batch overlap): pool 0 unless its latest dispatch awaits its first combine, then
+        pool 1 (created by the first such dispatch), and when both await one, the pool with
+        the older dispatch, whose handle then goes stale. Every rank issues the same calls,
+        so every rank picks the same pool."""
+        pools = [self._endpoints.get((kind, p)) for p in (0, 1)]
+        free = [p for p in (0, 1) if pools[p] is None or not pools[p].pending]
+        pool = free[0] if free else min((0, 1), key=lambda p: pools[p].last_dispatch)
+        endpoint = pools[pool]
         if endpoint is not None:
             _args.check_sms(sms, endpoint.config.dispatch_sms)
             _args.check_fits(endpoint.config, num_tokens, num_topk)
             return endpoint
-        sms = sms or Buffer.num_sms
-        config = make_config(kind, self._sizing, self.group_size, num_topk, sms, sms)
+        if pools[0] is not None:  # pool 1 is made like pool 0
+            config = pools[0].config
+            _args.check_sms(sms, config.dispatch_sms)
+        else:
+            sms = sms or Buffer.num_sms
+            config = make_config(kind, self._sizing, self.group_size, num_topk, sms, sms)
         _args.check_fits(config, num_tokens, num_topk)
-        return self._create_endpoint(kind, config, device)
+        return self._create_endpoint(kind, config, device, pool)
+
+    def _dispatched_on(self, endpoint: Endpoint) -> None:
+        """A dispatch (fresh or cached) was issued on `endpoint`'s pool."""
+        self._dispatches += 1
+        endpoint.pending = True
+        endpoint.last_dispatch = self._dispatches
 
     def _low_latency_endpoint(self, kind: EndpointKind, num_topk: int,
                               device: torch.device) -> Endpoint:
@@ -323,15 +348,19 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
             check_same_communicator(self._low_latency, kind, num_topk)
             return self._low_latency
         config = make_low_latency_config(kind, self._sizing, num_topk, Buffer.num_sms)
+        config.ll_enable_shrink = self.enable_shrink
         self._low_latency = self._create_endpoint(kind, config, device)
+        for rank, masked in enumerate(self._ll_mask):  # set before the first dispatch
+            if masked:
+                self._low_latency.comm.low_latency_update_mask(rank, True)
         return self._low_latency
 
     def _create_endpoint(self, kind: EndpointKind, config: _epcomm.Config,
-                         device: torch.device) -> Endpoint:
+                         device: torch.device, pool: int = 0) -> Endpoint:
         stream = self._comm_stream.cuda_stream if device.type == "cuda" else 0
         device_index = device.index if device.type == "cuda" else -1
         endpoint = create_endpoint(self._bootstrap, kind, config, device_index, stream)
-        self._endpoints[kind] = endpoint
+        self._endpoints[(kind, pool)] = endpoint
         return endpoint
 
     def _local_device(self) -> torch.device:

@@ -14,8 +14,11 @@ class DispatchHandle:
     Differences from DeepEP, whose handle is a tuple of routing tensors: this one is opaque,
     and it follows its routing: a cached dispatch makes the handle refer to that newest
     dispatch, so `combine(y, handle)` answers it. epcomm combines only the latest dispatch of a
-    communicator (its received rows are reused by the next one); combining an older handle
-    raises EpcommError with code ErrorCode.stale_handle.
+    communicator (its received rows are reused by the next one). A Buffer keeps two such
+    communicators (pools) per kind: a dispatch goes to a pool whose latest dispatch was already
+    combined, so two dispatches can await their combines at once (vLLM's dual-batch overlap);
+    a third overwrites the older of the two, and combining a handle overwritten so raises
+    EpcommError with code ErrorCode.stale_handle.
     """
 
     def __init__(self, owner, endpoint: Endpoint, native, num_tokens: int, num_topk: int,

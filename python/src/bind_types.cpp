@@ -77,6 +77,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("ring_slots", &Config::ring_slots)
       .def_readwrite("ring_chunk", &Config::ring_chunk)
       .def_readwrite("ll_max_tokens_per_rank", &Config::ll_max_tokens_per_rank)
+      .def_readwrite("ll_enable_shrink", &Config::ll_enable_shrink)
       .def("validate", &Config::validate, py::arg("num_ranks"))
       .def("recv_capacity", &Config::recv_capacity, py::arg("num_ranks"))
       .def("num_scales", &Config::num_scales);

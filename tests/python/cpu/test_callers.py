@@ -31,8 +31,8 @@ import torch
 import epcomm
 from helpers import ll_reference, reference
 from helpers.expect import _np_bits, assert_bits_equal
-from helpers.ll_expect import compare_ll
-from helpers.ll_runner import _record_dispatch
+from helpers.ll_expect import compare_ll, compare_ll_case, expected_ll_case
+from helpers.ll_runner import _record_dispatch, run_ll_case
 from helpers.ll_workload import LLCase, ll_expert_output, ll_inputs
 from helpers.runner import run_on_threads
 from helpers.workload import Case, inputs_for
@@ -180,37 +180,56 @@ def test_vllm_high_throughput(num_ranks):
     _check_high_throughput(case, got, alignment=1)
 
 
-def test_vllm_two_high_throughput_micro_batches_are_refused_clearly():
-    """vLLM's dual-batch overlap keeps one handle per micro-batch and combines micro-batch 0
-    after micro-batch 1 has dispatched. epcomm's high-throughput pool holds one dispatch, so
-    that combine raises stale_handle on every rank (before anything is sent), and the newer
-    one still works: the limitation is reported, never a wrong result."""
+def _identity_combined(case: Case, rank: int, micro_case: Case) -> torch.Tensor:
+    """What combine returns for identity experts: x times the number of ranks reached."""
+    ids = inputs_for(micro_case, rank)["topk_idx"]
+    reached = torch.zeros(case.num_tokens, case.num_ranks, dtype=torch.bool)
+    per_rank = case.num_experts // case.num_ranks
+    for k in range(case.num_topk):
+        valid = ids[:, k] >= 0
+        reached[valid, ids[valid, k] // per_rank] = True
+    return (inputs_for(micro_case, rank)["x"].float() * reached.sum(1, keepdim=True)).to(
+        torch.bfloat16)
+
+
+def test_vllm_dual_batch_overlap_two_high_throughput_micro_batches():
+    """vLLM's dual-batch overlap keeps one handle per micro-batch: micro-batch 0 and 1 are
+    dispatched, then combined in order. The two go to the Buffer's two pools and both combine
+    correctly. A third dispatch while both await their combines overwrites the older pool:
+    combining that handle then raises stale_handle on every rank (before anything is sent)."""
     case = Case(2, 10, 64, 2, 4, seed=32)
+    micro = [case, Case(2, 10, 64, 2, 4, seed=33), Case(2, 10, 64, 2, 4, seed=34)]
 
     def body(rank, group):
         buffer = _vllm_ht_buffer(group)
-        inputs = inputs_for(case, rank)
-        handles, outs = [None, None], [None, None]
-        for micro in (0, 1):
-            outs[micro], handles[micro] = _vllm_ht_prepare(
+        handles, outs, combined = [None] * 3, [None] * 3, []
+        for mb in (0, 1):
+            inputs = inputs_for(micro[mb], rank)
+            outs[mb], handles[mb] = _vllm_ht_prepare(
+                buffer, inputs["x"], inputs["topk_idx"], inputs["topk_weights"],
+                case.num_experts, 2)
+        for mb in (0, 1):
+            combined.append(_vllm_ht_finalize(buffer, handles[mb], outs[mb]["recv_x"],
+                                              case.num_tokens, 2))
+        # Both pools await a combine, then a third dispatch takes the older one (pool 0).
+        for mb in (0, 1, 2):
+            inputs = inputs_for(micro[mb], rank)
+            outs[mb], handles[mb] = _vllm_ht_prepare(
                 buffer, inputs["x"], inputs["topk_idx"], inputs["topk_weights"],
                 case.num_experts, 2)
         with pytest.raises(epcomm.EpcommError, match="latest dispatch") as raised:
             _vllm_ht_finalize(buffer, handles[0], outs[0]["recv_x"], case.num_tokens, 2)
         assert raised.value.code == epcomm.ErrorCode.stale_handle
-        combined = _vllm_ht_finalize(buffer, handles[1], outs[1]["recv_x"], case.num_tokens, 2)
+        for mb in (1, 2):
+            combined.append(_vllm_ht_finalize(buffer, handles[mb], outs[mb]["recv_x"],
+                                              case.num_tokens, 2))
         buffer.destroy()
         return combined
     got = run_on_threads(2, body)
     for rank in range(2):
-        ids = inputs_for(case, rank)["topk_idx"]
-        reached = torch.zeros(case.num_tokens, 2, dtype=torch.bool)
-        for k in range(case.num_topk):
-            valid = ids[:, k] >= 0
-            reached[valid, ids[valid, k] // 2] = True
-        want = (inputs_for(case, rank)["x"].float() * reached.sum(1, keepdim=True)).to(
-            torch.bfloat16)
-        assert torch.equal(got[rank], want)
+        for index, mb in enumerate((0, 1, 1, 2)):
+            assert torch.equal(got[rank][index], _identity_combined(case, rank, micro[mb])), \
+                (rank, index)
 
 
 def _vllm_ll_kwargs(group, case: LLCase, fault_tolerance: bool) -> Dict:
@@ -264,11 +283,26 @@ def test_vllm_low_latency_two_micro_batches_with_hooks(fp8):
     _check_low_latency(case, got, ids, weights, xs)
 
 
-def test_vllm_fault_tolerance_asks_for_the_elastic_mode_which_raises():
-    group = epcomm.make_thread_groups(1)[0]
-    with pytest.raises(epcomm.EpcommError, match="^enable_shrink is not supported") as raised:
-        epcomm.Buffer(**_vllm_ll_kwargs(group, LLCase(1, 1, 4, 128, 1, 2), fault_tolerance=True))
-    assert raised.value.code == epcomm.ErrorCode.unsupported
+def test_vllm_fault_tolerance_builds_the_elastic_mode_and_masks_a_rank():
+    """vLLM's fault-tolerance setting passes enable_shrink=True; a rank masked on every rank
+    then adds nothing, and each output equals the numpy model with that rank cut off."""
+    case = LLCase(3, 5, 8, 256, 3, 6, seed=43, masked=0b100)
+
+    def body(rank, group):
+        buffer = epcomm.Buffer(**_vllm_ll_kwargs(group, case, fault_tolerance=True))
+        assert buffer.enable_shrink
+        try:
+            got = run_ll_case(buffer, case, rank, torch.device("cpu"))
+            status = torch.full((case.num_ranks,), 7, dtype=torch.int32)
+            buffer.low_latency_query_mask_buffer(status)
+            return got, status.tolist()
+        finally:
+            buffer.destroy()
+    results = run_on_threads(case.num_ranks, body)
+    want = expected_ll_case(case)
+    for rank, (got, status) in enumerate(results):
+        compare_ll_case(case, rank, got, [want[i][rank] for i in range(case.rounds)])
+        assert status == [int(case.masks(rank, p)) for p in range(case.num_ranks)]
 
 
 # ---- SGLang -----------------------------------------------------------------------------------

@@ -46,10 +46,6 @@ def _use_fabric():
     epcomm.Buffer(epcomm.make_thread_groups(1)[0], 10**6, use_fabric=True)
 
 
-def _enable_shrink():
-    epcomm.Buffer(epcomm.make_thread_groups(1)[0], 0, 10**6, True, enable_shrink=True)
-
-
 def _internode_dispatch():
     buffer, x, topk_idx, _, _ = _ht_dispatched()
     buffer.internode_dispatch(x, topk_idx=topk_idx,
@@ -76,20 +72,9 @@ def _ll_combine(**options):
 # One way to reach each entry of NOT_BUILT.
 RAISES = {
     "use_fabric": _use_fabric,
-    "enable_shrink": _enable_shrink,
     "internode_dispatch": _internode_dispatch,
     "internode_combine": _internode_combine,
-    "dispatch_wait_recv_cost_stats": lambda: _ll_dispatch(
-        dispatch_wait_recv_cost_stats=torch.zeros(1, dtype=torch.int64)),
-    "combine_wait_recv_cost_stats": lambda: _ll_combine(
-        combine_wait_recv_cost_stats=torch.zeros(1, dtype=torch.int64)),
-    "round_scale": lambda: _ll_dispatch(use_fp8=True, round_scale=True),
-    "use_ue8m0": lambda: _ll_dispatch(use_fp8=True, round_scale=True, use_ue8m0=True),
     "use_logfmt": lambda: _ll_combine(use_logfmt=True),
-    "low_latency_update_mask_buffer": lambda: _ll_buffer().low_latency_update_mask_buffer(0, True),
-    "low_latency_query_mask_buffer": lambda: _ll_buffer().low_latency_query_mask_buffer(
-        torch.zeros(1, dtype=torch.int32)),
-    "low_latency_clean_mask_buffer": lambda: _ll_buffer().low_latency_clean_mask_buffer(),
 }
 
 

@@ -106,7 +106,10 @@ def test_combine_checks_x_and_handle(buffer):
     other = epcomm.Buffer(epcomm.make_thread_groups(1)[0], max_tokens_per_rank=8)
     with pytest.raises(ValueError, match="handle must be a DispatchHandle from this Buffer"):
         other.combine(recv_x, handle)
-    buffer.dispatch(**inputs())  # a newer dispatch reuses the pool
+    # Two newer dispatches while this one awaits its combine: the first takes the Buffer's
+    # second pool, the second reuses this one's.
+    buffer.dispatch(**inputs())
+    buffer.dispatch(**inputs())
     with pytest.raises(epcomm.EpcommError, match="latest dispatch") as raised:
         buffer.combine(recv_x, handle)
     assert raised.value.code == epcomm.ErrorCode.stale_handle

@@ -40,6 +40,14 @@ def _cases():
     cases.append(LLCase(2, M, M, 128, 3, 4, zero_copy=True, rounds=2, seed=21))
     cases.append(LLCase(4, M, M, 256, 2, 8, fp8=True, hook=True, in_flight=True, zero_copy=True,
                         ragged=True, rounds=2, seed=22))
+    # Power-of-two scales and their UE8M0 codes; masked ranks (cut off on every rank, so no wait
+    # times out); the wait-cost stats (unchanged on the host backend).
+    cases.append(LLCase(2, M, M, 512, 3, 4, fp8=True, scales="pow2", seed=31))
+    cases.append(LLCase(4, M, M, 512, 2, 8, fp8=True, scales="ue8m0", hook=True, in_flight=True,
+                        rounds=2, seed=32))
+    cases.append(LLCase(4, M, M, 128, 3, 8, masked=0b0100, wait_stats=True, rounds=2, seed=33))
+    cases.append(LLCase(3, M, M, 512, 2, 6, fp8=True, scales="ue8m0", masked=0b001,
+                        wait_stats=True, hook=True, ragged=True, seed=34))
     return cases
 
 
@@ -48,7 +56,8 @@ CASES = _cases()
 
 def _run(case: LLCase):
     def body(rank: int, group: epcomm.ThreadGroup):
-        buffer = epcomm.Buffer(group, low_latency_mode=True, num_qps_per_rank=1)
+        buffer = epcomm.Buffer(group, low_latency_mode=True, num_qps_per_rank=1,
+                               enable_shrink=bool(case.masked))
         try:
             return run_ll_case(buffer, case, rank, torch.device("cpu"))
         finally:

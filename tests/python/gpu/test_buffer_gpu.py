@@ -85,16 +85,18 @@ def test_stale_handle_and_device_checks(dist_env, buffer):
     args = dict(num_tokens_per_rank=per_rank, is_token_in_rank=in_rank,
                 num_tokens_per_expert=per_expert, topk_idx=topk_idx)
     recv_x, _, _, _, first, _ = buffer.dispatch(x, **args)
-    recv_x2, _, _, _, second, _ = buffer.dispatch(x, **args)
+    recv_x2, _, _, _, second, _ = buffer.dispatch(x, **args)  # the Buffer's second pool
+    recv_x3, _, _, _, third, _ = buffer.dispatch(x, **args)  # overwrites first's pool
     with pytest.raises(ValueError, match=r"x is on cpu; the handle's dispatch ran on cuda"):
         buffer.dispatch(x.cpu(), handle=second)
     with pytest.raises(epcomm.EpcommError) as raised:
         buffer.combine(recv_x, first)
     assert raised.value.code == epcomm.ErrorCode.stale_handle
-    combined, _, _ = buffer.combine(recv_x2, second)
     # Each token's row came back once from every rank it went to, unchanged.
     sent_to = in_rank.sum(dim=1, keepdim=True).float()
-    assert torch.equal(combined, (x.float() * sent_to).to(torch.bfloat16))
+    for rows, handle in ((recv_x2, second), (recv_x3, third)):
+        combined, _, _ = buffer.combine(rows, handle)
+        assert torch.equal(combined, (x.float() * sent_to).to(torch.bfloat16))
     assert buffer.get_comm_stream() is not None
 
 

@@ -39,20 +39,31 @@ def _cases(R: int):
     # Buffer reuse over many rounds, two micro-batches in flight, hooks.
     cases.append(LLCase(R, M, M, 512, 4, 4 * R, fp8=True, hook=True, in_flight=True, rounds=6,
                         seed=9200))
+    # Power-of-two scales, UE8M0 codes at DeepSeek's hidden size, masked ranks, wait stats.
+    cases.append(LLCase(R, 13, M, 7168, 8, 4 * R, fp8=True, scales="ue8m0", wait_stats=True,
+                        seed=9300))
+    cases.append(LLCase(R, M, M, 512, 4, 4 * R, fp8=True, scales="pow2", hook=True,
+                        in_flight=True, rounds=2, seed=9310))
+    cases.append(LLCase(R, M, M, 512, 4, 4 * R, masked=1 << (R - 1), wait_stats=True, rounds=2,
+                        seed=9320))
+    cases.append(LLCase(R, M, M, 512, 4, 4 * R, fp8=True, scales="ue8m0", masked=1,
+                        hook=True, ragged=True, seed=9330))
     return cases
 
 
 class Buffers:
-    """One low-latency Buffer per (hidden, index type): epcomm fixes both at the first call."""
+    """One low-latency Buffer per (hidden, index type, masks): epcomm fixes the first two at the
+    first call, and masks need enable_shrink."""
 
     def __init__(self) -> None:
         self.made = {}
 
     def get(self, case: LLCase) -> epcomm.Buffer:
-        key = (case.hidden, case.index_dtype)
+        key = (case.hidden, case.index_dtype, case.masked != 0)
         if key not in self.made:
             self.made[key] = epcomm.Buffer(None, low_latency_mode=True,
-                                           num_qps_per_rank=case.experts_per_rank)
+                                           num_qps_per_rank=case.experts_per_rank,
+                                           enable_shrink=case.masked != 0)
         return self.made[key]
 
 

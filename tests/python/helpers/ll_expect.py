@@ -18,13 +18,14 @@ def expected_ll_round(case: LLCase) -> List[List[Dict]]:
         inputs = [ll_inputs(case, r, mb) for r in range(R)]
         xs = [_np_bits(i["x"]).view(np.uint16) for i in inputs]
         ids = [i["topk_idx"].to(torch.int64).numpy() for i in inputs]
-        received = [ll_reference.dispatch(xs, ids, d, E, case.max_tokens, case.fp8)
+        received = [ll_reference.dispatch(xs, ids, d, E, case.max_tokens, case.fp8,
+                                          case.round_scale, case.use_ue8m0, case.masks)
                     for d in range(R)]
         ys = [_np_bits(ll_expert_output(case, d, mb)).view(np.uint16) for d in range(R)]
         for r in range(R):
             expected = dict(received[r])
             expected["combined_x"] = ll_reference.combine(
-                received, ys, r, ids[r], inputs[r]["topk_weights"].numpy(), E)
+                received, ys, r, ids[r], inputs[r]["topk_weights"].numpy(), E, case.masks)
             want[r].append(expected)
     return want
 

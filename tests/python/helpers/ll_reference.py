@@ -41,14 +41,30 @@ def e4m3_bits(values: np.ndarray) -> np.ndarray:
     return (code | np.where(np.signbit(values), 0x80, 0)).astype(np.uint8)
 
 
-def cast_row_fp8(row_bits: np.ndarray):
+def cast_row_fp8(row_bits: np.ndarray, round_scale: bool = False):
     """(codes uint8 [H], scales fp32 [H / 128]) of one bf16 row: per block a = max(amax, 1e-4),
-    q = e4m3(x * (448 / a)), scale = a / 448, each step in IEEE fp32."""
+    q = e4m3(x * (448 / a)), scale = a / 448, each step in IEEE fp32. round_scale: scale =
+    2^ceil(log2(a * (1 / 448))) (the fp32 product; the exponent from a float64 log2) and
+    q = e4m3(x * 2^-e)."""
     x = bf16_bits_to_f32(row_bits).reshape(-1, BLOCK)
     a = np.maximum(np.abs(x).max(axis=1), np.float32(1e-4)).astype(np.float32)
+    if round_scale:
+        wanted = (a * (np.float32(1.0) / np.float32(448.0))).astype(np.float32)
+        e = np.ceil(np.log2(wanted.astype(np.float64))).astype(np.int32)
+        inv = np.ldexp(np.float32(1.0), -e).astype(np.float32)
+        q = e4m3_bits((x * inv[:, None]).astype(np.float32))
+        return q.reshape(-1), np.ldexp(np.float32(1.0), e).astype(np.float32)
     inv = (np.float32(448.0) / a).astype(np.float32)
     q = e4m3_bits((x * inv[:, None]).astype(np.float32))
     return q.reshape(-1), (a / np.float32(448.0)).astype(np.float32)
+
+
+def ue8m0_words(scales: np.ndarray) -> np.ndarray:
+    """Power-of-two fp32 scales [..., H / 128] as UE8M0 codes (127 + log2), four to an int32
+    [..., H / 512], the first block's code in the low byte."""
+    _, exponent = np.frexp(scales.astype(np.float64))  # scale = 0.5 * 2^exponent
+    codes = (126 + exponent).astype(np.uint8)
+    return np.ascontiguousarray(codes).view("<u4").view(np.int32)
 
 
 def fmaf(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -66,10 +82,12 @@ def fmaf(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def dispatch(xs: List[np.ndarray], ids: List[np.ndarray], dest: int, num_experts: int,
-             max_tokens: int, fp8: bool) -> Dict:
+             max_tokens: int, fp8: bool, round_scale: bool = False, use_ue8m0: bool = False,
+             cut_off=lambda rank, peer: False) -> Dict:
     """What rank `dest` receives. A token goes once to each expert it names, under the first
     slot naming it; rows of local expert le come from source 0 (tokens ascending), then 1, ...
-    Rows past recv_count stay zero (the library leaves them undefined)."""
+    Rows past recv_count stay zero (the library leaves them undefined). Nothing comes from a
+    source s with cut_off(dest, s) (masked). use_ue8m0: recv_scales as packed UE8M0 codes."""
     num_ranks = len(xs)
     local = num_experts // num_ranks
     hidden = xs[dest].shape[1]
@@ -85,12 +103,12 @@ def dispatch(xs: List[np.ndarray], ids: List[np.ndarray], dest: int, num_experts
         n = 0
         for s in range(num_ranks):
             first = n
-            for t, token_ids in enumerate(ids[s]):
+            for t, token_ids in enumerate([] if cut_off(dest, s) else ids[s]):
                 slots = np.flatnonzero(token_ids == expert)
                 if slots.size == 0:
                     continue
                 if fp8:
-                    recv_x[le, n], scales[le, n] = cast_row_fp8(xs[s][t])
+                    recv_x[le, n], scales[le, n] = cast_row_fp8(xs[s][t], round_scale)
                 else:
                     recv_x[le, n] = xs[s][t]
                 src[le, n] = (s, t, slots[0])
@@ -98,15 +116,19 @@ def dispatch(xs: List[np.ndarray], ids: List[np.ndarray], dest: int, num_experts
                 n += 1
             layout_range[le, s] = (first, n - first)
         count[le] = n
+    if fp8 and use_ue8m0:
+        scales = ue8m0_words(scales)
     return {"recv_x": recv_x, "recv_scales": scales, "recv_count": count, "recv_src": src,
             "layout_range": layout_range, "row_of": row_of}
 
 
 def combine(received: List[Dict], ys: List[np.ndarray], home: int, ids: np.ndarray,
-            weights: np.ndarray, num_experts: int) -> np.ndarray:
+            weights: np.ndarray, num_experts: int,
+            cut_off=lambda rank, peer: False) -> np.ndarray:
     """combined_x of rank `home` (bf16 bits [T, H]): acc = fmaf(w[t][k], y(t, k), acc) over k
     ascending from 0 in fp32, rounded once; y(t, k) is the row the expert of slot k returned
-    for token t (a repeated id names the one row it was sent as); -1 adds nothing."""
+    for token t (a repeated id names the one row it was sent as); -1 adds nothing, nor does
+    an expert on a rank d with cut_off(home, d)."""
     local = num_experts // len(received)
     num_tokens = ids.shape[0]
     hidden = ys[0].shape[2]
@@ -117,6 +139,8 @@ def combine(received: List[Dict], ys: List[np.ndarray], home: int, ids: np.ndarr
             if expert < 0:
                 continue
             dest = int(expert) // local
+            if cut_off(home, dest):
+                continue
             row = received[dest]["row_of"][(home, t, int(expert))]
             y = bf16_bits_to_f32(ys[dest][int(expert) % local, row])
             acc = fmaf(np.full(hidden, weights[t, k], np.float32), y, acc)

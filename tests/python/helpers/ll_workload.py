@@ -28,6 +28,23 @@ class LLCase:
     seed: int = 1
     async_finish: bool = False  # CUDA only
     zero_copy: bool = False  # combine reads y from get_next_low_latency_combine_buffer
+    scales: str = "float"  # fp8 scales: "float" (a / 448), "pow2" (round_scale), "ue8m0"
+    # Bit r: rank r is cut off (every other rank masks it and it masks every other rank, before
+    # the case's calls; the Buffer needs enable_shrink=True).
+    masked: int = 0
+    wait_stats: bool = False  # pass dispatch/combine_wait_recv_cost_stats and check them
+
+    def masks(self, rank: int, peer: int) -> bool:
+        """Whether `rank` masks `peer` under `masked`."""
+        return rank != peer and bool((self.masked >> rank) & 1 or (self.masked >> peer) & 1)
+
+    @property
+    def round_scale(self) -> bool:
+        return self.fp8 and self.scales != "float"
+
+    @property
+    def use_ue8m0(self) -> bool:
+        return self.fp8 and self.scales == "ue8m0"
 
     @property
     def micro_batches(self) -> int:
@@ -45,7 +62,12 @@ class LLCase:
         flags += [f for f, on in (("ragged", self.ragged), ("hook", self.hook),
                                   ("inflight", self.in_flight), ("out", self.out_arg),
                                   ("async", self.async_finish),
-                                  ("zerocopy", self.zero_copy)) if on]
+                                  ("zerocopy", self.zero_copy),
+                                  ("stats", self.wait_stats)) if on]
+        if self.round_scale:
+            flags.append(self.scales)
+        if self.masked:
+            flags.append(f"masked{self.masked:x}")
         return (f"R{self.num_ranks}_T{self.num_tokens}_M{self.max_tokens}_H{self.hidden}_"
                 f"K{self.num_topk}_E{self.num_experts}_r{self.rounds}_" + "_".join(flags))
 
