@@ -30,11 +30,11 @@ import torch
 
 import epcomm
 from helpers import ll_reference, reference
-from helpers.expect import _np_bits, assert_bits_equal
+from helpers.expect import _np_bits, assert_bits_equal, compare_round, expected_round
 from helpers.ll_expect import compare_ll, compare_ll_case, expected_ll_case
 from helpers.ll_runner import _record_dispatch, run_ll_case
 from helpers.ll_workload import LLCase, ll_expert_output, ll_inputs
-from helpers.runner import run_on_threads
+from helpers.runner import run_on_threads, run_overlapped
 from helpers.workload import Case, inputs_for
 
 # The rank counts DeepEP tabulates configs for, as vLLM lists them.
@@ -451,3 +451,23 @@ def test_sglang_auto_mode_moves_between_normal_and_low_latency_calls():
     _check_high_throughput(ht, [g[2] for g in got], alignment=1)
     xs, ids, weights = _ll_model_inputs(ll, 1)
     _check_low_latency(ll, [[g[1]] for g in got], ids, weights, xs)
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_two_overlapped_micro_batches_match_the_numpy_model(fp8):
+    """The GPU suite's dual-batch pattern (run_overlapped) on the host backend: both
+    micro-batches dispatched, then both combined; each equals the numpy model alone."""
+    cases = [Case(2, 11 + 4 * mb, 128, 3, 8, routing="with_holes", fp8=fp8, cached=mb == 1,
+                  with_config=True, seed=60 + mb + 2 * fp8) for mb in (0, 1)]
+
+    def body(rank, group):
+        buffer = epcomm.Buffer(group, max_tokens_per_rank=32)
+        try:
+            return run_overlapped(buffer, cases, rank, torch.device("cpu"))
+        finally:
+            buffer.destroy()
+    got = run_on_threads(2, body)
+    for case_index, case in enumerate(cases):
+        want = expected_round(case)
+        for rank in range(2):
+            compare_round(case, rank, got[rank][case_index], want[rank])

@@ -9,7 +9,7 @@ import torch
 
 import epcomm
 from helpers.expect import assert_bits_equal
-from helpers.runner import host_reference, run_case
+from helpers.runner import host_reference, run_case, run_overlapped
 from helpers.workload import ROUTINGS, Case
 
 WORLD = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "2")))
@@ -31,7 +31,8 @@ def _cases(R: int):
                     with_weights=i % 5 != 3, expert_alignment=1 + i % 3,
                     worst_case=i % 4 == 3, cached=i % 3 == 1, max_tokens_per_rank=MAX_TOKENS,
                     async_finish=i % 2 == 1, previous_event=i % 4 in (1, 2),
-                    allocate_on_comm_stream=i % 4 == 1, seed=7000 + 10 * i))
+                    allocate_on_comm_stream=i % 4 == 1, with_config=i % 5 == 1,
+                    seed=7000 + 10 * i))
                 i += 1
     # Pool reuse over many rounds on one communicator, fresh routing every round.
     cases.append(Case(R, 64, 512, 4, 4 * R, cached=True, rounds=12, async_finish=True,
@@ -72,6 +73,20 @@ def test_cuda_matches_host_reference(dist_env, buffer, case: Case):
         if not case.worst_case:
             assert want[rank][index]["num_recv"] == num_recv
         _compare(case.round(index), rank, got[index], want[rank][index], num_recv)
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_two_micro_batches_await_their_combines_at_once(dist_env, buffer, fp8):
+    """vLLM's dual-batch overlap: micro-batch 0 and 1 dispatched, then combined in order. They
+    use the Buffer's two pools; every output equals the host reference's for each alone."""
+    rank, world, device = dist_env
+    cases = [Case(world, 40 + 9 * mb, 256, 4, 8 * world, routing="with_holes", fp8=fp8,
+                  max_tokens_per_rank=MAX_TOKENS, cached=mb == 1, async_finish=mb == 0,
+                  seed=9500 + 10 * mb + fp8) for mb in (0, 1)]
+    got = run_overlapped(buffer, cases, rank, device)
+    for case, g in zip(cases, got):
+        want = host_reference(case)[rank][0]
+        _compare(case, rank, g, want, want["num_recv"])
 
 
 def test_stale_handle_and_device_checks(dist_env, buffer):

@@ -48,6 +48,9 @@ def _cases(R: int):
                         seed=9320))
     cases.append(LLCase(R, M, M, 512, 4, 4 * R, fp8=True, scales="ue8m0", masked=1,
                         hook=True, ragged=True, seed=9330))
+    # Zero-copy combine input (get_next_low_latency_combine_buffer), both buffers in use.
+    cases.append(LLCase(R, M, M, 512, 4, 4 * R, fp8=True, in_flight=True, zero_copy=True,
+                        rounds=2, seed=9340))
     return cases
 
 

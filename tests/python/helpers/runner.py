@@ -32,56 +32,67 @@ def _record_recv_x(out: Dict, key: str, recv_x) -> None:
         out[key] = _bits(recv_x)
 
 
-def run_round(buffer: epcomm.Buffer, case: Case, rank: int, device: torch.device) -> Dict:
-    """Layout, dispatch (and a cached dispatch when case.cached) and combine of one round.
-    Returns the outputs as CPU integer tensors (bit patterns) plus the plain values."""
-    cuda = device.type == "cuda"
-
-    def options() -> Dict:
-        """The case's stream options for the next call, used as a DeepEP caller would: an
-        event captured after everything the call reads was issued on the current stream."""
-        if not cuda:
-            return {}
-        opts = {"async_finish": case.async_finish,
-                "allocate_on_comm_stream": case.allocate_on_comm_stream}
-        if case.previous_event:
-            opts["previous_event"] = epcomm.Buffer.capture()
+def _options(case: Case, cuda: bool) -> Dict:
+    """The case's stream options for the next call, used as a DeepEP caller would: an event
+    captured after everything the call reads was issued on the current stream; with
+    case.with_config, the Config argument too (the Buffer's SM count)."""
+    opts = {"config": epcomm.Config(epcomm.Buffer.num_sms)} if case.with_config else {}
+    if not cuda:
         return opts
+    opts.update(async_finish=case.async_finish,
+                allocate_on_comm_stream=case.allocate_on_comm_stream)
+    if case.previous_event:
+        opts["previous_event"] = epcomm.Buffer.capture()
+    return opts
 
-    def wait(event: epcomm.EventOverlap) -> None:
-        if cuda and case.async_finish:
-            assert event.event is not None
-            event.current_stream_wait()
 
+def _wait(case: Case, cuda: bool, event: epcomm.EventOverlap) -> None:
+    if cuda and case.async_finish:
+        assert event.event is not None
+        event.current_stream_wait()
+
+
+def _dispatch_part(buffer: epcomm.Buffer, case: Case, rank: int, device: torch.device):
+    """Layout, dispatch and (case.cached) a cached dispatch: (outputs so far, what the
+    combine needs)."""
+    cuda = device.type == "cuda"
     inputs = inputs_for(case, rank)
     topk_idx = inputs["topk_idx"].to(device)
     weights = inputs["topk_weights"]
     weights = weights.to(device) if weights is not None else None
     x = _x_arg(case, inputs["x"], inputs["x_scales"], device)
-
+    layout_options = {k: v for k, v in _options(case, cuda).items() if k != "config"}
     per_rank, rdma, per_expert, in_rank, event = buffer.get_dispatch_layout(
-        topk_idx, case.num_experts, **options())
+        topk_idx, case.num_experts, **layout_options)
     assert rdma is None
-    wait(event)
+    _wait(case, cuda, event)
     recv_x, recv_idx, recv_weights, counts, handle, event = buffer.dispatch(
         x, num_tokens_per_rank=per_rank, is_token_in_rank=in_rank,
         num_tokens_per_expert=per_expert, topk_idx=topk_idx, topk_weights=weights,
         expert_alignment=case.expert_alignment, num_worst_tokens=case.num_worst_tokens,
-        **options())
-    wait(event)
+        **_options(case, cuda))
+    _wait(case, cuda, event)
     out = {"num_tokens_per_rank": per_rank.cpu(), "num_tokens_per_expert": per_expert.cpu(),
            "is_token_in_rank": in_rank.cpu(), "counts": counts, "num_recv": handle.num_recv}
     if case.cached:
         x2 = _x_arg(case, inputs["x2"], inputs["x2_scales"], device)
         cached_x, none_idx, none_weights, none_counts, none_handle, event = buffer.dispatch(
-            x2, handle=handle, **options())
+            x2, handle=handle, **_options(case, cuda))
         assert (none_idx, none_weights, none_counts, none_handle) == (None,) * 4
-        wait(event)
+        _wait(case, cuda, event)
         _record_recv_x(out, "cached_x", cached_x)
+    return out, (handle, recv_x, recv_idx, recv_weights, weights)
+
+
+def _combine_part(buffer: epcomm.Buffer, case: Case, rank: int, device: torch.device,
+                  out: Dict, state) -> Dict:
+    cuda = device.type == "cuda"
+    handle, recv_x, recv_idx, recv_weights, weights = state
     y = expert_output(case, rank, handle.num_recv_rows).to(device)
     combined_x, combined_weights, event = buffer.combine(
-        y, handle, topk_weights=recv_weights if weights is not None else None, **options())
-    wait(event)
+        y, handle, topk_weights=recv_weights if weights is not None else None,
+        **_options(case, cuda))
+    _wait(case, cuda, event)
     if cuda:
         torch.cuda.current_stream().synchronize()
     _record_recv_x(out, "recv_x", recv_x)
@@ -91,6 +102,22 @@ def run_round(buffer: epcomm.Buffer, case: Case, rank: int, device: torch.device
     out["combined_topk_weights"] = (_bits(combined_weights) if combined_weights is not None
                                     else None)
     return out
+
+
+def run_round(buffer: epcomm.Buffer, case: Case, rank: int, device: torch.device) -> Dict:
+    """Layout, dispatch (and a cached dispatch when case.cached) and combine of one round.
+    Returns the outputs as CPU integer tensors (bit patterns) plus the plain values."""
+    out, state = _dispatch_part(buffer, case, rank, device)
+    return _combine_part(buffer, case, rank, device, out, state)
+
+
+def run_overlapped(buffer: epcomm.Buffer, cases: List[Case], rank: int,
+                   device: torch.device) -> List[Dict]:
+    """Every case's dispatch first, then every combine in the same order (vLLM's dual-batch
+    overlap for two cases): one run_round output per case."""
+    parts = [_dispatch_part(buffer, case, rank, device) for case in cases]
+    return [_combine_part(buffer, case, rank, device, out, state)
+            for case, (out, state) in zip(cases, parts)]
 
 
 def run_case(buffer: epcomm.Buffer, case: Case, rank: int, device: torch.device) -> List[Dict]:

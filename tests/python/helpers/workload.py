@@ -28,6 +28,7 @@ class Case:
     async_finish: bool = False
     previous_event: bool = False
     allocate_on_comm_stream: bool = False
+    with_config: bool = False  # pass config=Config(Buffer.num_sms) to dispatch and combine
 
     @property
     def num_worst_tokens(self) -> int:
@@ -38,7 +39,8 @@ class Case:
         flags += [f for f, on in (("noweights", not self.with_weights), ("worst", self.worst_case),
                                   ("cached", self.cached), ("async", self.async_finish),
                                   ("prevevent", self.previous_event),
-                                  ("commalloc", self.allocate_on_comm_stream)) if on]
+                                  ("commalloc", self.allocate_on_comm_stream),
+                                  ("config", self.with_config)) if on]
         return (f"R{self.num_ranks}_T{self.num_tokens}_H{self.hidden}_K{self.num_topk}_"
                 f"E{self.num_experts}_a{self.expert_alignment}_r{self.rounds}_" + "_".join(flags))
 
