@@ -16,6 +16,8 @@ void usage() {
       "  --backend host|cuda     default: cuda when a GPU is present, else host\n"
       "  --launcher inprocess|mpi   ranks as threads of this process (default), or one rank\n"
       "                          per process under mpirun (--ranks is then the job's size)\n"
+      "  --transport ipc|nvshmem regions shared by CUDA IPC (default) or in NVSHMEM's\n"
+      "                          symmetric heap (needs --launcher mpi)\n"
       "  --ranks R               ranks (threads); on GPUs rank r uses GPU r %% count (8)\n"
       "  --tokens T              tokens per rank (4096 on GPUs, 512 on host)\n"
       "  --hidden H --topk K --experts E    (7168, 8, 256)\n"
@@ -117,6 +119,12 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
           throw Error(ErrorCode::kInvalidArgument, "--launcher = " + v);
         }
         o->mpi = v == "mpi";
+      } else if (flag == "--transport") {
+        const std::string v = value();
+        if (v != "ipc" && v != "nvshmem") {
+          throw Error(ErrorCode::kInvalidArgument, "--transport = " + v);
+        }
+        o->transport = v == "ipc" ? Transport::kIpc : Transport::kNvshmem;
       } else if (flag == "--ranks") {
         o->ranks = to_int(flag, value());
       } else if (flag == "--mode") {
@@ -188,6 +196,10 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
     if (o->mpi && o->backend != Backend::kCuda) {
       throw Error(ErrorCode::kInvalidArgument,
                   "--launcher mpi needs --backend cuda: the host reference runs ranks as threads");
+    }
+    if (o->transport == Transport::kNvshmem && !o->mpi) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--transport nvshmem needs --launcher mpi: NVSHMEM has one PE per process");
     }
     if (o->mode == BenchMode::kLowLatency) {
       finish_low_latency_options(tokens, o);

@@ -34,6 +34,7 @@ struct BenchOptions {
   std::string json_path;
   std::string plot_path;
   bool mpi = false;  // --launcher mpi: this process is one rank of an mpirun job
+  Transport transport = Transport::kIpc;  // --transport: Config::transport of every communicator
   // --mode ll: --tokens is a list (1,32,128,256 on GPUs; 1,8 on the host backend), both dtypes
   // by default, and each figure comes from `replays` timed replays (200 on GPUs, 20 on host).
   std::vector<int> ll_tokens;

@@ -39,6 +39,7 @@ Config bench_config(const BenchOptions& o, Algorithm algorithm, int sms) {
   c.combine_sms = sms;
   c.ring_slots = o.ring_slots;
   c.ring_chunk = o.ring_chunk;
+  c.transport = o.transport;
   return c;
 }
 

@@ -146,6 +146,7 @@ LlRankSession::LlRankSession(const BenchOptions& o, std::shared_ptr<Bootstrap> b
   Config cfg = testing::ll_config_for(shape);
   cfg.dispatch_sms = o.sms.front();
   cfg.combine_sms = o.sms.front();
+  cfg.transport = o.transport;
   stream_ = create_bench_stream(o.backend, device);
   memory_ = testing::make_memory(o.backend, device, stream_);  // no stream of its own
   comm_ = Communicator::create(bs_, cfg, o.backend, device);

@@ -113,7 +113,8 @@ void write_case(std::ofstream& f, const LlReport& rep, const LlCase& c) {
 
 void print_ll_tables(const LlReport& rep) {
   const BenchOptions& o = rep.options;
-  std::printf("\nepcomm-bench --mode ll  backend=%s  device: %s\n", to_string(o.backend),
+  std::printf("\nepcomm-bench --mode ll  backend=%s  launcher=%s  transport=%s  device: %s\n",
+              to_string(o.backend), o.mpi ? "mpi" : "inprocess", to_string(o.transport),
               rep.device.c_str());
   std::printf(
       "ranks=%d M=%d hidden=%d topk=%d experts=%d sms=%d warmup=%d replays=%d loop-calls=%d\n",

@@ -37,7 +37,9 @@ const Measurement* find(const Report& rep, Algorithm a, int sms) {
 
 void print_table(const Report& rep) {
   const BenchOptions& o = rep.options;
-  std::printf("\nepcomm-bench  backend=%s  device: %s\n", to_string(o.backend), rep.device.c_str());
+  std::printf("\nepcomm-bench  backend=%s  launcher=%s  transport=%s  device: %s\n",
+              to_string(o.backend), o.mpi ? "mpi" : "inprocess", to_string(o.transport),
+              rep.device.c_str());
   std::printf("ranks=%d tokens/rank=%d hidden=%d topk=%d experts=%d dtype=%s iters=%d\n", o.ranks,
               o.tokens, o.hidden, o.topk, o.experts, to_string(o.dtype), o.iters);
   if (rep.copy_gbps > 0) {

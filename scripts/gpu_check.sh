@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The one GPU check: builds a Release tree, runs every test, compute-sanitizer on a small
 # subset, and epcomm-bench; logs go to $OUT (default /tmp/epcomm-gpu-check).
-# Usage: scripts/gpu_check.sh [build] [sanitize] [test] [python] [bench] [llbench] [soak] [soakmpi]
-# (default: all but the soaks; run in that order; the test stage runs in-process tests without
-# MPS and the multi-process ones under an MPS server, the python stage and soakmpi under MPS)
+# Usage: scripts/gpu_check.sh [build] [sanitize] [test] [nvshmem] [python] [bench] [llbench]
+#        [soak] [soakmpi]
+# (default: all but the soaks and nvshmem; run in that order; the test stage runs in-process
+# tests without MPS and the multi-process ones under an MPS server; nvshmem runs the tests of
+# label nvshmem (the NVSHMEM base, and the conformance suites over Config::transport =
+# nvshmem) under MPS; the python stage and soakmpi under MPS too)
 # Soak length: SOAK_SECONDS (300), for each of soak (8 ranks in-process) and soakmpi (8 processes).
 # Extra bench flags: BENCH_ARGS="--sms 4,8,16 --algorithms flat"; a test subset: CTEST_ARGS="-R Ring";
 # low-latency bench flags: LL_BENCH_ARGS="--tokens 1,128"
@@ -99,7 +102,7 @@ if has test; then
   grep -E '^\[  FAILED  \] [A-Za-z]' "$OUT/ctest.log" | head -20 | tee -a "$summary"
   start=$SECONDS
   mps_start
-  (cd "$BUILD" && timeout 400 ctest -j 1 --timeout 300 --output-on-failure -L mpi ${CTEST_ARGS:-}) >"$OUT/ctest_mpi.log" 2>&1
+  (cd "$BUILD" && timeout 400 ctest -j 1 --timeout 300 --output-on-failure -L mpi -LE nvshmem ${CTEST_ARGS:-}) >"$OUT/ctest_mpi.log" 2>&1
   rc=$?
   note "ctest, processes under MPS: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_mpi.log" | tail -1)"
   grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_mpi.log" | head -20 | tee -a "$summary"
@@ -113,6 +116,35 @@ if has test; then
   start=$SECONDS
   (cd "$BUILD" && timeout 300 ctest --output-on-failure -V -L package) >"$OUT/ctest_package.log" 2>&1
   note "package consumer: rc=$? ($((SECONDS - start)) s): $(grep -E 'as expected|not run' "$OUT/ctest_package.log" | sed 's/^[0-9]*: //' | tr '\n' ' ')"
+fi
+
+if has nvshmem; then  # NVSHMEM runs several PEs on one GPU only under MPS
+  start=$SECONDS
+  mps_start
+  (cd "$BUILD" && timeout 450 ctest -j 1 --timeout 300 --output-on-failure -L nvshmem ${CTEST_ARGS:-}) >"$OUT/ctest_nvshmem.log" 2>&1
+  rc=$?
+  note "ctest nvshmem, processes under MPS: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_nvshmem.log" | tail -1)"
+  grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_nvshmem.log" | head -20 | tee -a "$summary"
+  # The bench over both transports with the same MPS share per process (12 %, as NVSHMEM's
+  # PEs on one GPU need the shares to sum to at most 100): 8 processes, flat path.
+  lib=$(sed -n 's/^EPCOMM_NVSHMEM_HOST:FILEPATH=\(.*\)\/[^/]*$/\1/p' "$BUILD/CMakeCache.txt")
+  root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
+  for transport in ipc nvshmem; do
+    for mode in ht ll; do
+      args=${NVSHMEM_BENCH_ARGS:---sms 8}
+      [ $mode = ll ] && args=${NVSHMEM_LL_BENCH_ARGS:---sms 8 --tokens 1,128}
+      start=$SECONDS
+      CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=12 NVSHMEM_REMOTE_TRANSPORT=none NVSHMEM_DISABLE_NVLS=1 \
+        NVSHMEM_SYMMETRIC_SIZE=${NVSHMEM_BENCH_HEAP:-4294967296} LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}" \
+        timeout 150 mpirun -np 8 --oversubscribe $root -x CUDA_MPS_ACTIVE_THREAD_PERCENTAGE \
+        -x NVSHMEM_REMOTE_TRANSPORT -x NVSHMEM_DISABLE_NVLS -x NVSHMEM_SYMMETRIC_SIZE -x LD_LIBRARY_PATH \
+        "$BUILD/bench/epcomm-bench" --launcher mpi --backend cuda --mode $mode --transport $transport \
+        $args >"$OUT/bench_mpi_${transport}_${mode}.log" 2>&1
+      note "bench $mode under mpirun, transport $transport (8 processes, MPS 12 %): rc=$? ($((SECONDS - start)) s)"
+      sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_${transport}_${mode}.log" | grep -vE '^\s*$' | head -24 | tee -a "$summary"
+    done
+  done
+  mps_stop
 fi
 
 if has bench; then

@@ -60,6 +60,22 @@ void Config::validate(int num_ranks) const {
   if (ll_max_tokens_per_rank > 0 && hidden % kFp8ScaleBlock != 0) {
     fail("hidden", hidden, "must be a multiple of 128 for the low-latency mode (fp8 scales)");
   }
+  if (ranks_per_domain < 0) {
+    fail("ranks_per_domain", ranks_per_domain, "must be 0 (one domain) or positive");
+  }
+  if (ranks_per_domain > 0 && num_ranks % ranks_per_domain != 0) {
+    fail("ranks_per_domain", ranks_per_domain,
+         "must divide the number of ranks, " + std::to_string(num_ranks));
+  }
+  if (transport == Transport::kIpc && ranks_per_domain > 0 && ranks_per_domain < num_ranks) {
+    fail("ranks_per_domain", ranks_per_domain,
+         "needs transport = nvshmem: the ipc transport reaches peers by load and store only, so "
+         "its one domain holds all " +
+             std::to_string(num_ranks) + " ranks");
+  }
+  if (transport != Transport::kIpc && transport != Transport::kNvshmem) {
+    fail("transport", static_cast<long long>(transport), "is neither ipc nor nvshmem");
+  }
   if (ll_enable_shrink && ll_max_tokens_per_rank == 0) {
     fail("ll_enable_shrink", 1, "needs the low-latency mode (ll_max_tokens_per_rank > 0)");
   }

@@ -16,7 +16,7 @@ struct Field {
   int64_t value;
 };
 
-constexpr int kNumFields = 17;
+constexpr int kNumFields = 19;
 
 struct Fields {
   Field f[kNumFields];
@@ -39,6 +39,8 @@ Fields fields_of(const Config& c) {
                  {"ring_chunk", c.ring_chunk},
                  {"ll_max_tokens_per_rank", c.ll_max_tokens_per_rank},
                  {"ll_enable_shrink", c.ll_enable_shrink ? 1 : 0},
+                 {"transport", static_cast<int64_t>(c.transport)},
+                 {"ranks_per_domain", c.ranks_per_domain},
                  {"sequence_start", static_cast<int64_t>(c.sequence_start)}}};
 }
 

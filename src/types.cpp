@@ -28,5 +28,8 @@ const char* to_string(Algorithm algorithm) {
   return algorithm == Algorithm::kFlat ? "flat" : "ring";
 }
 const char* to_string(Backend backend) { return backend == Backend::kHost ? "host" : "cuda"; }
+const char* to_string(Transport transport) {
+  return transport == Transport::kIpc ? "ipc" : "nvshmem";
+}
 
 }  // namespace epcomm

@@ -30,6 +30,18 @@ struct Config {
   // out masks that peer (Communicator::low_latency_query_mask shows it) instead of failing the
   // communicator, and the call goes on without it. Masks set by hand work without it.
   bool ll_enable_shrink = false;
+  // How the CUDA backend shares its regions (types.hpp). kNvshmem needs a build with NVSHMEM
+  // and one rank per process (in-process ranks are refused); its library,
+  // libnvshmem_host.so.3, is loaded when the first such communicator is created (found through
+  // LD_LIBRARY_PATH, else the NVSHMEM the build used), and every region comes from the
+  // symmetric heap (NVSHMEM_SYMMETRIC_SIZE must hold them). The host backend computes the
+  // same results for every transport and ignores it.
+  Transport transport = Transport::kIpc;
+  // Ranks per NVLink domain, in rank order: 0 = all ranks one domain (ipc), or as NVSHMEM's
+  // nvshmem_ptr finds them (nvshmem); > 0 must divide the number of ranks. Only one domain
+  // holding every rank is built so far: a smaller one (given, or found) is refused with
+  // kUnsupported (the paths across domains are issue 17's next step).
+  int ranks_per_domain = 0;
   // Test hook for counter wrap: dispatch epochs, combine rounds and low-latency rounds start
   // here instead of 0 (every sequence is 64-bit; tests start just below 2^32). Leave it at 0.
   uint64_t sequence_start = 0;

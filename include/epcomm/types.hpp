@@ -19,6 +19,9 @@ enum class IndexType { kInt32, kInt64 };
 enum class Algorithm { kFlat, kRing };
 // Where the work runs: host = reference oracle (ranks are threads, host memory); cuda = GPUs.
 enum class Backend { kHost, kCuda };
+// How the CUDA backend's regions are shared: ipc = CUDA IPC (or plain device pointers between
+// in-process ranks); nvshmem = NVSHMEM's symmetric heap (one rank per process).
+enum class Transport { kIpc, kNvshmem };
 
 // fp8 rows carry one fp32 scale per this many elements.
 constexpr int kFp8ScaleBlock = 128;
@@ -29,6 +32,7 @@ const char* to_string(DType dtype);
 const char* to_string(IndexType type);
 const char* to_string(Algorithm algorithm);
 const char* to_string(Backend backend);
+const char* to_string(Transport transport);
 
 // Where a received row came from.
 struct RecvSource {

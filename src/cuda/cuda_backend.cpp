@@ -48,6 +48,7 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
                                              std::to_string(kMaxCudaRanks) + " ranks, not " +
                                              std::to_string(num_ranks_));
   }
+  check_transport(config_, *bootstrap_);
   const int sharing = ranks_sharing_device(*bootstrap_, device_);
   check_hardware_queues(sharing, device_);
   int sms = 0;
@@ -98,7 +99,8 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   // kernel waits yet (kernels/stream_prime.cu; the routing pool primes its own stream).
   prime_stream(own_stream_);
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
-  domain_ = std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes);
+  domain_ =
+      std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes, config_.transport);
   start_sequences();
   if (config_.ll_max_tokens_per_rank > 0) {
     ll_ =

@@ -89,7 +89,8 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
     EPCOMM_CUDA_CHECK(cudaMemset(call.rows_from, 0, sizeof(uint32_t) * num_ranks_));
   }
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
-  domain_ = std::make_unique<MemoryDomain>(bootstrap, device, layout_.total_bytes());
+  domain_ =
+      std::make_unique<MemoryDomain>(bootstrap, device, layout_.total_bytes(), config_.transport);
 }
 
 LowLatencyEngine::~LowLatencyEngine() {

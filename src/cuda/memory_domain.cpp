@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "cuda_check.hpp"
+#include "nvshmem_heap.hpp"
 
 namespace epcomm::cuda {
 namespace {
@@ -56,18 +57,23 @@ void check_native_atomics(int device, int peer_device, int peer_rank) {
 
 }  // namespace
 
-MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes)
+MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes,
+                           Transport transport)
     : device_(device), rank_(bootstrap.rank()), bytes_(region_bytes) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
-  EPCOMM_CUDA_CHECK(cudaMalloc(&region_, region_bytes));
-  EPCOMM_CUDA_CHECK(cudaMemset(region_, 0, region_bytes));
-  EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
   peers_.assign(bootstrap.size(), nullptr);
   opened_.assign(bootstrap.size(), false);
-  if (bootstrap.in_process()) {
-    map_in_process(bootstrap);
+  if (transport == Transport::kNvshmem) {
+    map_through_nvshmem(bootstrap);
   } else {
-    map_through_ipc(bootstrap);
+    EPCOMM_CUDA_CHECK(cudaMalloc(&region_, region_bytes));
+    EPCOMM_CUDA_CHECK(cudaMemset(region_, 0, region_bytes));
+    EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
+    if (bootstrap.in_process()) {
+      map_in_process(bootstrap);
+    } else {
+      map_through_ipc(bootstrap);
+    }
   }
   EPCOMM_CUDA_CHECK(cudaMalloc(&d_peers_, sizeof(char*) * peers_.size()));
   EPCOMM_CUDA_CHECK(
@@ -133,6 +139,34 @@ void MemoryDomain::map_through_ipc(Bootstrap& bootstrap) {
   }
 }
 
+// The heap's memory is zeroed (nvshmem_calloc) and the same size on every PE. A peer that
+// nvshmem_ptr cannot map is in another NVLink domain, which the kernels cannot reach yet.
+void MemoryDomain::map_through_nvshmem(Bootstrap& bootstrap) {
+  heap_ = NvshmemHeap::join(bootstrap);
+  region_ = static_cast<char*>(heap_->allocate(bytes_));
+  for (int i = 0; i < static_cast<int>(peers_.size()); ++i) {
+    peers_[i] = static_cast<char*>(heap_->peer(region_, i));
+  }
+  // Collective, so that every rank throws alike when any rank lacks a peer.
+  int32_t mine = -1;
+  for (int i = 0; i < static_cast<int>(peers_.size()) && mine < 0; ++i) {
+    if (peers_[i] == nullptr) mine = i;
+  }
+  std::vector<int32_t> all(peers_.size());
+  bootstrap.allGather(&mine, all.data(), sizeof(mine));
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (all[r] < 0) continue;
+    heap_->release(region_);
+    region_ = nullptr;
+    throw Error(ErrorCode::kUnsupported,
+                "Config.transport = nvshmem: rank " + std::to_string(r) + " reaches rank " +
+                    std::to_string(all[r]) +
+                    " only through NVSHMEM puts (nvshmem_ptr is null: another NVLink domain); "
+                    "the paths across domains are not built yet, so every rank must reach "
+                    "every other by load and store");
+  }
+}
+
 MemoryDomain::~MemoryDomain() {
   cudaSetDevice(device_);
   for (size_t i = 0; i < peers_.size(); ++i) {
@@ -141,7 +175,11 @@ MemoryDomain::~MemoryDomain() {
     }
   }
   cudaFree(d_peers_);
-  cudaFree(region_);
+  if (heap_ != nullptr) {
+    heap_->release(region_);  // collective: every rank destroys its domains in the same order
+  } else {
+    cudaFree(region_);
+  }
 }
 
 }  // namespace epcomm::cuda

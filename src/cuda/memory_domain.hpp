@@ -2,19 +2,27 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 #include "epcomm/bootstrap.hpp"
+#include "epcomm/types.hpp"
 
 namespace epcomm::cuda {
 
-// Collective. Ranks in one process share device pointers (enabling peer access between
-// distinct GPUs); ranks in separate processes exchange CUDA IPC handles through the
-// bootstrap. Several ranks may share one GPU either way. The region is zeroed and every rank
-// has passed a barrier before the constructor returns, so no peer signal can be lost.
+class NvshmemHeap;
+
+// Collective. Transport::kIpc: ranks in one process share device pointers (enabling peer
+// access between distinct GPUs); ranks in separate processes exchange CUDA IPC handles through
+// the bootstrap. Transport::kNvshmem: the region is symmetric memory of NVSHMEM's heap and each
+// peer's base is nvshmem_ptr's (one rank per process; every peer must be reachable by loads
+// and stores: one domain). Several ranks may share one GPU either way. The region is zeroed
+// and every rank has passed a barrier before the constructor returns, so no peer signal can be
+// lost.
 class MemoryDomain {
  public:
-  MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes);
+  MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes,
+               Transport transport = Transport::kIpc);
   ~MemoryDomain();
   MemoryDomain(const MemoryDomain&) = delete;
   MemoryDomain& operator=(const MemoryDomain&) = delete;
@@ -27,6 +35,7 @@ class MemoryDomain {
  private:
   void map_in_process(Bootstrap& bootstrap);
   void map_through_ipc(Bootstrap& bootstrap);
+  void map_through_nvshmem(Bootstrap& bootstrap);
 
   int device_;
   int rank_;
@@ -35,6 +44,7 @@ class MemoryDomain {
   std::vector<char*> peers_;
   std::vector<bool> opened_;  // peers_[i] came from cudaIpcOpenMemHandle
   char** d_peers_ = nullptr;
+  std::shared_ptr<NvshmemHeap> heap_;  // kNvshmem: region_ is symmetric memory of it
 };
 
 }  // namespace epcomm::cuda

@@ -180,6 +180,16 @@ TEST_F(CudaFaults, SmCountsBeyondTheDeviceAreRejected) {
                [&] { Communicator::create(bs[0], cfg, Backend::kCuda, testing::gpu_of_rank(0)); });
 }
 
+// NVSHMEM has one PE per process: in-process ranks asking for it are refused by name, before
+// NVSHMEM is loaded (so this holds with or without NVSHMEM in the build).
+TEST_F(CudaFaults, NvshmemTransportNeedsOneRankPerProcess) {
+  auto bs = bootstraps(1);
+  Config cfg = small_config();
+  cfg.transport = Transport::kNvshmem;
+  expect_error(ErrorCode::kInvalidArgument, "Config.transport = nvshmem: the bootstrap's ranks",
+               [&] { Communicator::create(bs[0], cfg, Backend::kCuda, testing::gpu_of_rank(0)); });
+}
+
 // DESIGN section 13: ranks agree on the Config before anything is allocated.
 TEST_F(CudaFaults, ConfigsThatDifferFailEveryRank) {
   auto bs = bootstraps(2);

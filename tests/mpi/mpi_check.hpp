@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "epcomm/epcomm.hpp"
 #include "epcomm/mpi_bootstrap.hpp"
 #include "memory.hpp"
 
@@ -73,16 +74,53 @@ inline int pick_gpu(const char* program) {
   return -1;
 }
 
-// The main() of a case-list program. Usage: <program> [--first N] (N: run only the first N
-// cases, e.g. under compute-sanitizer). run_case(checks, bootstrap, memory, device, case)
-// returns false to stop (a rank failed in a way that leaves the job unusable). Returns the
-// exit code every rank agrees on.
+// The transport every communicator of a case-list program uses (--transport=nvshmem).
+inline Transport& program_transport() {
+  static Transport transport = Transport::kIpc;
+  return transport;
+}
+
+// Collective: with the nvshmem transport, a domain smaller than the job (Config::
+// ranks_per_domain = R / 2) is refused on every rank by name, before anything is allocated.
+inline void check_smaller_domain_refused(Checks& checks, const std::shared_ptr<Bootstrap>& bootstrap,
+                                         int device, Config config) {
+  const int R = bootstrap->size();
+  if (R < 2 || R % 2 != 0) return;
+  config.transport = Transport::kNvshmem;
+  config.ranks_per_domain = R / 2;
+  try {
+    Communicator::create(bootstrap, config, Backend::kCuda, device);
+    checks.expect(false, "ranks_per_domain = R / 2 was accepted");
+  } catch (const Error& e) {
+    checks.expect(e.code() == ErrorCode::kUnsupported &&
+                      std::string(e.what()).find("Config.ranks_per_domain = " +
+                                                 std::to_string(R / 2)) != std::string::npos,
+                  std::string("ranks_per_domain = R / 2 threw ") + e.what());
+  }
+}
+
+// The main() of a case-list program. Usage: <program> [--first N] [--transport=nvshmem] (N:
+// run only the first N cases, e.g. under compute-sanitizer; nvshmem: every communicator's
+// regions come from NVSHMEM's symmetric heap, see program_transport). run_case(checks,
+// bootstrap, memory, device, case) returns false to stop (a rank failed in a way that leaves
+// the job unusable). Returns the exit code every rank agrees on.
 template <typename MakeCases, typename RunCase>
 int run_case_program(int argc, char** argv, const char* program, MakeCases make_cases,
                      RunCase run_case) {
   MPI_Init(&argc, &argv);
   size_t first_cases = SIZE_MAX;
-  if (argc == 3 && std::string(argv[1]) == "--first") first_cases = std::stoul(argv[2]);
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--first" && i + 1 < argc) {
+      first_cases = std::stoul(argv[++i]);
+    } else if (arg == "--transport=nvshmem") {
+      program_transport() = Transport::kNvshmem;
+    } else if (arg != "--transport=ipc") {
+      std::fprintf(stderr, "%s: unknown argument '%s'\n", program, arg.c_str());
+      MPI_Finalize();
+      return 2;
+    }
+  }
   int world_rank = 0, world_size = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
@@ -96,6 +134,14 @@ int run_case_program(int argc, char** argv, const char* program, MakeCases make_
     auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, kMpiBootstrapTimeoutMs);
     auto memory = make_memory(Backend::kCuda, device);
     const auto cases = make_cases(world_size);
+    if (program_transport() == Transport::kNvshmem) {
+      if (world_rank == 0) std::printf("transport: nvshmem\n");
+      Config config;
+      config.num_experts = 2 * world_size;
+      config.hidden = 128;
+      config.max_tokens_per_rank = 4;
+      check_smaller_domain_refused(checks, bootstrap, device, config);
+    }
     for (size_t i = 0; i < cases.size() && i < first_cases; ++i) {
       if (!run_case(checks, bootstrap, *memory, device, cases[i])) break;
     }

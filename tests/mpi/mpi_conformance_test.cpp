@@ -86,6 +86,7 @@ Config config_of(const Case& c) {
   cfg.dispatch_sms = c.sms;
   cfg.combine_sms = c.sms;
   cfg.expert_alignment = 1 + c.seed % 3;
+  cfg.transport = testing::program_transport();
   return cfg;
 }
 

@@ -104,7 +104,9 @@ bool run_case(Checks& checks, const std::shared_ptr<MpiBootstrap>& bootstrap,
   bool ok = true;
   try {
     want = testing::run_ll_cluster(Backend::kHost, c.shape, c.routing, c.seed, c.options, c.rounds);
-    comm = Communicator::create(bootstrap, testing::ll_config_for(c.shape), Backend::kCuda, device);
+    Config config = testing::ll_config_for(c.shape);
+    config.transport = testing::program_transport();
+    comm = Communicator::create(bootstrap, config, Backend::kCuda, device);
   } catch (const std::exception& e) {
     checks.expect(false, name + ": " + e.what());
     ok = false;

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "epcomm/epcomm.hpp"
+#include "harness.hpp"
 
 namespace epcomm {
 namespace {
@@ -80,6 +81,37 @@ TEST(Config, RejectsEachBadField) {
   c.max_tokens_per_rank = 1 << 30;
   expect_invalid(c, 8, "overflows");
   expect_invalid(good(), 0, "number of ranks = 0");
+}
+
+TEST(Config, TransportAndDomains) {
+  Config c = good();
+  c.ranks_per_domain = -1;
+  expect_invalid(c, 8, "Config.ranks_per_domain = -1");
+  c.transport = Transport::kNvshmem;
+  c.ranks_per_domain = 3;
+  expect_invalid(c, 8, "Config.ranks_per_domain = 3: must divide the number of ranks, 8");
+  c.ranks_per_domain = 4;
+  EXPECT_NO_THROW(c.validate(8));  // accepted here; creation refuses domains not built yet
+  c.transport = Transport::kIpc;
+  expect_invalid(c, 8, "Config.ranks_per_domain = 4: needs transport = nvshmem");
+  for (int whole : {0, 8}) {
+    c.ranks_per_domain = whole;
+    EXPECT_NO_THROW(c.validate(8));
+  }
+  c.transport = static_cast<Transport>(7);
+  expect_invalid(c, 8, "Config.transport = 7");
+  EXPECT_STREQ(to_string(Transport::kIpc), "ipc");
+  EXPECT_STREQ(to_string(Transport::kNvshmem), "nvshmem");
+}
+
+// The host reference models results, which are the same for every transport: it ignores it.
+TEST(Config, HostBackendAcceptsEveryTransport) {
+  Config c;
+  c.num_experts = 2;
+  c.hidden = 16;
+  c.max_tokens_per_rank = 2;
+  c.transport = Transport::kNvshmem;
+  EXPECT_NO_THROW(Communicator::create(testing::shared_bootstraps(1, 5000)[0], c, Backend::kHost));
 }
 
 TEST(Config, HiddenMustFitSixteenByteVectors) {
