@@ -131,7 +131,7 @@ if has nvshmem; then  # NVSHMEM runs several PEs on one GPU only under MPS
   root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
   for transport in ipc nvshmem; do
     for mode in ht ll; do
-      args=${NVSHMEM_BENCH_ARGS:---sms 8}
+      args=${NVSHMEM_BENCH_ARGS:---sms 4,8,14}
       [ $mode = ll ] && args=${NVSHMEM_LL_BENCH_ARGS:---sms 8 --tokens 1,128}
       start=$SECONDS
       CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=12 NVSHMEM_REMOTE_TRANSPORT=none NVSHMEM_DISABLE_NVLS=1 \

@@ -2,6 +2,7 @@
 // against the host reference, which each process computes for all ranks on threads of its own.
 #include <mpi.h>
 
+#include <algorithm>
 #include <memory>
 #include <sstream>
 #include <vector>
@@ -106,6 +107,9 @@ bool run_case(Checks& checks, const std::shared_ptr<MpiBootstrap>& bootstrap,
     want = testing::run_ll_cluster(Backend::kHost, c.shape, c.routing, c.seed, c.options, c.rounds);
     Config config = testing::ll_config_for(c.shape);
     config.transport = testing::program_transport();
+    // Under an MPS share (the nvshmem runs) the device shows fewer SMs than the default 16.
+    config.dispatch_sms = config.combine_sms =
+        std::min(config.dispatch_sms, testing::cuda_sm_count(device));
     comm = Communicator::create(bootstrap, config, Backend::kCuda, device);
   } catch (const std::exception& e) {
     checks.expect(false, name + ": " + e.what());
