@@ -57,8 +57,8 @@ std::string check_configuration(const BenchOptions& o, Algorithm algorithm, int 
   if (o.world) {  // one rank per process: each checks its own outputs, then all agree
     auto memory = testing::make_memory(o.backend, o.device);
     auto comm = Communicator::create(o.world, bench_config(o, algorithm, sms), o.backend, o.device);
-    const testing::RankOutputs got = testing::run_round(*comm, *o.world, *memory, bench_shape(o),
-                                                        kRouting, o.seed, round);
+    const testing::RankOutputs got =
+        testing::run_round(*comm, *o.world, *memory, bench_shape(o), kRouting, o.seed, round);
     const std::string mine = testing::check_rank_independently(bench_shape(o), kRouting, o.seed,
                                                                o.world->rank(), got, true);
     const int bad = mine.empty() ? 0 : 1;
@@ -69,8 +69,8 @@ std::string check_configuration(const BenchOptions& o, Algorithm algorithm, int 
     }
     return "";
   }
-  const auto got = testing::run_cluster(o.backend, bench_config(o, algorithm, sms),
-                                        bench_shape(o), kRouting, o.seed, round)[0];
+  const auto got = testing::run_cluster(o.backend, bench_config(o, algorithm, sms), bench_shape(o),
+                                        kRouting, o.seed, round)[0];
   if (o.backend == Backend::kHost) {
     return testing::check_independently(bench_shape(o), kRouting, o.seed, got, true);
   }
@@ -122,8 +122,10 @@ RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bo
   testing::Buffer weights(*memory, std::max<size_t>(data.topk_weights.size() * 4, 16));
   testing::Buffer out(*memory, std::max<size_t>(static_cast<size_t>(o.tokens) * o.hidden * 2, 16));
   if (!data.x.empty()) memory->upload(x.get(), data.x.data(), data.x.size());
-  if (!data.scales.empty()) memory->upload(scales.get(), data.scales.data(), data.scales.size() * 4);
-  if (!data.topk_idx.empty()) memory->upload(topk.get(), data.topk_idx.data(), data.topk_idx.size());
+  if (!data.scales.empty())
+    memory->upload(scales.get(), data.scales.data(), data.scales.size() * 4);
+  if (!data.topk_idx.empty())
+    memory->upload(topk.get(), data.topk_idx.data(), data.topk_idx.size());
   memory->upload(weights.get(), data.topk_weights.data(), data.topk_weights.size() * 4);
   DispatchInputs in;
   in.x = x.get();

@@ -13,11 +13,11 @@ struct Measurement {
   int sms = 0;
   // Median over iterations of the slowest rank's time.
   double dispatch_ms = 0, cached_ms = 0, combine_ms = 0;
-  double recv_rows_per_rank = 0;   // mean over ranks
-  double peer_rows_per_rank = 0;   // mean over ranks: received rows that came from other ranks
-  double dispatch_min_bytes = 0;   // all ranks: x read once, rows and meta written once
+  double recv_rows_per_rank = 0;  // mean over ranks
+  double peer_rows_per_rank = 0;  // mean over ranks: received rows that came from other ranks
+  double dispatch_min_bytes = 0;  // all ranks: x read once, rows and meta written once
   double cached_min_bytes = 0;
-  double combine_min_bytes = 0;    // all ranks: received rows read once, outputs written once
+  double combine_min_bytes = 0;  // all ranks: received rows read once, outputs written once
 };
 
 Config bench_config(const BenchOptions& o, Algorithm algorithm, int sms);

@@ -50,8 +50,8 @@ void print_table(const Report& rep) {
     std::printf("peer copy bandwidth per GPU and direction (all GPUs at once): %.0f GB/s\n",
                 rep.p2p_gbps);
   }
-  std::printf("%-9s %4s  %-17s %10s %14s %11s %9s %10s", "algorithm", "SMs", "operation",
-              "time_ms", "recv_rows/rank", "GB/s/rank", "roofline", "flat/ring");
+  std::printf("%-9s %4s  %-17s %10s %14s %11s %9s %10s", "algorithm", "SMs", "operation", "time_ms",
+              "recv_rows/rank", "GB/s/rank", "roofline", "flat/ring");
   if (links) std::printf(" %14s %9s %8s", "link GB/s/rank", "of 450", "of p2p");
   std::printf("\n");
   for (const auto& m : rep.rows) {
@@ -62,7 +62,9 @@ void print_table(const Report& rep) {
       const OpView& op = ops[i];
       const double logical = gbps(m.recv_rows_per_rank * op.row_bytes, op.ms);
       char roofline[16] = "-", ratio[16] = "-";
-      if (rep.copy_gbps > 0) std::snprintf(roofline, sizeof(roofline), "%.2f", gbps(op.min_bytes, op.ms) / rep.copy_gbps);
+      if (rep.copy_gbps > 0)
+        std::snprintf(roofline, sizeof(roofline), "%.2f",
+                      gbps(op.min_bytes, op.ms) / rep.copy_gbps);
       if (m.algorithm == Algorithm::kFlat && ring) {
         std::snprintf(ratio, sizeof(ratio), "%.2fx", ring_ops[i].ms / op.ms);
       }
@@ -76,13 +78,15 @@ void print_table(const Report& rep) {
       std::printf("\n");
     }
   }
-  std::printf("time: median over iterations of the slowest rank; GB/s/rank: received rows x row "
-              "bytes / time;\nroofline: least bytes moved / time / copy bandwidth; flat/ring: "
-              "ring time / flat time.\n");
+  std::printf(
+      "time: median over iterations of the slowest rank; GB/s/rank: received rows x row "
+      "bytes / time;\nroofline: least bytes moved / time / copy bandwidth; flat/ring: "
+      "ring time / flat time.\n");
   if (links) {
-    std::printf("link GB/s/rank: rows received from other ranks x row bytes / time, against "
-                "%.0f GB/s NVLink per direction and the measured peer copy.\n",
-                kNvlinkGbpsPerDirection);
+    std::printf(
+        "link GB/s/rank: rows received from other ranks x row bytes / time, against "
+        "%.0f GB/s NVLink per direction and the measured peer copy.\n",
+        kNvlinkGbpsPerDirection);
   }
 }
 
@@ -90,8 +94,8 @@ void write_json(const Report& rep, const std::string& path) {
   std::ofstream f(path);
   const BenchOptions& o = rep.options;
   f << "{\n  \"backend\": \"" << to_string(o.backend) << "\",\n  \"device\": \"" << rep.device
-    << "\",\n  \"ranks\": " << o.ranks << ", \"tokens\": " << o.tokens << ", \"hidden\": "
-    << o.hidden << ", \"topk\": " << o.topk << ", \"experts\": " << o.experts
+    << "\",\n  \"ranks\": " << o.ranks << ", \"tokens\": " << o.tokens
+    << ", \"hidden\": " << o.hidden << ", \"topk\": " << o.topk << ", \"experts\": " << o.experts
     << ", \"dtype\": \"" << to_string(o.dtype) << "\", \"iters\": " << o.iters
     << ",\n  \"copy_gbps\": " << rep.copy_gbps << ", \"p2p_gbps\": " << rep.p2p_gbps
     << ",\n  \"results\": [\n";

@@ -93,7 +93,8 @@ void check_transport(const Config& config, const Bootstrap& bootstrap) {
                 "Config.ranks_per_domain = " + std::to_string(config.ranks_per_domain) + " with " +
                     std::to_string(R) +
                     " ranks: the paths across NVLink domains are not built yet; every domain "
-                    "must hold all ranks (0 or " + std::to_string(R) + ")");
+                    "must hold all ranks (0 or " +
+                    std::to_string(R) + ")");
   }
 }
 

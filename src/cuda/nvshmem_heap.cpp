@@ -10,8 +10,8 @@
 #include "epcomm/error.hpp"
 
 #if EPCOMM_NVSHMEM_HEAP
-#include <dlfcn.h>
 #include <device_host/nvshmem_types.h>
+#include <dlfcn.h>
 #include <host/nvshmemx_api.h>
 #endif
 
@@ -52,8 +52,10 @@ const NvshmemHeap::Api& load_api() {
     const std::string built = std::string(EPCOMM_NVSHMEM_LIB_DIR) + "/libnvshmem_host.so.3";
     if (library == nullptr) library = dlopen(built.c_str(), RTLD_NOW | RTLD_GLOBAL);
     if (library == nullptr) {
-      failure = "Config.transport = nvshmem: libnvshmem_host.so.3 was not found on "
-                "LD_LIBRARY_PATH nor at " + built + " (" + dlerror() + ")";
+      failure =
+          "Config.transport = nvshmem: libnvshmem_host.so.3 was not found on "
+          "LD_LIBRARY_PATH nor at " +
+          built + " (" + dlerror() + ")";
       return;
     }
     try {
@@ -75,8 +77,8 @@ const NvshmemHeap::Api& load_api() {
 
 void check(int status, const char* call) {
   if (status != 0) {
-    throw Error(ErrorCode::kCuda, std::string("NVSHMEM: ") + call + " returned " +
-                                      std::to_string(status));
+    throw Error(ErrorCode::kCuda,
+                std::string("NVSHMEM: ") + call + " returned " + std::to_string(status));
   }
 }
 
@@ -97,8 +99,8 @@ std::shared_ptr<NvshmemHeap> NvshmemHeap::join(Bootstrap& bootstrap) {
                   "Config.transport = nvshmem: NVSHMEM runs here as PE " +
                       std::to_string(heap->pe_) + " of " + std::to_string(heap->num_pes_) +
                       ", but this communicator's bootstrap is rank " +
-                      std::to_string(bootstrap.rank()) + " of " +
-                      std::to_string(bootstrap.size()) + "; one NVSHMEM job per process");
+                      std::to_string(bootstrap.rank()) + " of " + std::to_string(bootstrap.size()) +
+                      "; one NVSHMEM job per process");
     }
     return heap;
   }

@@ -287,15 +287,30 @@ void HostBackend::combine(const void* y, const detail::HandleState& handle_state
   }
   bootstrap_->barrier();  // every rank's y is in its pool
 
-  std::vector<float> acc(H);
+  // DESIGN section 11: with several NVLink domains of L ranks, each domain's rows are summed in
+  // fp32 in ascending rank order and rounded to bf16 (the partial a domain sends back once),
+  // and the partials are added in fp32 in ascending domain order; with one domain the sum is
+  // never rounded before the end.
+  const int L = config_.ranks_per_domain > 0 ? config_.ranks_per_domain : num_ranks_;
+  const bool one_domain = L == num_ranks_;
+  std::vector<float> acc(H), partial(H);
   auto* out_bits = static_cast<uint16_t*>(out);
   for (int t = 0; t < handle.num_tokens; ++t) {
     std::fill(acc.begin(), acc.end(), 0.f);
-    for (int d = 0; d < num_ranks_; ++d) {
-      const int row = handle.slot[static_cast<size_t>(t) * num_ranks_ + d];
-      if (row < 0) continue;
-      const auto* y_row = reinterpret_cast<const uint16_t*>(peers_[d]->pool_.data()) + row * H;
-      for (size_t h = 0; h < H; ++h) acc[h] += bf16_to_float(y_row[h]);
+    for (int first = 0; first < num_ranks_; first += L) {
+      std::fill(partial.begin(), partial.end(), 0.f);
+      bool any = false;
+      for (int d = first; d < first + L; ++d) {
+        const int row = handle.slot[static_cast<size_t>(t) * num_ranks_ + d];
+        if (row < 0) continue;
+        any = true;
+        const auto* y_row = reinterpret_cast<const uint16_t*>(peers_[d]->pool_.data()) + row * H;
+        for (size_t h = 0; h < H; ++h) partial[h] += bf16_to_float(y_row[h]);
+      }
+      if (!any) continue;  // the domain holds no row of t: it sends nothing back
+      for (size_t h = 0; h < H; ++h) {
+        acc[h] += one_domain ? partial[h] : bf16_to_float(float_to_bf16(partial[h]));
+      }
     }
     for (const void* bias : {options.bias, options.bias2}) {  // after the rows, in this order
       if (bias == nullptr) continue;

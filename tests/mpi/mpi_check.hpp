@@ -82,8 +82,9 @@ inline Transport& program_transport() {
 
 // Collective: with the nvshmem transport, a domain smaller than the job (Config::
 // ranks_per_domain = R / 2) is refused on every rank by name, before anything is allocated.
-inline void check_smaller_domain_refused(Checks& checks, const std::shared_ptr<Bootstrap>& bootstrap,
-                                         int device, Config config) {
+inline void check_smaller_domain_refused(Checks& checks,
+                                         const std::shared_ptr<Bootstrap>& bootstrap, int device,
+                                         Config config) {
   const int R = bootstrap->size();
   if (R < 2 || R % 2 != 0) return;
   config.transport = Transport::kNvshmem;
