@@ -168,6 +168,15 @@ if has bench; then
       ${BENCH_MPI_ARGS:---algorithms flat --sms 4,8,16} >"$OUT/bench_mpi.log" 2>&1
     note "bench under mpirun (8 processes, MPS): rc=$? ($((SECONDS - start)) s)"
     sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi.log" | tee -a "$summary"
+    # The same with legacy CUDA IPC handles instead of cuMem regions (BENCH_MPI_LEGACY=0: not).
+    if [ "${BENCH_MPI_LEGACY:-1}" != 0 ]; then
+      start=$SECONDS
+      EPCOMM_IPC=legacy timeout 200 mpirun -np 8 --oversubscribe $root -x EPCOMM_IPC \
+        "$BUILD/bench/epcomm-bench" --launcher mpi ${BENCH_MPI_ARGS:---algorithms flat --sms 4,8,16} \
+        >"$OUT/bench_mpi_legacy_ipc.log" 2>&1
+      note "bench under mpirun, legacy CUDA IPC handles (EPCOMM_IPC=legacy): rc=$? ($((SECONDS - start)) s)"
+      sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_legacy_ipc.log" | grep -E '^flat|^epcomm' | tee -a "$summary"
+    fi
     mps_stop
   fi
 fi

@@ -3,10 +3,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
 #include "cuda_check.hpp"
+#include "cumem_region.hpp"
 #include "nvshmem_heap.hpp"
 
 namespace epcomm::cuda {
@@ -63,8 +65,21 @@ MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   peers_.assign(bootstrap.size(), nullptr);
   opened_.assign(bootstrap.size(), false);
+  // Across processes, cuMem regions when every rank can (collective: all decide alike).
+  bool cumem = false;
+  if (transport == Transport::kIpc && !bootstrap.in_process()) {
+    const int32_t mine = CuMemRegions::usable(device_) ? 1 : 0;
+    std::vector<int32_t> all(bootstrap.size());
+    bootstrap.allGather(&mine, all.data(), sizeof(mine));
+    cumem = std::count(all.begin(), all.end(), 1) == static_cast<long>(all.size());
+  }
   if (transport == Transport::kNvshmem) {
     map_through_nvshmem(bootstrap);
+  } else if (cumem) {
+    check_peer_processes(bootstrap);
+    cumem_ = std::make_unique<CuMemRegions>(bootstrap, device_, region_bytes);
+    peers_ = cumem_->peers();
+    region_ = peers_[rank_];
   } else {
     EPCOMM_CUDA_CHECK(cudaMalloc(&region_, region_bytes));
     EPCOMM_CUDA_CHECK(cudaMemset(region_, 0, region_bytes));
@@ -139,6 +154,33 @@ void MemoryDomain::map_through_ipc(Bootstrap& bootstrap) {
   }
 }
 
+void MemoryDomain::check_peer_processes(Bootstrap& bootstrap) {
+  struct Entry {
+    cudaUUID_t uuid;
+    int pid;
+  };
+  const Entry mine{uuid_of(device_), static_cast<int>(getpid())};
+  std::vector<Entry> all(bootstrap.size());
+  bootstrap.allGather(&mine, all.data(), sizeof(mine));
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (static_cast<int>(i) == rank_) continue;
+    if (all[i].pid == mine.pid) {
+      throw Error(ErrorCode::kUnsupported,
+                  "ranks " + std::to_string(rank_) + " and " + std::to_string(i) +
+                      " share a process but the bootstrap is not in-process");
+    }
+    const int peer_device = device_with_uuid(all[i].uuid);
+    if (peer_device < 0) {
+      throw Error(ErrorCode::kUnsupported,
+                  "the GPU of rank " + std::to_string(i) + " is not visible to rank " +
+                      std::to_string(rank_) +
+                      ", so its link cannot be checked for native atomics: make every GPU of "
+                      "the node visible to every rank");
+    }
+    check_native_atomics(device_, peer_device, static_cast<int>(i));
+  }
+}
+
 // The heap's memory is zeroed (nvshmem_calloc) and the same size on every PE. A peer that
 // nvshmem_ptr cannot map is in another NVLink domain, which the kernels cannot reach yet.
 void MemoryDomain::map_through_nvshmem(Bootstrap& bootstrap) {
@@ -177,6 +219,8 @@ MemoryDomain::~MemoryDomain() {
   cudaFree(d_peers_);
   if (heap_ != nullptr) {
     heap_->release(region_);  // collective: every rank destroys its domains in the same order
+  } else if (cumem_ != nullptr) {
+    cumem_.reset();
   } else {
     cudaFree(region_);
   }

@@ -11,10 +11,12 @@
 namespace epcomm::cuda {
 
 class NvshmemHeap;
+class CuMemRegions;
 
 // Collective. Transport::kIpc: ranks in one process share device pointers (enabling peer
-// access between distinct GPUs); ranks in separate processes exchange CUDA IPC handles through
-// the bootstrap. Transport::kNvshmem: the region is symmetric memory of NVSHMEM's heap and each
+// access between distinct GPUs); ranks in separate processes share cuMem allocations whose file
+// descriptors pass over Unix-domain sockets (CuMemRegions), or, where some rank's driver cannot
+// export them (or EPCOMM_IPC=legacy), exchange legacy CUDA IPC handles through the bootstrap. Transport::kNvshmem: the region is symmetric memory of NVSHMEM's heap and each
 // peer's base is nvshmem_ptr's (one rank per process; every peer must be reachable by loads
 // and stores: one domain). Several ranks may share one GPU either way. The region is zeroed
 // and every rank has passed a barrier before the constructor returns, so no peer signal can be
@@ -36,6 +38,8 @@ class MemoryDomain {
   void map_in_process(Bootstrap& bootstrap);
   void map_through_ipc(Bootstrap& bootstrap);
   void map_through_nvshmem(Bootstrap& bootstrap);
+  // Checks every peer's GPU (another process, visible here, native atomics on the link).
+  void check_peer_processes(Bootstrap& bootstrap);
 
   int device_;
   int rank_;
@@ -45,6 +49,7 @@ class MemoryDomain {
   std::vector<bool> opened_;  // peers_[i] came from cudaIpcOpenMemHandle
   char** d_peers_ = nullptr;
   std::shared_ptr<NvshmemHeap> heap_;  // kNvshmem: region_ is symmetric memory of it
+  std::unique_ptr<CuMemRegions> cumem_;  // kIpc across processes: every region is mapped here
 };
 
 }  // namespace epcomm::cuda

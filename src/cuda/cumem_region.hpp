@@ -1,0 +1,43 @@
+// Regions shared between processes through the CUDA virtual memory API: the owner allocates
+// physical memory with cuMemCreate, exportable as a POSIX file descriptor; the descriptors go
+// to the peers over Unix-domain sockets (SCM_RIGHTS), and each peer imports and maps them into
+// its own address space. The ipc transport uses this for ranks in separate processes in place of
+// legacy CUDA IPC handles when every rank's driver can (docs/perf.md has the measurements).
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "epcomm/bootstrap.hpp"
+
+namespace epcomm::cuda {
+
+class CuMemRegions {
+ public:
+  // Whether this process can use it on `device`: the driver's entry points resolve and the
+  // device exports POSIX file descriptors. EPCOMM_IPC=legacy turns it off (for comparisons).
+  static bool usable(int device);
+
+  // Collective over `bootstrap` (ranks in separate processes, every rank usable()): allocates
+  // this rank's region of `bytes` (rounded up to the allocation granularity, zeroed) and maps
+  // every peer's. peers()[r] is rank r's region in this process (this rank's own included).
+  CuMemRegions(Bootstrap& bootstrap, int device, size_t bytes);
+  ~CuMemRegions();
+  CuMemRegions(const CuMemRegions&) = delete;
+  CuMemRegions& operator=(const CuMemRegions&) = delete;
+
+  const std::vector<char*>& peers() const { return peers_; }
+
+ private:
+  struct Mapping {
+    unsigned long long handle = 0;  // CUmemGenericAllocationHandle
+    char* base = nullptr;
+  };
+  void map(Mapping& m, int device);
+
+  size_t size_ = 0;
+  std::vector<Mapping> mappings_;  // [R]: this rank's allocation, and every peer's import
+  std::vector<char*> peers_;
+};
+
+}  // namespace epcomm::cuda
