@@ -162,7 +162,7 @@ std::vector<int> exchange_descriptors(Bootstrap& bootstrap, int fd) {
 
 bool CuMemRegions::usable(int device) {
   const char* env = std::getenv("EPCOMM_IPC");
-  if (env != nullptr && std::string(env) == "legacy") return false;
+  if (env == nullptr || std::string(env) != "cumem") return false;
   const Driver& d = driver();
   if (!d.ok) return false;
   CUdevice dev = 0;

@@ -2,7 +2,8 @@
 // physical memory with cuMemCreate, exportable as a POSIX file descriptor; the descriptors go
 // to the peers over Unix-domain sockets (SCM_RIGHTS), and each peer imports and maps them into
 // its own address space. The ipc transport uses this for ranks in separate processes in place of
-// legacy CUDA IPC handles when every rank's driver can (docs/perf.md has the measurements).
+// legacy CUDA IPC handles when EPCOMM_IPC=cumem is set and every rank's driver can (opt-in until
+// the conformance suites have run over it on the GPU; docs/perf.md).
 #pragma once
 
 #include <cstddef>
@@ -14,8 +15,8 @@ namespace epcomm::cuda {
 
 class CuMemRegions {
  public:
-  // Whether this process can use it on `device`: the driver's entry points resolve and the
-  // device exports POSIX file descriptors. EPCOMM_IPC=legacy turns it off (for comparisons).
+  // Whether this process uses it on `device`: EPCOMM_IPC=cumem is set, the driver's entry
+  // points resolve and the device exports POSIX file descriptors.
   static bool usable(int device);
 
   // Collective over `bootstrap` (ranks in separate processes, every rank usable()): allocates

@@ -65,7 +65,8 @@ MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   peers_.assign(bootstrap.size(), nullptr);
   opened_.assign(bootstrap.size(), false);
-  // Across processes, cuMem regions when every rank can (collective: all decide alike).
+  // Across processes, cuMem regions when every rank asks for them and can (collective: all
+  // decide alike).
   bool cumem = false;
   if (transport == Transport::kIpc && !bootstrap.in_process()) {
     const int32_t mine = CuMemRegions::usable(device_) ? 1 : 0;

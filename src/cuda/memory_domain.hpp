@@ -14,9 +14,9 @@ class NvshmemHeap;
 class CuMemRegions;
 
 // Collective. Transport::kIpc: ranks in one process share device pointers (enabling peer
-// access between distinct GPUs); ranks in separate processes share cuMem allocations whose file
-// descriptors pass over Unix-domain sockets (CuMemRegions), or, where some rank's driver cannot
-// export them (or EPCOMM_IPC=legacy), exchange legacy CUDA IPC handles through the bootstrap. Transport::kNvshmem: the region is symmetric memory of NVSHMEM's heap and each
+// access between distinct GPUs); ranks in separate processes exchange legacy CUDA IPC handles
+// through the bootstrap, or, with EPCOMM_IPC=cumem on every rank, share cuMem allocations whose
+// file descriptors pass over Unix-domain sockets (CuMemRegions). Transport::kNvshmem: the region is symmetric memory of NVSHMEM's heap and each
 // peer's base is nvshmem_ptr's (one rank per process; every peer must be reachable by loads
 // and stores: one domain). Several ranks may share one GPU either way. The region is zeroed
 // and every rank has passed a barrier before the constructor returns, so no peer signal can be
