@@ -21,6 +21,8 @@ struct HandleState {
   uint64_t epoch = 0;    // its dispatch sequence number
   int num_tokens = 0;
   int num_recv = -1;  // -1 when the dispatch did not wait for it on the host
+  bool expert_major = false;  // RecvLayout::kExpertMajor
+  bool has_weights = false;   // the dispatch was given topk_weights
 };
 
 // What a low-latency handle carries.

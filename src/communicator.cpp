@@ -177,6 +177,12 @@ DispatchResult Communicator::dispatch(const DispatchInputs& in, const DispatchOp
               bytes_of(in.num_tokens, in.num_topk * index_bytes(config_.index_type)));
   check.check("topk_weights", in.topk_weights, kWordAlign,
               bytes_of(in.num_tokens, in.num_topk * sizeof(float)));
+  if (options.layout == RecvLayout::kExpertMajor &&
+      (options.outputs.recv_topk_idx != nullptr || options.outputs.recv_topk_weights != nullptr)) {
+    invalid_argument(caller,
+                     "outputs.recv_topk_idx and recv_topk_weights are token-major outputs: with "
+                     "layout = expert_major each row has recv_topk_slot and recv_weight instead");
+  }
   guarded(broken_, [&] { impl_->check_dispatch_issuable(options, /*cached=*/false); });
   const uint64_t epoch = ++epoch_;
   combined_ = false;
@@ -197,6 +203,14 @@ DispatchResult Communicator::dispatch_cached(const DispatchHandle& handle, const
   rows_only.recv_scales = options.outputs.recv_scales;
   check_dispatch_buffers(check, config_, recv_capacity(), num_ranks(), handle.num_tokens(), 1, x,
                          x_scales, rows_only);
+  if ((options.layout == RecvLayout::kExpertMajor) != handle.state()->expert_major) {
+    invalid_argument(caller, std::string("options.layout = ") +
+                                 (options.layout == RecvLayout::kExpertMajor ? "expert_major"
+                                                                             : "token_major") +
+                                 " but the handle's dispatch was " +
+                                 (handle.state()->expert_major ? "expert_major" : "token_major") +
+                                 ": a cached dispatch keeps its handle's layout");
+  }
   guarded(broken_, [&] { impl_->check_dispatch_issuable(options, /*cached=*/true); });
   const uint64_t epoch = ++epoch_;
   combined_ = false;
@@ -238,6 +252,13 @@ void Communicator::combine(const void* y, const DispatchHandle& handle, void* ou
   }
   const size_t out_bytes = bytes_of(handle.num_tokens(), row_bytes);
   check.check("out", out, kRowAlign, out_bytes);
+  if (options.apply_weights && !handle.state()->expert_major) {
+    invalid_argument(caller, "apply_weights = true needs an expert-major dispatch (a token-major "
+                             "combine adds the rows as they come back)");
+  }
+  if (options.apply_weights && !handle.state()->has_weights) {
+    invalid_argument(caller, "apply_weights = true, but the handle's dispatch had no topk_weights");
+  }
   if (options.bias != nullptr) check.check("bias", options.bias, kRowAlign, out_bytes);
   if (options.bias2 != nullptr) check.check("bias2", options.bias2, kRowAlign, out_bytes);
   guarded(broken_, [&] { impl_->combine(y, *handle.state(), out, options, combined_); });

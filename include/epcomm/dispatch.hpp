@@ -61,15 +61,27 @@ struct DispatchOutputs {
   int* num_recv_per_expert = nullptr;  // [Le]
 };
 
+// How a dispatch lays out the rows it receives.
+// kTokenMajor: one row per received token, ordered by source rank, then source token.
+// kExpertMajor: one row per (token, local expert) pair (a token naming an expert in several
+// top-k slots once, under the first), grouped by local expert ascending; each group starts at a
+// multiple of Config::expert_alignment rows (expert_offsets), holds its pairs by source rank,
+// then source token, and ends with padding rows up to the next group: x and scales zero,
+// recv_src {-1, -1}, recv_topk_slot -1, recv_weight 0. Ready for a grouped GEMM. Host reference
+// backend only so far: the CUDA backend refuses it (kUnsupported).
+enum class RecvLayout { kTokenMajor, kExpertMajor };
+
 struct DispatchOptions {
   // true: the host waits until the row count is known and returns it (exact sizes).
   // false: nothing waits on the host; buffers are worst-case sized and the call may be
   // captured in a CUDA graph. num_recv is then only in num_recv_device.
   bool wait_num_recv = true;
-  DispatchOutputs outputs;
+  DispatchOutputs outputs;  // kExpertMajor: recv_topk_idx and recv_topk_weights must be null
+  RecvLayout layout = RecvLayout::kTokenMajor;  // a cached dispatch keeps its handle's
 };
 
-// Rows are ordered by source rank ascending, then source token ascending.
+// Token-major rows are ordered by source rank ascending, then source token ascending; see
+// RecvLayout for expert-major rows.
 struct DispatchResult {
   DispatchHandle handle;
   int num_recv = -1;  // -1 unless wait_num_recv
@@ -81,6 +93,10 @@ struct DispatchResult {
                                        // a source that passed no topk_weights)
   RecvSource* recv_src = nullptr;      // [num_recv]
   int* num_recv_per_expert = nullptr;  // [Le], each rounded up to Config::expert_alignment
+  // Expert-major only (null otherwise; recv_topk_idx and recv_topk_weights are then null):
+  int32_t* recv_topk_slot = nullptr;  // [num_recv]: the top-k slot of the pair's token
+  float* recv_weight = nullptr;       // [num_recv]: topk_weights at that slot (0 without them)
+  int* expert_offsets = nullptr;      // [Le + 1]: each group's first row, then num_recv
 };
 
 // Extras of a high-throughput combine.
@@ -89,6 +105,10 @@ struct CombineOptions {
   // pair): out[t] = bf16(sum of the expert rows + bias[t] + bias2[t]), all in fp32, rounded once.
   const void* bias = nullptr;
   const void* bias2 = nullptr;
+  // Expert-major handles only: out[t] = bf16(acc + bias + bias2) with, over the token's pairs
+  // in ascending order of their top-k slots, acc = fmaf(w[t][k], y[pair row], acc) (weights
+  // the dispatch was given) when true, acc += y[pair row] when false; acc starts at 0 in fp32.
+  bool apply_weights = false;
 };
 
 }  // namespace epcomm

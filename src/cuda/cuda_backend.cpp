@@ -129,6 +129,12 @@ std::vector<detail::MemoryRange> CudaBackend::shared_memory() const {
 }
 
 void CudaBackend::check_dispatch_issuable(const DispatchOptions& options, bool cached) {
+  if (options.layout == RecvLayout::kExpertMajor) {
+    throw Error(ErrorCode::kUnsupported,
+                std::string(cached ? "dispatch_cached" : "dispatch") +
+                    ": DispatchOptions.layout = expert_major is built in the host reference "
+                    "only; the CUDA kernels for it are not built yet");
+  }
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   check_not_capturing_exact(options, cached ? "dispatch_cached" : "dispatch");
   if (!cached) routing_pool_->check_acquirable(stream_);

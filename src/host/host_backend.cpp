@@ -56,6 +56,9 @@ HostBackend::HostBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   recv_topk_weights_.assign(rows * config_.max_topk, 0.f);
   recv_src_.assign(rows, RecvSource{0, 0});
   num_recv_per_expert_.assign(experts_per_rank_, 0);
+  recv_topk_slot_.assign(rows, -1);
+  recv_weight_.assign(rows, 0.f);
+  expert_offsets_.assign(experts_per_rank_ + 1, 0);
   ll_mask_.assign(num_ranks_, 0);
 
   HostBackend* self = this;
@@ -161,6 +164,9 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   published_ = Published{in, nullptr};
   agree_or_throw(ErrorCode::kInvalidExpert, expert_error(in.topk_idx, is_int64, in.num_tokens,
                                                          in.num_topk, config_.num_experts));
+  if (options.layout == RecvLayout::kExpertMajor) {
+    return dispatch_expert_major(in, options, comm_id, epoch);
+  }
 
   // counts[s][d] = tokens rank s sends to rank d. Every rank sees every count, so all ranks
   // reach the same verdict on capacity before anyone writes.
@@ -221,6 +227,7 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   handle->num_tokens = in.num_tokens;
   handle->num_recv = options.wait_num_recv ? num_recv_ : -1;
   handle->rows = num_recv_;
+  handle->has_weights = in.topk_weights != nullptr;
   handle->slot.assign(static_cast<size_t>(in.num_tokens) * num_ranks_, -1);
   for (int d = 0; d < num_ranks_; ++d) {
     int next = 0;
@@ -248,6 +255,7 @@ DispatchResult HostBackend::dispatch_cached(const detail::HandleState& handle_st
   in.num_tokens = handle.num_tokens;
   published_ = Published{in, &handle};
   agree_or_throw(ErrorCode::kInvalidArgument, {});
+  if (handle.expert_major) return cached_expert_major(handle, in, options, comm_id, epoch);
 
   const DispatchOutputs& outs = options.outputs;
   for (int s = 0; s < num_ranks_; ++s) {
@@ -286,6 +294,11 @@ void HostBackend::combine(const void* y, const detail::HandleState& handle_state
     std::memcpy(pool_.data(), y, static_cast<size_t>(handle.rows) * H * 2);
   }
   bootstrap_->barrier();  // every rank's y is in its pool
+  if (handle.expert_major) {
+    combine_expert_major(handle, out, options);
+    bootstrap_->barrier();  // no rank restages its pool while a peer still reads it
+    return;
+  }
 
   // DESIGN section 11: with several NVLink domains of L ranks, each domain's rows are summed in
   // fp32 in ascending rank order and rounded to bf16 (the partial a domain sends back once),

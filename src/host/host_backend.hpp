@@ -13,6 +13,12 @@ namespace epcomm::host {
 struct HostHandle final : detail::HandleState {
   std::vector<int> slot;
   int rows = 0;  // rows this rank received (num_recv is -1 in worst-case mode)
+  // Expert-major: for this rank's token t and top-k slot k, the row of the (t, expert) pair at
+  // its destination rank and that rank ([T][K], -1 where k is not the pair's first slot), and
+  // the dispatched weights ([T][K], for CombineOptions::apply_weights).
+  int num_topk = 0;
+  std::vector<int> pair_row, pair_dest;
+  std::vector<float> weights;
 };
 
 // Ranks are threads of one process; each reads its peers' inputs and pools through pointers
@@ -63,6 +69,15 @@ class HostBackend final : public detail::CommBackend {
   };
 
   bool token_goes_to(const DispatchInputs& in, int token, int dest) const;
+  // Expert-major dispatch (host_expert_major.cpp), called by dispatch after the expert check.
+  DispatchResult dispatch_expert_major(const DispatchInputs& in, const DispatchOptions& options,
+                                       uint64_t comm_id, uint64_t epoch);
+  DispatchResult cached_expert_major(const HostHandle& handle, const DispatchInputs& in,
+                                     const DispatchOptions& options, uint64_t comm_id,
+                                     uint64_t epoch);
+  void combine_expert_major(const HostHandle& handle, void* out, const CombineOptions& options);
+  // Zeroes received row `row` (x and scales): an expert-major padding row.
+  void zero_row(int row, const DispatchOutputs& outs);
   int count_tokens_to(const DispatchInputs& in, int dest) const;
   // Exchanges each rank's status; throws on every rank when any rank failed its local check.
   void agree_or_throw(ErrorCode code, const std::string& local_error);
@@ -105,6 +120,9 @@ class HostBackend final : public detail::CommBackend {
   std::vector<float> recv_topk_weights_;
   std::vector<RecvSource> recv_src_;
   std::vector<int> num_recv_per_expert_;
+  std::vector<int32_t> recv_topk_slot_;  // [capacity], expert-major
+  std::vector<float> recv_weight_;       // [capacity], expert-major
+  std::vector<int> expert_offsets_;      // [Le + 1], expert-major
   int num_recv_ = 0;           // rows in the pool from the latest dispatch
   std::string pending_error_;  // kInvalidArgument for the next synchronize
   LowLatencyBuffer ll_[2];

@@ -190,6 +190,23 @@ TEST_F(CudaFaults, NvshmemTransportNeedsOneRankPerProcess) {
                [&] { Communicator::create(bs[0], cfg, Backend::kCuda, testing::gpu_of_rank(0)); });
 }
 
+// The expert-major layout is built in the host reference only: the CUDA backend refuses it by
+// name before anything is issued, and the communicator goes on working.
+TEST_F(CudaFaults, ExpertMajorLayoutIsRefusedByName) {
+  const Config cfg = small_config();
+  testing::on_cuda_ranks(
+      2, cfg, [&](int, Communicator& comm, testing::Memory& memory, Bootstrap&) {
+        Inputs in(memory, {0, 4, 1, 5}, cfg.hidden);
+        DispatchOptions em;
+        em.layout = RecvLayout::kExpertMajor;
+        expect_error(ErrorCode::kUnsupported, "layout = expert_major",
+                     [&] { comm.dispatch(in.get(), em); });
+        const DispatchResult res = comm.dispatch(in.get());
+        EXPECT_EQ(res.num_recv, 4);  // both tokens of both ranks reach every rank
+        comm.synchronize();
+      });
+}
+
 // DESIGN section 13: ranks agree on the Config before anything is allocated.
 TEST_F(CudaFaults, ConfigsThatDifferFailEveryRank) {
   auto bs = bootstraps(2);
