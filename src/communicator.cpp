@@ -204,12 +204,12 @@ DispatchResult Communicator::dispatch_cached(const DispatchHandle& handle, const
   check_dispatch_buffers(check, config_, recv_capacity(), num_ranks(), handle.num_tokens(), 1, x,
                          x_scales, rows_only);
   if ((options.layout == RecvLayout::kExpertMajor) != handle.state()->expert_major) {
-    invalid_argument(caller, std::string("options.layout = ") +
-                                 (options.layout == RecvLayout::kExpertMajor ? "expert_major"
-                                                                             : "token_major") +
-                                 " but the handle's dispatch was " +
-                                 (handle.state()->expert_major ? "expert_major" : "token_major") +
-                                 ": a cached dispatch keeps its handle's layout");
+    invalid_argument(
+        caller, std::string("options.layout = ") +
+                    (options.layout == RecvLayout::kExpertMajor ? "expert_major" : "token_major") +
+                    " but the handle's dispatch was " +
+                    (handle.state()->expert_major ? "expert_major" : "token_major") +
+                    ": a cached dispatch keeps its handle's layout");
   }
   guarded(broken_, [&] { impl_->check_dispatch_issuable(options, /*cached=*/true); });
   const uint64_t epoch = ++epoch_;
@@ -253,8 +253,9 @@ void Communicator::combine(const void* y, const DispatchHandle& handle, void* ou
   const size_t out_bytes = bytes_of(handle.num_tokens(), row_bytes);
   check.check("out", out, kRowAlign, out_bytes);
   if (options.apply_weights && !handle.state()->expert_major) {
-    invalid_argument(caller, "apply_weights = true needs an expert-major dispatch (a token-major "
-                             "combine adds the rows as they come back)");
+    invalid_argument(caller,
+                     "apply_weights = true needs an expert-major dispatch (a token-major "
+                     "combine adds the rows as they come back)");
   }
   if (options.apply_weights && !handle.state()->has_weights) {
     invalid_argument(caller, "apply_weights = true, but the handle's dispatch had no topk_weights");

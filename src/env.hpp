@@ -8,4 +8,8 @@ namespace epcomm::env {
 // which ranks of one process sharing a GPU would share queues (see cuda_backend.cpp).
 int cuda_device_max_connections();
 
+// EPCOMM_IPC=cumem: ranks in separate processes share cuMem regions instead of legacy CUDA IPC
+// handles (src/cuda/cumem_region.cpp). Any other value, or none: legacy handles.
+bool ipc_cumem_requested();
+
 }  // namespace epcomm::env

@@ -10,12 +10,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
-#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 
 #include "cuda_check.hpp"
+#include "env.hpp"
 
 namespace epcomm::cuda {
 namespace {
@@ -76,8 +76,8 @@ void check(CUresult result, const char* call) {
 }
 
 [[noreturn]] void fail(const std::string& what) {
-  throw Error(ErrorCode::kBootstrap, "cuMem region exchange: " + what + " (" +
-                                         std::strerror(errno) + ")");
+  throw Error(ErrorCode::kBootstrap,
+              "cuMem region exchange: " + what + " (" + std::strerror(errno) + ")");
 }
 
 // The abstract Unix-socket name of `rank` in the job identified by `token`.
@@ -89,6 +89,24 @@ sockaddr_un address_of(uint64_t token, int rank, socklen_t* length) {
   *length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
   return a;
 }
+
+// One message of the exchange: the sender's rank as data, one descriptor as SCM_RIGHTS.
+struct RankMessage {
+  explicit RankMessage(int32_t r) : rank(r) {
+    io.iov_base = &rank;
+    io.iov_len = sizeof(rank);
+    msg.msg_iov = &io;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+  }
+  RankMessage(const RankMessage&) = delete;
+  RankMessage& operator=(const RankMessage&) = delete;
+  int32_t rank;
+  iovec io{};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+};
 
 // Collective: every rank's `fd` reaches every other rank; returns fds[r] (-1 for this rank).
 // Each rank listens first; after a barrier it connects to every peer and sends its rank and its
@@ -114,20 +132,13 @@ std::vector<int> exchange_descriptors(Bootstrap& bootstrap, int fd) {
     if (s < 0 || connect(s, reinterpret_cast<sockaddr*>(&theirs), length) != 0) {
       fail("connect to rank " + std::to_string(peer));
     }
-    int32_t rank = me;
-    iovec io{&rank, sizeof(rank)};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &io;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    RankMessage m(me);
+    cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int));
     std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
-    if (sendmsg(s, &msg, 0) != static_cast<ssize_t>(sizeof(rank))) {
+    if (sendmsg(s, &m.msg, 0) != static_cast<ssize_t>(sizeof(m.rank))) {
       fail("sendmsg to rank " + std::to_string(peer));
     }
     close(s);
@@ -136,16 +147,12 @@ std::vector<int> exchange_descriptors(Bootstrap& bootstrap, int fd) {
   for (int i = 0; i < R - 1; ++i) {
     const int s = accept(listener, nullptr, nullptr);
     if (s < 0) fail("accept");
-    int32_t rank = -1;
-    iovec io{&rank, sizeof(rank)};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &io;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    if (recvmsg(s, &msg, MSG_CMSG_CLOEXEC) != static_cast<ssize_t>(sizeof(rank))) fail("recvmsg");
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    RankMessage m(-1);
+    if (recvmsg(s, &m.msg, MSG_CMSG_CLOEXEC) != static_cast<ssize_t>(sizeof(m.rank))) {
+      fail("recvmsg");
+    }
+    const int32_t rank = m.rank;
+    cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
     if (c == nullptr || c->cmsg_type != SCM_RIGHTS || rank < 0 || rank >= R || rank == me ||
         fds[rank] >= 0) {
       fail("a message without a descriptor, or from an unexpected rank " + std::to_string(rank));
@@ -161,8 +168,7 @@ std::vector<int> exchange_descriptors(Bootstrap& bootstrap, int fd) {
 }  // namespace
 
 bool CuMemRegions::usable(int device) {
-  const char* env = std::getenv("EPCOMM_IPC");
-  if (env == nullptr || std::string(env) != "cumem") return false;
+  if (!env::ipc_cumem_requested()) return false;
   const Driver& d = driver();
   if (!d.ok) return false;
   CUdevice dev = 0;
@@ -217,9 +223,9 @@ CuMemRegions::CuMemRegions(Bootstrap& bootstrap, int device, size_t bytes) {
   for (int r = 0; r < R; ++r) {
     if (r == me) continue;
     CUmemGenericAllocationHandle imported = 0;
-    const CUresult result = d.import_handle(
-        &imported, reinterpret_cast<void*>(static_cast<uintptr_t>(fds[r])),
-        CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    const CUresult result =
+        d.import_handle(&imported, reinterpret_cast<void*>(static_cast<uintptr_t>(fds[r])),
+                        CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
     close(fds[r]);
     check(result, "cuMemImportFromShareableHandle");
     mappings_[r].handle = imported;

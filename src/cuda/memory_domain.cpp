@@ -19,12 +19,6 @@ struct InProcessEntry {
   int device;
 };
 
-struct IpcEntry {
-  cudaIpcMemHandle_t handle;
-  cudaUUID_t uuid;  // device ordinals differ between processes; UUIDs do not
-  int pid;
-};
-
 cudaUUID_t uuid_of(int device) {
   cudaDeviceProp prop{};
   EPCOMM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -123,33 +117,18 @@ void MemoryDomain::map_in_process(Bootstrap& bootstrap) {
 }
 
 void MemoryDomain::map_through_ipc(Bootstrap& bootstrap) {
-  IpcEntry mine{};
-  EPCOMM_CUDA_CHECK(cudaIpcGetMemHandle(&mine.handle, region_));
-  mine.uuid = uuid_of(device_);
-  mine.pid = static_cast<int>(getpid());
-  std::vector<IpcEntry> all(bootstrap.size());
+  check_peer_processes(bootstrap);
+  cudaIpcMemHandle_t mine{};
+  EPCOMM_CUDA_CHECK(cudaIpcGetMemHandle(&mine, region_));
+  std::vector<cudaIpcMemHandle_t> all(bootstrap.size());
   bootstrap.allGather(&mine, all.data(), sizeof(mine));
   for (size_t i = 0; i < all.size(); ++i) {
     if (static_cast<int>(i) == rank_) {
       peers_[i] = region_;
       continue;
     }
-    if (all[i].pid == mine.pid) {
-      throw Error(ErrorCode::kUnsupported,
-                  "ranks " + std::to_string(rank_) + " and " + std::to_string(i) +
-                      " share a process but the bootstrap is not in-process");
-    }
-    const int peer_device = device_with_uuid(all[i].uuid);
-    if (peer_device < 0) {
-      throw Error(ErrorCode::kUnsupported,
-                  "the GPU of rank " + std::to_string(i) + " is not visible to rank " +
-                      std::to_string(rank_) +
-                      ", so its link cannot be checked for native "
-                      "atomics: make every GPU of the node visible to every rank");
-    }
-    check_native_atomics(device_, peer_device, static_cast<int>(i));
     void* ptr = nullptr;
-    EPCOMM_CUDA_CHECK(cudaIpcOpenMemHandle(&ptr, all[i].handle, cudaIpcMemLazyEnablePeerAccess));
+    EPCOMM_CUDA_CHECK(cudaIpcOpenMemHandle(&ptr, all[i], cudaIpcMemLazyEnablePeerAccess));
     peers_[i] = static_cast<char*>(ptr);
     opened_[i] = true;
   }

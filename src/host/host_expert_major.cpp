@@ -53,8 +53,8 @@ void HostBackend::zero_row(int row, const DispatchOutputs& outs) {
 }
 
 DispatchResult HostBackend::dispatch_expert_major(const DispatchInputs& in,
-                                                  const DispatchOptions& options,
-                                                  uint64_t comm_id, uint64_t epoch) {
+                                                  const DispatchOptions& options, uint64_t comm_id,
+                                                  uint64_t epoch) {
   const bool is_int64 = config_.index_type == IndexType::kInt64;
   const int R = num_ranks_, Le = experts_per_rank_, E = config_.num_experts;
   const int align = config_.expert_alignment;
@@ -72,8 +72,7 @@ DispatchResult HostBackend::dispatch_expert_major(const DispatchInputs& in,
     if (offsets[d][Le] > capacity_) {
       bootstrap_->barrier();
       throw Error(ErrorCode::kCapacityExceeded,
-                  "rank " + std::to_string(d) + " would receive " +
-                      std::to_string(offsets[d][Le]) +
+                  "rank " + std::to_string(d) + " would receive " + std::to_string(offsets[d][Le]) +
                       " expert-major rows (pairs and padding) but its pool holds " +
                       std::to_string(capacity_));
     }
@@ -94,9 +93,9 @@ DispatchResult HostBackend::dispatch_expert_major(const DispatchInputs& in,
           copy_row(peers_[s]->published_, t, row, outs);
           src_dst[row] = RecvSource{s, t};
           recv_topk_slot_[row] = k;
-          recv_weight_[row] =
-              from.topk_weights ? from.topk_weights[static_cast<size_t>(t) * from.num_topk + k]
-                                : 0.f;
+          recv_weight_[row] = from.topk_weights
+                                  ? from.topk_weights[static_cast<size_t>(t) * from.num_topk + k]
+                                  : 0.f;
           ++row;
         }
       }

@@ -194,17 +194,16 @@ TEST_F(CudaFaults, NvshmemTransportNeedsOneRankPerProcess) {
 // name before anything is issued, and the communicator goes on working.
 TEST_F(CudaFaults, ExpertMajorLayoutIsRefusedByName) {
   const Config cfg = small_config();
-  testing::on_cuda_ranks(
-      2, cfg, [&](int, Communicator& comm, testing::Memory& memory, Bootstrap&) {
-        Inputs in(memory, {0, 4, 1, 5}, cfg.hidden);
-        DispatchOptions em;
-        em.layout = RecvLayout::kExpertMajor;
-        expect_error(ErrorCode::kUnsupported, "layout = expert_major",
-                     [&] { comm.dispatch(in.get(), em); });
-        const DispatchResult res = comm.dispatch(in.get());
-        EXPECT_EQ(res.num_recv, 4);  // both tokens of both ranks reach every rank
-        comm.synchronize();
-      });
+  testing::on_cuda_ranks(2, cfg, [&](int, Communicator& comm, testing::Memory& memory, Bootstrap&) {
+    Inputs in(memory, {0, 4, 1, 5}, cfg.hidden);
+    DispatchOptions em;
+    em.layout = RecvLayout::kExpertMajor;
+    expect_error(ErrorCode::kUnsupported, "layout = expert_major",
+                 [&] { comm.dispatch(in.get(), em); });
+    const DispatchResult res = comm.dispatch(in.get());
+    EXPECT_EQ(res.num_recv, 4);  // both tokens of both ranks reach every rank
+    comm.synchronize();
+  });
 }
 
 // DESIGN section 13: ranks agree on the Config before anything is allocated.

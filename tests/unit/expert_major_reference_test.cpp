@@ -65,10 +65,10 @@ int first_slot(const RankInput& in, int K, int t, int64_t e) {
 }
 
 struct Expected {
-  std::vector<int> offsets;          // [Le + 1]
-  std::vector<RecvSource> src;       // [rows]
-  std::vector<int32_t> slot;         // [rows]
-  std::vector<float> weight;         // [rows]
+  std::vector<int> offsets;     // [Le + 1]
+  std::vector<RecvSource> src;  // [rows]
+  std::vector<int32_t> slot;    // [rows]
+  std::vector<float> weight;    // [rows]
 };
 
 Expected model_layout(const EmCase& c, const std::vector<RankInput>& in, int d) {
@@ -160,7 +160,8 @@ void run_case(const EmCase& c) {
         std::vector<float> want_scales(scales, 0.f);
         if (s.rank >= 0) {
           std::memcpy(want_x.data(), from[s.rank].x.data() + s.token * row_bytes, row_bytes);
-          for (int g = 0; g < scales; ++g) want_scales[g] = from[s.rank].scales[s.token * scales + g];
+          for (int g = 0; g < scales; ++g)
+            want_scales[g] = from[s.rank].scales[s.token * scales + g];
         }
         ASSERT_EQ(std::memcmp(got_x + row * row_bytes, want_x.data(), row_bytes), 0)
             << what << " rank " << r << " row " << row;
@@ -215,8 +216,7 @@ void run_case(const EmCase& c) {
             const int d = static_cast<int>(e / Le);
             int row = -1;
             for (size_t j = 0; j < want[d].src.size(); ++j) {
-              if (want[d].src[j].rank == s && want[d].src[j].token == t &&
-                  want[d].slot[j] == k) {
+              if (want[d].src[j].rank == s && want[d].src[j].token == t && want[d].slot[j] == k) {
                 row = static_cast<int>(j);
               }
             }
