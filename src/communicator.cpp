@@ -177,6 +177,10 @@ DispatchResult Communicator::dispatch(const DispatchInputs& in, const DispatchOp
               bytes_of(in.num_tokens, in.num_topk * index_bytes(config_.index_type)));
   check.check("topk_weights", in.topk_weights, kWordAlign,
               bytes_of(in.num_tokens, in.num_topk * sizeof(float)));
+  if (options.expert_alignment < 0) {
+    invalid_argument(caller, value_of("options.expert_alignment", options.expert_alignment) +
+                                 " must be 0 (Config.expert_alignment) or positive");
+  }
   if (options.layout == RecvLayout::kExpertMajor &&
       (options.outputs.recv_topk_idx != nullptr || options.outputs.recv_topk_weights != nullptr)) {
     invalid_argument(caller,

@@ -65,7 +65,8 @@ struct DispatchOutputs {
 // kTokenMajor: one row per received token, ordered by source rank, then source token.
 // kExpertMajor: one row per (token, local expert) pair (a token naming an expert in several
 // top-k slots once, under the first), grouped by local expert ascending; each group starts at a
-// multiple of Config::expert_alignment rows (expert_offsets), holds its pairs by source rank,
+// multiple of the expert alignment (DispatchOptions::expert_alignment, else
+// Config::expert_alignment) rows (expert_offsets), holds its pairs by source rank,
 // then source token, and ends with padding rows up to the next group: x and scales zero,
 // recv_src {-1, -1}, recv_topk_slot -1, recv_weight 0. Ready for a grouped GEMM. Host reference
 // backend only so far: the CUDA backend refuses it (kUnsupported).
@@ -78,6 +79,9 @@ struct DispatchOptions {
   bool wait_num_recv = true;
   DispatchOutputs outputs;  // kExpertMajor: recv_topk_idx and recv_topk_weights must be null
   RecvLayout layout = RecvLayout::kTokenMajor;  // a cached dispatch keeps its handle's
+  // kExpertMajor: each group starts at a multiple of this many rows; 0 means
+  // Config::expert_alignment (DeepEP's callers choose the alignment per call).
+  int expert_alignment = 0;
 };
 
 // Token-major rows are ordered by source rank ascending, then source token ascending; see

@@ -8,7 +8,7 @@ import torch
 from . import _args, _tensors
 from ._endpoint import EndpointKind
 from ._layout import dispatch_layout
-from ._recv import receive_exact, receive_into_worst_case
+from ._recv import receive_exact, receive_expert_major, receive_into_worst_case
 from ._unsupported import unsupported
 from .config import Config
 from .event import EventOverlap
@@ -71,7 +71,7 @@ class HighThroughputCalls:
                  topk_weights: Optional[torch.Tensor] = None, expert_alignment: int = 1,
                  num_worst_tokens: int = 0, config: Optional[Config] = None,
                  previous_event: Optional[EventOverlap] = None, async_finish: bool = False,
-                 allocate_on_comm_stream: bool = False):
+                 allocate_on_comm_stream: bool = False, *, layout: str = "token_major"):
         """Collective. Sends each token to every rank hosting one of its top-k experts, once
         per rank. Returns (recv_x, recv_topk_idx, recv_topk_weights,
         num_recv_tokens_per_expert_list, handle, event).
@@ -100,8 +100,18 @@ class HighThroughputCalls:
           undefined), and the list is empty. Such dispatches use a communicator whose pool has
           exactly num_worst_tokens rows: receiving more raises EpcommError (capacity_exceeded)
           at a later synchronizing call.
+
+        epcomm keyword layout="expert_major" (host backend only so far; CUDA tensors raise
+        EpcommError unsupported): one row per (token, local expert) pair, grouped by local
+        expert, each group starting at a multiple of expert_alignment, pairs by source rank
+        then token, padding rows zero (docs/design.md section 24). Returns (recv_x, None, None,
+        group sizes, handle, event); the handle carries recv_src [n, 2] int32 (source rank,
+        token; -1 on padding), recv_topk_slot [n] int32, recv_weight [n] fp32 and
+        expert_offsets [Le + 1] int32. Exact sizes only (num_worst_tokens = 0).
         """
         self._check_usable()
+        if layout not in ("token_major", "expert_major"):
+            raise ValueError(f"layout = {layout!r}: must be 'token_major' or 'expert_major'")
         if handle is not None:
             return self._cached_dispatch(x, handle, topk_idx, topk_weights, config,
                                          previous_event, async_finish, allocate_on_comm_stream)
@@ -129,6 +139,9 @@ class HighThroughputCalls:
                                 num_tokens_per_rdma_rank, is_token_in_rank)
         _args.check_count("expert_alignment", expert_alignment, minimum=1)
         _args.check_count("num_worst_tokens", num_worst_tokens, minimum=0)
+        expert_major = layout == "expert_major"
+        if expert_major and num_worst_tokens:
+            raise ValueError("layout='expert_major' takes exact sizes: num_worst_tokens must be 0")
 
         kind = EndpointKind(self._backend_for(device), dtype, _tensors.INDEX_DTYPES[topk_idx.dtype],
                             hidden, num_experts, num_worst_tokens)
@@ -145,7 +158,11 @@ class HighThroughputCalls:
                     topk_idx=_tensors.address(topk_idx),
                     topk_weights=_tensors.address(topk_weights), num_tokens=num_tokens,
                     num_topk=num_topk)
-        if num_worst_tokens:
+        if expert_major:
+            received = receive_expert_major(endpoint, streams, args, x.dtype, device,
+                                            expert_alignment=expert_alignment)
+            counts = list(received.per_expert)
+        elif num_worst_tokens:
             received = receive_into_worst_case(endpoint, streams, args, num_worst_tokens,
                                                x.dtype, num_topk, device)
             counts: List[int] = []
@@ -155,6 +172,9 @@ class HighThroughputCalls:
         self._dispatched_on(endpoint)
         new_handle = DispatchHandle(self, endpoint, received.native_handle, num_tokens, num_topk,
                                     received.num_recv, num_worst_tokens, combined)
+        if expert_major:
+            new_handle.set_expert_major(received.pair_src, received.pair_slot,
+                                        received.pair_weight, received.expert_offsets)
         outputs = [received.x, received.scales, received.topk_idx, received.topk_weights]
         event = streams.finish([x, x_scales, topk_idx, topk_weights], outputs)
         recv_x = (received.x, received.scales) if x_scales is not None else received.x
@@ -179,7 +199,10 @@ class HighThroughputCalls:
         _args.check_sms(_args.sms_of(config), endpoint.config.dispatch_sms)
         streams = self._streams(x.device, previous_event, async_finish, allocate_on_comm_stream)
         args = dict(x=_tensors.address(x), x_scales=_tensors.address(x_scales))
-        if handle.num_worst_tokens:
+        if handle.layout == "expert_major":
+            received = receive_expert_major(endpoint, streams, args, x.dtype, x.device,
+                                            native=handle._native)
+        elif handle.num_worst_tokens:
             received = receive_into_worst_case(endpoint, streams, args, handle.num_worst_tokens,
                                                x.dtype, 0, x.device, native=handle._native)
         else:
@@ -196,7 +219,8 @@ class HighThroughputCalls:
     def combine(self, x: torch.Tensor, handle: DispatchHandle,
                 topk_weights: Optional[torch.Tensor] = None, bias: BiasType = None,
                 config: Optional[Config] = None, previous_event: Optional[EventOverlap] = None,
-                async_finish: bool = False, allocate_on_comm_stream: bool = False
+                async_finish: bool = False, allocate_on_comm_stream: bool = False, *,
+                apply_weights: bool = False
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], EventOverlap]:
         """Collective. Returns (combined_x, combined_topk_weights, event): combined_x[t] is the
         sum over the ranks token t was sent to, ascending, of x's row for t on that rank, added
@@ -225,6 +249,9 @@ class HighThroughputCalls:
         endpoint = handle._endpoint
         device = self._device_of(endpoint)
         rows, hidden = handle.num_recv_rows, endpoint.kind.hidden
+        if handle.layout == "expert_major" and topk_weights is not None:
+            raise ValueError("topk_weights must be None for an expert-major handle: its rows "
+                             "carry their weights (apply_weights=True multiplies by them)")
         bias0, bias1 = _bias_pair(bias, handle.num_tokens, hidden, device)
         _tensors.check_tensor("x", x, (torch.bfloat16,), (rows, hidden), device)
         if topk_weights is not None:
@@ -241,7 +268,8 @@ class HighThroughputCalls:
             with streams.working():
                 combined_weights.copy_(handle._combined_topk_weights)
         endpoint.comm.combine(_tensors.address(x), handle._native, _tensors.address(combined_x),
-                              _tensors.address(bias0), _tensors.address(bias1))
+                              _tensors.address(bias0), _tensors.address(bias1),
+                              apply_weights=bool(apply_weights))
         endpoint.pending = False  # it combined the pool's latest dispatch (else it raised)
         event = streams.finish([x, topk_weights, bias0, bias1], [combined_x, combined_weights])
         return combined_x, combined_weights, event

@@ -26,6 +26,12 @@ class ReceivedRows:
     topk_idx: Optional[torch.Tensor] = None  # None for a cached dispatch (num_topk = 0)
     topk_weights: Optional[torch.Tensor] = None
     per_expert: List[int] = field(default_factory=list)  # exact fresh dispatch only
+    # Expert-major fresh dispatch only: per row (source rank, token) [n, 2] int32, top-k slot
+    # [n] int32, weight [n] fp32; each group's first row, then n: [Le + 1] int32.
+    pair_src: Optional[torch.Tensor] = None
+    pair_slot: Optional[torch.Tensor] = None
+    pair_weight: Optional[torch.Tensor] = None
+    expert_offsets: Optional[torch.Tensor] = None
 
 
 def _allocate(endpoint: Endpoint, streams: CallStreams, rows: int, x_dtype: torch.dtype,
@@ -94,4 +100,46 @@ def receive_into_worst_case(endpoint: Endpoint, streams: CallStreams, args: dict
         result = endpoint.comm.dispatch_cached(native, args["x"], args["x_scales"],
                                                wait_num_recv=False, outputs=outputs)
     received.native_handle = result.handle
+    return received
+
+
+def receive_expert_major(endpoint: Endpoint, streams: CallStreams, args: dict,
+                         x_dtype: torch.dtype, device: torch.device, native=None,
+                         expert_alignment: int = 1) -> ReceivedRows:
+    """Dispatches with exact sizes in the expert-major layout (RecvLayout: one row per (token,
+    local expert) pair, grouped by expert, groups aligned, padding zeroed) and copies the rows
+    and, for a fresh dispatch, each row's pair data out of the communicator."""
+    comm = endpoint.comm
+    layout = _epcomm.RecvLayout.expert_major
+    if native is None:
+        result = comm.dispatch(**args, wait_num_recv=True, layout=layout,
+                               expert_alignment=expert_alignment)
+    else:
+        result = comm.dispatch_cached(native, args["x"], args["x_scales"], wait_num_recv=True,
+                                      layout=layout)
+    received = _allocate(endpoint, streams, result.num_recv, x_dtype, 0, device)
+    received.native_handle = result.handle
+    received.num_recv = result.num_recv
+    stream = streams.address
+    _tensors.copy_from_address(received.x, result.recv_x, stream)
+    if received.scales is not None:
+        _tensors.copy_from_address(received.scales, result.recv_scales, stream)
+    if native is None:
+        n, num_local = result.num_recv, endpoint.experts_per_rank
+        with streams.allocating():
+            received.pair_src = torch.empty(n, 2, dtype=torch.int32, device=device)
+            received.pair_slot = torch.empty(n, dtype=torch.int32, device=device)
+            received.pair_weight = torch.empty(n, dtype=torch.float32, device=device)
+            received.expert_offsets = torch.empty(num_local + 1, dtype=torch.int32,
+                                                  device=device)
+        for tensor, address in ((received.pair_src, result.recv_src),
+                                (received.pair_slot, result.recv_topk_slot),
+                                (received.pair_weight, result.recv_weight),
+                                (received.expert_offsets, result.expert_offsets)):
+            _tensors.copy_from_address(tensor, address, stream)
+        counts = torch.empty(num_local, dtype=torch.int32)
+        _epcomm.copy_bytes(counts.data_ptr(), result.num_recv_per_expert, _tensors.nbytes(counts),
+                           stream, device.type == "cuda")
+        comm.synchronize()
+        received.per_expert = counts.tolist()
     return received

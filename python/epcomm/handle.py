@@ -33,6 +33,21 @@ class DispatchHandle:
         self.num_worst_tokens = num_worst_tokens
         # [num_tokens, num_topk] fp32: what combine returns as combined_topk_weights.
         self._combined_topk_weights = combined_topk_weights
+        # dispatch(layout=...): "token_major", or "expert_major" with the rows' pair data.
+        self.layout = "token_major"
+        self.recv_src: Optional[torch.Tensor] = None        # [n, 2] int32
+        self.recv_topk_slot: Optional[torch.Tensor] = None  # [n] int32
+        self.recv_weight: Optional[torch.Tensor] = None     # [n] fp32
+        self.expert_offsets: Optional[torch.Tensor] = None  # [Le + 1] int32
+
+    def set_expert_major(self, recv_src: torch.Tensor, recv_topk_slot: torch.Tensor,
+                         recv_weight: torch.Tensor, expert_offsets: torch.Tensor) -> None:
+        """The handle of an expert-major dispatch: its rows' pair data."""
+        self.layout = "expert_major"
+        self.recv_src = recv_src
+        self.recv_topk_slot = recv_topk_slot
+        self.recv_weight = recv_weight
+        self.expert_offsets = expert_offsets
 
     @property
     def num_recv_rows(self) -> int:

@@ -38,12 +38,15 @@ void bind_handle_and_results(py::module_& m) {
   def_address(result, "recv_topk_weights", &DispatchResult::recv_topk_weights, false);
   def_address(result, "recv_src", &DispatchResult::recv_src, false);
   def_address(result, "num_recv_per_expert", &DispatchResult::num_recv_per_expert, false);
+  def_address(result, "recv_topk_slot", &DispatchResult::recv_topk_slot, false);
+  def_address(result, "recv_weight", &DispatchResult::recv_weight, false);
+  def_address(result, "expert_offsets", &DispatchResult::expert_offsets, false);
 }
 
 DispatchResult dispatch(const PyCommunicator& self, Address x, Address x_scales,
                         int scales_per_token, Address topk_idx, Address topk_weights,
                         int num_tokens, int num_topk, bool wait_num_recv,
-                        const DispatchOutputs& outputs) {
+                        const DispatchOutputs& outputs, RecvLayout layout, int expert_alignment) {
   DispatchInputs in;
   in.x = from_address<const void>(x);
   in.x_scales = from_address<const float>(x_scales);
@@ -55,21 +58,24 @@ DispatchResult dispatch(const PyCommunicator& self, Address x, Address x_scales,
   DispatchOptions options;
   options.wait_num_recv = wait_num_recv;
   options.outputs = outputs;
+  options.layout = layout;
+  options.expert_alignment = expert_alignment;
   return self.get().dispatch(in, options);
 }
 
-DispatchResult dispatch_cached(const PyCommunicator& self, const DispatchHandle& handle,
-                               Address x, Address x_scales, bool wait_num_recv,
-                               const DispatchOutputs& outputs) {
+DispatchResult dispatch_cached(const PyCommunicator& self, const DispatchHandle& handle, Address x,
+                               Address x_scales, bool wait_num_recv, const DispatchOutputs& outputs,
+                               RecvLayout layout) {
   DispatchOptions options;
   options.wait_num_recv = wait_num_recv;
   options.outputs = outputs;
+  options.layout = layout;
   return self.get().dispatch_cached(handle, from_address<const void>(x),
                                     from_address<const float>(x_scales), options);
 }
 
-void get_dispatch_layout(const PyCommunicator& self, Address topk_idx, int num_tokens,
-                         int num_topk, Address num_tokens_per_rank, Address num_tokens_per_expert,
+void get_dispatch_layout(const PyCommunicator& self, Address topk_idx, int num_tokens, int num_topk,
+                         Address num_tokens_per_rank, Address num_tokens_per_expert,
                          Address is_token_in_rank) {
   LayoutOutputs out;
   out.num_tokens_per_rank = from_address<int>(num_tokens_per_rank);
@@ -113,28 +119,32 @@ void bind_communicator(py::module_& m) {
           },
           py::arg("stream"), release_gil())
       .def("stream", [](const PyCommunicator& c) { return to_address(c.get().stream()); })
-      .def("get_dispatch_layout", &get_dispatch_layout, py::arg("topk_idx"),
-           py::arg("num_tokens"), py::arg("num_topk"), py::arg("num_tokens_per_rank"),
-           py::arg("num_tokens_per_expert"), py::arg("is_token_in_rank"), release_gil())
+      .def("get_dispatch_layout", &get_dispatch_layout, py::arg("topk_idx"), py::arg("num_tokens"),
+           py::arg("num_topk"), py::arg("num_tokens_per_rank"), py::arg("num_tokens_per_expert"),
+           py::arg("is_token_in_rank"), release_gil())
       .def("dispatch", &dispatch, py::arg("x"), py::arg("x_scales"), py::arg("scales_per_token"),
-           py::arg("topk_idx"), py::arg("topk_weights"), py::arg("num_tokens"),
-           py::arg("num_topk"), py::arg("wait_num_recv") = true,
-           py::arg("outputs") = DispatchOutputs{}, release_gil())
+           py::arg("topk_idx"), py::arg("topk_weights"), py::arg("num_tokens"), py::arg("num_topk"),
+           py::arg("wait_num_recv") = true, py::arg("outputs") = DispatchOutputs{},
+           py::arg("layout") = RecvLayout::kTokenMajor, py::arg("expert_alignment") = 0,
+           release_gil())
       .def("dispatch_cached", &dispatch_cached, py::arg("handle"), py::arg("x"),
            py::arg("x_scales"), py::arg("wait_num_recv") = true,
-           py::arg("outputs") = DispatchOutputs{}, release_gil())
-      .def("combine_input", [](const PyCommunicator& c) { return to_address(c.get().combine_input()); })
+           py::arg("outputs") = DispatchOutputs{}, py::arg("layout") = RecvLayout::kTokenMajor,
+           release_gil())
+      .def("combine_input",
+           [](const PyCommunicator& c) { return to_address(c.get().combine_input()); })
       .def(
           "combine",
           [](const PyCommunicator& c, Address y, const DispatchHandle& handle, Address out,
-             Address bias, Address bias2) {
+             Address bias, Address bias2, bool apply_weights) {
             CombineOptions options;
             options.bias = from_address<const void>(bias);
             options.bias2 = from_address<const void>(bias2);
+            options.apply_weights = apply_weights;
             c.get().combine(from_address<const void>(y), handle, from_address<void>(out), options);
           },
           py::arg("y"), py::arg("handle"), py::arg("out"), py::arg("bias") = Address{0},
-          py::arg("bias2") = Address{0}, release_gil())
+          py::arg("bias2") = Address{0}, py::arg("apply_weights") = false, release_gil())
       .def(
           "synchronize", [](const PyCommunicator& c) { c.get().synchronize(); }, release_gil());
   bind_low_latency(m, communicator);

@@ -56,6 +56,9 @@ void bind_enums(py::module_& m) {
   py::enum_<Backend>(m, "Backend")
       .value("host", Backend::kHost)
       .value("cuda", Backend::kCuda);
+  py::enum_<RecvLayout>(m, "RecvLayout")
+      .value("token_major", RecvLayout::kTokenMajor)
+      .value("expert_major", RecvLayout::kExpertMajor);
   m.attr("FP8_SCALE_BLOCK") = kFp8ScaleBlock;
 }
 

@@ -57,7 +57,8 @@ DispatchResult HostBackend::dispatch_expert_major(const DispatchInputs& in,
                                                   uint64_t epoch) {
   const bool is_int64 = config_.index_type == IndexType::kInt64;
   const int R = num_ranks_, Le = experts_per_rank_, E = config_.num_experts;
-  const int align = config_.expert_alignment;
+  const int align =
+      options.expert_alignment > 0 ? options.expert_alignment : config_.expert_alignment;
   // pairs[s][e] for every rank: every rank sees every count, so all reach the same verdict.
   std::vector<std::vector<int>> pairs(R);
   for (int s = 0; s < R; ++s) pairs[s] = pairs_per_expert(peers_[s]->published_.in, is_int64, E);

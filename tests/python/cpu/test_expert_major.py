@@ -1,0 +1,161 @@
+"""Buffer.dispatch(layout="expert_major") and combine(apply_weights=...) on the host backend
+against a numpy model written here from the layout's rules (docs/design.md section 24): one
+row per (token, local expert) pair under the token's first slot naming the expert, groups by
+local expert aligned to expert_alignment, pairs by source rank then token, zero padding rows;
+combine over each token's pairs in slot order, fmaf with the dispatched weights or plain sums,
+one rounding. A cached dispatch keeps the layout."""
+import numpy as np
+import pytest
+import torch
+
+import epcomm
+from helpers.expect import assert_bits_equal
+from helpers.ll_reference import fmaf
+from helpers.reference import bf16_bits_to_f32, f32_to_bf16_bits
+from helpers.runner import run_on_threads
+from helpers.workload import Case, expert_output, fp8_view, inputs_for
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    by_size = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return t.contiguous().view(by_size[t.element_size()]).numpy()
+
+
+def _x_arg(case: Case, inputs: dict, name: str):
+    return (fp8_view(inputs[name]), inputs[name + "_scales"]) if case.fp8 else inputs[name]
+
+
+def _first_slot(ids: np.ndarray, t: int, e: int) -> int:
+    hits = np.flatnonzero(ids[t] == e)
+    return int(hits[0]) if hits.size else -1
+
+
+def _model_layout(case: Case, alignment: int, dest: int):
+    """(rows as (source, token, slot) or None for padding, group offsets) at rank `dest`."""
+    local = case.num_experts // case.num_ranks
+    rows, offsets = [], [0]
+    for le in range(local):
+        e = dest * local + le
+        for s in range(case.num_ranks):
+            ids = inputs_for(case, s)["topk_idx"].to(torch.int64).numpy()
+            for t in range(case.num_tokens):
+                k = _first_slot(ids, t, e)
+                if k >= 0:
+                    rows.append((s, t, k))
+        while len(rows) % alignment:
+            rows.append(None)
+        offsets.append(len(rows))
+    return rows, offsets
+
+
+CASES = [Case(2, 13, 128, 4, 8, routing="with_holes", seed=71, max_tokens_per_rank=64),
+         Case(3, 9, 256, 2, 6, fp8=True, seed=72, max_tokens_per_rank=64),
+         Case(4, 7, 128, 8, 8, routing="skewed", with_weights=False, seed=73,
+              max_tokens_per_rank=64)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=Case.name)
+@pytest.mark.parametrize("alignment", [1, 4])
+def test_expert_major_dispatch_and_combine_match_the_model(case: Case, alignment: int):
+    R, H = case.num_ranks, case.hidden
+
+    def body(rank, group):
+        buffer = epcomm.Buffer(group, max_tokens_per_rank=4 * case.max_tokens_per_rank)
+        try:
+            inputs = inputs_for(case, rank)
+            per_rank, _, per_expert, in_rank, _ = buffer.get_dispatch_layout(
+                inputs["topk_idx"], case.num_experts)
+            recv_x, recv_idx, recv_weights, counts, handle, _ = buffer.dispatch(
+                _x_arg(case, inputs, "x"), num_tokens_per_rank=per_rank,
+                is_token_in_rank=in_rank, num_tokens_per_expert=per_expert,
+                topk_idx=inputs["topk_idx"], topk_weights=inputs["topk_weights"],
+                expert_alignment=alignment, layout="expert_major")
+            assert recv_idx is None and recv_weights is None and handle.layout == "expert_major"
+            y = expert_output(case, rank, handle.num_recv)
+            outs = {"recv_x": recv_x, "counts": counts, "src": handle.recv_src.clone(),
+                    "slot": handle.recv_topk_slot.clone(),
+                    "weight": handle.recv_weight.clone(),
+                    "offsets": handle.expert_offsets.clone(), "y": y}
+            outs["plain"] = buffer.combine(y, handle)[0]
+            if case.with_weights:
+                outs["weighted"] = buffer.combine(y, handle, apply_weights=True)[0]
+            cached_x, *_ = buffer.dispatch(_x_arg(case, inputs, "x2"), handle=handle)
+            outs["cached_x"] = cached_x
+            return outs
+        finally:
+            buffer.destroy()
+
+    got = run_on_threads(R, body)
+    layouts = [_model_layout(case, alignment, d) for d in range(R)]
+    for d, (rows, offsets) in enumerate(layouts):
+        g = got[d]
+        where = f"{case.name()} alignment {alignment} rank {d}"
+        assert g["offsets"].tolist() == offsets, where
+        assert g["counts"] == [offsets[i + 1] - offsets[i] for i in range(len(offsets) - 1)]
+        for name, key in (("recv_x", "x"), ("cached_x", "x2")):
+            want_x = np.zeros((len(rows), H), np.uint8 if case.fp8 else np.int16)
+            want_scales = np.zeros((len(rows), H // 128), np.float32)
+            for r, pair in enumerate(rows):
+                if pair is None:
+                    continue
+                src = inputs_for(case, pair[0])
+                want_x[r] = _bits(src[key][pair[1]])
+                if case.fp8:
+                    want_scales[r] = src[key + "_scales"][pair[1]].numpy()
+            got_x = g[name]
+            if case.fp8:
+                assert_bits_equal(f"{where} {name} scales", got_x[1].numpy(), want_scales)
+                got_x = got_x[0].view(torch.uint8)
+            assert_bits_equal(f"{where} {name}", _bits(got_x), want_x)
+        want_src = np.array([[p[0], p[1]] if p else [-1, -1] for p in rows], np.int32)
+        want_slot = np.array([p[2] if p else -1 for p in rows], np.int32)
+        want_weight = np.array([inputs_for(case, p[0])["topk_weights"][p[1], p[2]].item()
+                                if p and case.with_weights else 0.0 for p in rows], np.float32)
+        assert_bits_equal(f"{where} recv_src", g["src"].numpy().reshape(-1, 2), want_src)
+        assert_bits_equal(f"{where} recv_topk_slot", g["slot"].numpy(), want_slot)
+        assert_bits_equal(f"{where} recv_weight", g["weight"].numpy(), want_weight)
+    # Combine: each token's pairs in slot order, from the pair's row at its rank.
+    local = case.num_experts // R
+    for s in range(R):
+        inputs = inputs_for(case, s)
+        ids = inputs["topk_idx"].to(torch.int64).numpy()
+        for weighted in ([False, True] if case.with_weights else [False]):
+            acc = np.zeros((case.num_tokens, H), np.float32)
+            for t in range(case.num_tokens):
+                for k in range(case.num_topk):
+                    e = int(ids[t, k])
+                    if e < 0 or _first_slot(ids, t, e) != k:
+                        continue
+                    d = e // local
+                    row = layouts[d][0].index((s, t, k))
+                    y = bf16_bits_to_f32(_bits(got[d]["y"][row]).view(np.uint16))
+                    if weighted:
+                        w = np.full(H, inputs["topk_weights"][t, k].item(), np.float32)
+                        acc[t] = fmaf(w, y, acc[t])
+                    else:
+                        acc[t] = (acc[t] + y).astype(np.float32)
+            key = "weighted" if weighted else "plain"
+            assert_bits_equal(f"{case.name()} rank {s} combine {key}",
+                              _bits(got[s][key]).view(np.uint16), f32_to_bf16_bits(acc))
+
+
+def test_expert_major_arguments_are_checked():
+    buffer = epcomm.Buffer(epcomm.make_thread_groups(1)[0], max_tokens_per_rank=8)
+    x = torch.zeros(3, 128, dtype=torch.bfloat16)
+    ids = torch.zeros(3, 2, dtype=torch.int64)
+    counts = torch.zeros(2, dtype=torch.int32)
+    with pytest.raises(ValueError, match="layout = 'rows'"):
+        buffer.dispatch(x, topk_idx=ids, num_tokens_per_expert=counts, layout="rows")
+    with pytest.raises(ValueError, match="num_worst_tokens must be 0"):
+        buffer.dispatch(x, topk_idx=ids, num_tokens_per_expert=counts, num_worst_tokens=8,
+                        layout="expert_major")
+    recv_x, _, _, _, handle, _ = buffer.dispatch(
+        x, topk_idx=ids, topk_weights=torch.ones(3, 2), num_tokens_per_expert=counts,
+        layout="expert_major")
+    with pytest.raises(ValueError, match="topk_weights must be None for an expert-major"):
+        buffer.combine(recv_x, handle, topk_weights=torch.ones(recv_x.shape[0], 2))
+    token_major = buffer.dispatch(x, topk_idx=ids, num_tokens_per_expert=counts)[4]
+    with pytest.raises(epcomm.EpcommError, match="needs an expert-major dispatch"):
+        buffer.combine(torch.zeros(token_major.num_recv_rows, 128, dtype=torch.bfloat16),
+                       token_major, apply_weights=True)
+    buffer.destroy()
