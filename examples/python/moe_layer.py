@@ -5,6 +5,11 @@ computation of the same layer with the same weights.
   python3 examples/python/moe_layer.py --device cpu --ranks 4        # ranks as threads, host backend
   torchrun --nproc_per_node 2 examples/python/moe_layer.py --device cuda   # one rank per process
 
+--layout token_major (default): rows arrive one per token; the layer groups the (row, slot)
+pairs by expert itself and adds the weighted outputs per row. --layout expert_major (host
+backend only so far): rows arrive grouped by expert, each expert runs on its contiguous group,
+and combine applies the weights (apply_weights=True). --layout both runs and times the two.
+
 Bound: every rank returns its weighted expert sum for a token rounded once to bf16 (relative
 error <= 2^-8) and combine rounds the fp32 sum of those once more, so each output element is
 within 2^-7 of the sum over the token's k of |w_k * mlp_k(x)| of the dense value (plus 2^-7 of
@@ -39,6 +44,38 @@ def make_tokens(args, rank, device, gate):
 
 def mlp(x, w1, w2):
     return torch.relu(x @ w1) @ w2
+
+
+def layer_expert_major(buffer, args, rank, num_ranks, x, topk_idx, topk_weights, w1, w2,
+                       times):
+    """The layer with expert-major rows: each expert's group is a contiguous block of recv_x
+    (padding rows are zero and come back as zero), and combine weights and sums the pairs."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    start = time.perf_counter()
+    per_rank, _, per_expert, in_rank, _ = buffer.get_dispatch_layout(topk_idx, args.experts)
+    recv_x, _, _, _, handle, _ = buffer.dispatch(
+        x, num_tokens_per_rank=per_rank, is_token_in_rank=in_rank,
+        num_tokens_per_expert=per_expert, topk_idx=topk_idx, topk_weights=topk_weights,
+        layout="expert_major")
+    sync()
+    dispatched = time.perf_counter()
+    local = args.experts // num_ranks
+    offsets = handle.expert_offsets.tolist()
+    y = torch.empty(recv_x.shape[0], args.hidden, dtype=torch.bfloat16, device=x.device)
+    for e in range(local):
+        first, end = offsets[e], offsets[e + 1]
+        if end > first:
+            y[first:end] = mlp(recv_x[first:end].float(), w1[rank * local + e],
+                               w2[rank * local + e]).to(torch.bfloat16)
+    sync()
+    computed = time.perf_counter()
+    combined, _, _ = buffer.combine(y, handle, apply_weights=True)
+    sync()
+    done = time.perf_counter()
+    for key, value in (("dispatch", dispatched - start), ("experts", computed - dispatched),
+                       ("combine", done - computed), ("layer", done - start)):
+        times[key] = times.get(key, 0.0) + value
+    return combined
 
 
 def layer(buffer, args, rank, num_ranks, x, topk_idx, topk_weights, w1, w2, times):
@@ -91,28 +128,38 @@ def dense_check(args, x, topk_idx, topk_weights, w1, w2, combined):
     return int((err > bound).sum()), float((err / bound).max()) if err.numel() else 0.0
 
 
+LAYERS = {"token_major": layer, "expert_major": layer_expert_major}
+
+
 def run_rank(args, group, rank, num_ranks, device):
+    """[(layout, elements out of bound, largest error fraction, ms per phase)] per layout."""
     gate, w1, w2 = make_weights(args, device)
     x, topk_idx, topk_weights = make_tokens(args, rank, device, gate)
-    buffer = epcomm.Buffer(group, max_tokens_per_rank=args.tokens)
-    times = {}
-    runs = args.iters + 1 if args.bench else 1
-    for i in range(runs):
-        if i == 1:
-            times = {}  # the first run warms up
-        combined = layer(buffer, args, rank, num_ranks, x, topk_idx, topk_weights, w1, w2, times)
+    # Pairs and padding can outnumber the tokens received: the pool holds every pair.
+    buffer = epcomm.Buffer(group, max_tokens_per_rank=args.tokens * args.topk)
+    results = []
+    for name in (["token_major", "expert_major"] if args.layout == "both" else [args.layout]):
+        times = {}
+        runs = args.iters + 1 if args.bench else 1
+        for i in range(runs):
+            if i == 1:
+                times = {}  # the first run warms up
+            combined = LAYERS[name](buffer, args, rank, num_ranks, x, topk_idx, topk_weights,
+                                    w1, w2, times)
+        bad, worst = dense_check(args, x, topk_idx, topk_weights, w1, w2, combined)
+        per_iter = {k: v / (runs - 1 if args.bench else 1) * 1e3 for k, v in times.items()}
+        results.append((name, bad, worst, per_iter))
     buffer.destroy()
-    bad, worst = dense_check(args, x, topk_idx, topk_weights, w1, w2, combined)
-    per_iter = {k: v / (runs - 1 if args.bench else 1) * 1e3 for k, v in times.items()}
-    return bad, worst, per_iter
+    return results
 
 
-def report(rank, bad, worst, per_iter, args):
-    print(f"rank {rank}: {args.tokens} tokens checked against the dense layer: {bad} out of "
-          f"bound, largest error {worst:.3f} of the bound", flush=True)
-    if args.bench:
-        print(f"rank {rank}: bench (mean of {args.iters}, ms): " +
-              "  ".join(f"{k} {v:.3f}" for k, v in per_iter.items()), flush=True)
+def report(rank, results, args):
+    for name, bad, worst, per_iter in results:
+        print(f"rank {rank}: {name}: {args.tokens} tokens checked against the dense layer: "
+              f"{bad} out of bound, largest error {worst:.3f} of the bound", flush=True)
+        if args.bench:
+            print(f"rank {rank}: {name}: bench (mean of {args.iters}, ms): " +
+                  "  ".join(f"{k} {v:.3f}" for k, v in per_iter.items()), flush=True)
 
 
 def main():
@@ -127,6 +174,8 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--bench", action="store_true")
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--layout", choices=["token_major", "expert_major", "both"],
+                   default="token_major")
     args = p.parse_args()
     if args.device == "cpu":  # ranks as threads: the host backend
         groups = epcomm.make_thread_groups(args.ranks)
@@ -145,16 +194,16 @@ def main():
             t.join()
         if errors:
             raise SystemExit("\n".join(errors))
-        for r, (bad, worst, per_iter) in enumerate(results):
-            report(r, bad, worst, per_iter, args)
-        raise SystemExit(1 if any(res[0] for res in results) else 0)
+        for r, rank_results in enumerate(results):
+            report(r, rank_results, args)
+        raise SystemExit(1 if any(res[1] for rr in results for res in rr) else 0)
     import torch.distributed as dist
     dist.init_process_group("gloo")  # NCCL refuses several ranks on one GPU
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    bad, worst, per_iter = run_rank(args, dist.group.WORLD, rank, world, torch.device("cuda"))
-    report(rank, bad, worst, per_iter, args)
-    total = torch.tensor([bad])
+    results = run_rank(args, dist.group.WORLD, rank, world, torch.device("cuda"))
+    report(rank, results, args)
+    total = torch.tensor([sum(res[1] for res in results)])
     dist.all_reduce(total)
     dist.destroy_process_group()
     raise SystemExit(1 if int(total) else 0)
