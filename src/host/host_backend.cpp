@@ -158,6 +158,19 @@ DispatchResult HostBackend::result_views(const DispatchOutputs& outs, bool with_
   return r;
 }
 
+std::shared_ptr<HostHandle> HostBackend::new_handle(const DispatchInputs& in,
+                                                    const DispatchOptions& options,
+                                                    uint64_t comm_id, uint64_t epoch) const {
+  auto handle = std::make_shared<HostHandle>();
+  handle->comm_id = comm_id;
+  handle->epoch = epoch;
+  handle->num_tokens = in.num_tokens;
+  handle->num_recv = options.wait_num_recv ? num_recv_ : -1;
+  handle->rows = num_recv_;
+  handle->has_weights = in.topk_weights != nullptr;
+  return handle;
+}
+
 DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOptions& options,
                                      uint64_t comm_id, uint64_t epoch) {
   const bool is_int64 = config_.index_type == IndexType::kInt64;
@@ -221,13 +234,7 @@ DispatchResult HostBackend::dispatch(const DispatchInputs& in, const DispatchOpt
     per_expert[e] = (per_expert[e] + align - 1) / align * align;
 
   // Sender-side routing: where each of this rank's tokens landed on each destination.
-  auto handle = std::make_shared<HostHandle>();
-  handle->comm_id = comm_id;
-  handle->epoch = epoch;
-  handle->num_tokens = in.num_tokens;
-  handle->num_recv = options.wait_num_recv ? num_recv_ : -1;
-  handle->rows = num_recv_;
-  handle->has_weights = in.topk_weights != nullptr;
+  auto handle = new_handle(in, options, comm_id, epoch);
   handle->slot.assign(static_cast<size_t>(in.num_tokens) * num_ranks_, -1);
   for (int d = 0; d < num_ranks_; ++d) {
     int next = 0;
@@ -255,7 +262,7 @@ DispatchResult HostBackend::dispatch_cached(const detail::HandleState& handle_st
   in.num_tokens = handle.num_tokens;
   published_ = Published{in, &handle};
   agree_or_throw(ErrorCode::kInvalidArgument, {});
-  if (handle.expert_major) return cached_expert_major(handle, in, options, comm_id, epoch);
+  if (handle.expert_major) return cached_expert_major(handle, options, comm_id, epoch);
 
   const DispatchOutputs& outs = options.outputs;
   for (int s = 0; s < num_ranks_; ++s) {

@@ -72,9 +72,8 @@ class HostBackend final : public detail::CommBackend {
   // Expert-major dispatch (host_expert_major.cpp), called by dispatch after the expert check.
   DispatchResult dispatch_expert_major(const DispatchInputs& in, const DispatchOptions& options,
                                        uint64_t comm_id, uint64_t epoch);
-  DispatchResult cached_expert_major(const HostHandle& handle, const DispatchInputs& in,
-                                     const DispatchOptions& options, uint64_t comm_id,
-                                     uint64_t epoch);
+  DispatchResult cached_expert_major(const HostHandle& handle, const DispatchOptions& options,
+                                     uint64_t comm_id, uint64_t epoch);
   void combine_expert_major(const HostHandle& handle, void* out, const CombineOptions& options);
   // Zeroes received row `row` (x and scales): an expert-major padding row.
   void zero_row(int row, const DispatchOutputs& outs);
@@ -83,6 +82,9 @@ class HostBackend final : public detail::CommBackend {
   void agree_or_throw(ErrorCode code, const std::string& local_error);
   void copy_row(const Published& from, int token, int row, const DispatchOutputs& outs);
   DispatchResult result_views(const DispatchOutputs& outs, bool with_meta);
+  // The handle of a fresh dispatch that received num_recv_ rows (the layouts add their tables).
+  std::shared_ptr<HostHandle> new_handle(const DispatchInputs& in, const DispatchOptions& options,
+                                         uint64_t comm_id, uint64_t epoch) const;
 
   // One of the two low-latency buffers: this rank's latest arguments and its outputs.
   struct LowLatencyBuffer {
@@ -123,8 +125,8 @@ class HostBackend final : public detail::CommBackend {
   std::vector<int32_t> recv_topk_slot_;  // [capacity], expert-major
   std::vector<float> recv_weight_;       // [capacity], expert-major
   std::vector<int> expert_offsets_;      // [Le + 1], expert-major
-  int num_recv_ = 0;           // rows in the pool from the latest dispatch
-  std::string pending_error_;  // kInvalidArgument for the next synchronize
+  int num_recv_ = 0;                     // rows in the pool from the latest dispatch
+  std::string pending_error_;            // kInvalidArgument for the next synchronize
   LowLatencyBuffer ll_[2];
   std::vector<int32_t> ll_mask_;  // [R]: 1 where this rank masks the rank
 };

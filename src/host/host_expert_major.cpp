@@ -113,14 +113,8 @@ DispatchResult HostBackend::dispatch_expert_major(const DispatchInputs& in,
   num_recv_ = offsets[rank_][Le];
 
   // Sender side: the row of each of this rank's pairs at its destination.
-  auto handle = std::make_shared<HostHandle>();
-  handle->comm_id = comm_id;
-  handle->epoch = epoch;
-  handle->num_tokens = in.num_tokens;
-  handle->num_recv = options.wait_num_recv ? num_recv_ : -1;
-  handle->rows = num_recv_;
+  auto handle = new_handle(in, options, comm_id, epoch);
   handle->expert_major = true;
-  handle->has_weights = in.topk_weights != nullptr;
   handle->num_topk = in.num_topk;
   const size_t TK = static_cast<size_t>(in.num_tokens) * in.num_topk;
   handle->pair_row.assign(TK, -1);
@@ -142,12 +136,8 @@ DispatchResult HostBackend::dispatch_expert_major(const DispatchInputs& in,
   }
   bootstrap_->barrier();  // peers may reuse their inputs once everyone has read them
 
-  DispatchResult result;
-  result.num_recv = options.wait_num_recv ? num_recv_ : -1;
-  result.recv_x = outs.recv_x ? outs.recv_x : pool_.data();
-  if (config_.num_scales() > 0) {
-    result.recv_scales = outs.recv_scales ? outs.recv_scales : recv_scales_.data();
-  }
+  DispatchResult result = result_views(outs, /*with_meta=*/false);  // no token-major meta
+  if (!options.wait_num_recv) result.num_recv = -1;
   result.recv_src = src_dst;
   result.num_recv_per_expert = per_expert;
   result.recv_topk_slot = recv_topk_slot_.data();
@@ -158,10 +148,9 @@ DispatchResult HostBackend::dispatch_expert_major(const DispatchInputs& in,
   return result;
 }
 
-DispatchResult HostBackend::cached_expert_major(const HostHandle& handle, const DispatchInputs& in,
+DispatchResult HostBackend::cached_expert_major(const HostHandle& handle,
                                                 const DispatchOptions& options, uint64_t comm_id,
                                                 uint64_t epoch) {
-  (void)in;
   const DispatchOutputs& outs = options.outputs;
   for (int row = 0; row < handle.rows; ++row) zero_row(row, outs);  // the padding stays zero
   for (int s = 0; s < num_ranks_; ++s) {
@@ -181,12 +170,8 @@ DispatchResult HostBackend::cached_expert_major(const HostHandle& handle, const 
   next->comm_id = comm_id;
   next->epoch = epoch;
   next->num_recv = options.wait_num_recv ? handle.rows : -1;
-  DispatchResult result;
-  result.num_recv = options.wait_num_recv ? handle.rows : -1;
-  result.recv_x = outs.recv_x ? outs.recv_x : pool_.data();
-  if (config_.num_scales() > 0) {
-    result.recv_scales = outs.recv_scales ? outs.recv_scales : recv_scales_.data();
-  }
+  DispatchResult result = result_views(outs, /*with_meta=*/false);
+  if (!options.wait_num_recv) result.num_recv = -1;
   result.num_recv_device = &next->rows;
   result.handle = DispatchHandle(std::move(next));
   return result;
