@@ -46,6 +46,13 @@ def mlp(x, w1, w2):
     return torch.relu(x @ w1) @ w2
 
 
+def add_phases(times, start, dispatched, computed, done):
+    """Adds one layer's phase seconds to `times`."""
+    for key, value in (("dispatch", dispatched - start), ("experts", computed - dispatched),
+                       ("combine", done - computed), ("layer", done - start)):
+        times[key] = times.get(key, 0.0) + value
+
+
 def layer_expert_major(buffer, args, rank, num_ranks, x, topk_idx, topk_weights, w1, w2,
                        times):
     """The layer with expert-major rows: each expert's group is a contiguous block of recv_x
@@ -71,10 +78,7 @@ def layer_expert_major(buffer, args, rank, num_ranks, x, topk_idx, topk_weights,
     computed = time.perf_counter()
     combined, _, _ = buffer.combine(y, handle, apply_weights=True)
     sync()
-    done = time.perf_counter()
-    for key, value in (("dispatch", dispatched - start), ("experts", computed - dispatched),
-                       ("combine", done - computed), ("layer", done - start)):
-        times[key] = times.get(key, 0.0) + value
+    add_phases(times, start, dispatched, computed, time.perf_counter())
     return combined
 
 
@@ -105,10 +109,7 @@ def layer(buffer, args, rank, num_ranks, x, topk_idx, topk_weights, w1, w2, time
     computed = time.perf_counter()
     combined, _, _ = buffer.combine(y, handle)
     sync()
-    done = time.perf_counter()
-    for key, value in (("dispatch", dispatched - start), ("experts", computed - dispatched),
-                       ("combine", done - computed), ("layer", done - start)):
-        times[key] = times.get(key, 0.0) + value
+    add_phases(times, start, dispatched, computed, time.perf_counter())
     return combined
 
 

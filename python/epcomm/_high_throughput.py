@@ -8,7 +8,7 @@ import torch
 from . import _args, _tensors
 from ._endpoint import EndpointKind
 from ._layout import dispatch_layout
-from ._recv import receive_exact, receive_expert_major, receive_into_worst_case
+from ._recv import receive_exact, receive_into_worst_case
 from ._unsupported import unsupported
 from .config import Config
 from .event import EventOverlap
@@ -159,8 +159,8 @@ class HighThroughputCalls:
                     topk_weights=_tensors.address(topk_weights), num_tokens=num_tokens,
                     num_topk=num_topk)
         if expert_major:
-            received = receive_expert_major(endpoint, streams, args, x.dtype, device,
-                                            expert_alignment=expert_alignment)
+            received = receive_exact(endpoint, streams, args, x.dtype, num_topk, device,
+                                     expert_major=True, expert_alignment=expert_alignment)
             counts = list(received.per_expert)
         elif num_worst_tokens:
             received = receive_into_worst_case(endpoint, streams, args, num_worst_tokens,
@@ -199,15 +199,13 @@ class HighThroughputCalls:
         _args.check_sms(_args.sms_of(config), endpoint.config.dispatch_sms)
         streams = self._streams(x.device, previous_event, async_finish, allocate_on_comm_stream)
         args = dict(x=_tensors.address(x), x_scales=_tensors.address(x_scales))
-        if handle.layout == "expert_major":
-            received = receive_expert_major(endpoint, streams, args, x.dtype, x.device,
-                                            native=handle._native)
-        elif handle.num_worst_tokens:
+        if handle.num_worst_tokens:
             received = receive_into_worst_case(endpoint, streams, args, handle.num_worst_tokens,
                                                x.dtype, 0, x.device, native=handle._native)
         else:
             received = receive_exact(endpoint, streams, args, x.dtype, 0, x.device,
-                                     native=handle._native)
+                                     native=handle._native,
+                                     expert_major=handle.layout == "expert_major")
         handle._native = received.native_handle
         self._dispatched_on(endpoint)
         event = streams.finish([x, x_scales], [received.x, received.scales])

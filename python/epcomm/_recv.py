@@ -52,26 +52,47 @@ def _allocate(endpoint: Endpoint, streams: CallStreams, rows: int, x_dtype: torc
 
 
 def receive_exact(endpoint: Endpoint, streams: CallStreams, args: dict, x_dtype: torch.dtype,
-                  num_topk: int, device: torch.device, native=None) -> ReceivedRows:
+                  num_topk: int, device: torch.device, native=None,
+                  expert_major: bool = False, expert_alignment: int = 0) -> ReceivedRows:
     """Dispatches with exact sizes (a fresh dispatch when native is None, else a cached one
     along `native`) and copies the received rows out of the pool. A fresh dispatch also reads
-    the per-expert counts, which makes the host wait for the whole dispatch."""
+    the per-expert counts, which makes the host wait for the whole dispatch, and its
+    per-row meta: the token-major top-k ids and weights, or with `expert_major` (RecvLayout:
+    one row per (token, local expert) pair, grouped by expert, groups aligned to
+    `expert_alignment`, padding zeroed) each row's pair data and the group offsets."""
     comm = endpoint.comm
+    layout = _epcomm.RecvLayout.expert_major if expert_major else _epcomm.RecvLayout.token_major
     if native is None:
-        result = comm.dispatch(**args, wait_num_recv=True)
+        result = comm.dispatch(**args, wait_num_recv=True, layout=layout,
+                               expert_alignment=expert_alignment)
     else:
-        result = comm.dispatch_cached(native, args["x"], args["x_scales"], wait_num_recv=True)
-    received = _allocate(endpoint, streams, result.num_recv, x_dtype, num_topk, device)
+        result = comm.dispatch_cached(native, args["x"], args["x_scales"], wait_num_recv=True,
+                                      layout=layout)
+    n, num_local = result.num_recv, endpoint.experts_per_rank
+    received = _allocate(endpoint, streams, n, x_dtype, 0 if expert_major else num_topk, device)
     received.native_handle = result.handle
-    received.num_recv = result.num_recv
+    received.num_recv = n
+    copies = [(received.x, result.recv_x), (received.scales, result.recv_scales)]
+    if native is None and expert_major:
+        with streams.allocating():
+            received.pair_src = torch.empty(n, 2, dtype=torch.int32, device=device)
+            received.pair_slot = torch.empty(n, dtype=torch.int32, device=device)
+            received.pair_weight = torch.empty(n, dtype=torch.float32, device=device)
+            received.expert_offsets = torch.empty(num_local + 1, dtype=torch.int32,
+                                                  device=device)
+        copies += [(received.pair_src, result.recv_src),
+                   (received.pair_slot, result.recv_topk_slot),
+                   (received.pair_weight, result.recv_weight),
+                   (received.expert_offsets, result.expert_offsets)]
+    elif native is None:
+        copies += [(received.topk_idx, result.recv_topk_idx),
+                   (received.topk_weights, result.recv_topk_weights)]
     stream = streams.address
-    _tensors.copy_from_address(received.x, result.recv_x, stream)
-    if received.scales is not None:
-        _tensors.copy_from_address(received.scales, result.recv_scales, stream)
+    for tensor, address in copies:
+        if tensor is not None:
+            _tensors.copy_from_address(tensor, address, stream)
     if native is None:
-        _tensors.copy_from_address(received.topk_idx, result.recv_topk_idx, stream)
-        _tensors.copy_from_address(received.topk_weights, result.recv_topk_weights, stream)
-        counts = torch.empty(endpoint.experts_per_rank, dtype=torch.int32)
+        counts = torch.empty(num_local, dtype=torch.int32)
         _epcomm.copy_bytes(counts.data_ptr(), result.num_recv_per_expert, _tensors.nbytes(counts),
                            stream, device.type == "cuda")
         comm.synchronize()  # the counts are final, and device-side errors surface here
@@ -100,46 +121,4 @@ def receive_into_worst_case(endpoint: Endpoint, streams: CallStreams, args: dict
         result = endpoint.comm.dispatch_cached(native, args["x"], args["x_scales"],
                                                wait_num_recv=False, outputs=outputs)
     received.native_handle = result.handle
-    return received
-
-
-def receive_expert_major(endpoint: Endpoint, streams: CallStreams, args: dict,
-                         x_dtype: torch.dtype, device: torch.device, native=None,
-                         expert_alignment: int = 1) -> ReceivedRows:
-    """Dispatches with exact sizes in the expert-major layout (RecvLayout: one row per (token,
-    local expert) pair, grouped by expert, groups aligned, padding zeroed) and copies the rows
-    and, for a fresh dispatch, each row's pair data out of the communicator."""
-    comm = endpoint.comm
-    layout = _epcomm.RecvLayout.expert_major
-    if native is None:
-        result = comm.dispatch(**args, wait_num_recv=True, layout=layout,
-                               expert_alignment=expert_alignment)
-    else:
-        result = comm.dispatch_cached(native, args["x"], args["x_scales"], wait_num_recv=True,
-                                      layout=layout)
-    received = _allocate(endpoint, streams, result.num_recv, x_dtype, 0, device)
-    received.native_handle = result.handle
-    received.num_recv = result.num_recv
-    stream = streams.address
-    _tensors.copy_from_address(received.x, result.recv_x, stream)
-    if received.scales is not None:
-        _tensors.copy_from_address(received.scales, result.recv_scales, stream)
-    if native is None:
-        n, num_local = result.num_recv, endpoint.experts_per_rank
-        with streams.allocating():
-            received.pair_src = torch.empty(n, 2, dtype=torch.int32, device=device)
-            received.pair_slot = torch.empty(n, dtype=torch.int32, device=device)
-            received.pair_weight = torch.empty(n, dtype=torch.float32, device=device)
-            received.expert_offsets = torch.empty(num_local + 1, dtype=torch.int32,
-                                                  device=device)
-        for tensor, address in ((received.pair_src, result.recv_src),
-                                (received.pair_slot, result.recv_topk_slot),
-                                (received.pair_weight, result.recv_weight),
-                                (received.expert_offsets, result.expert_offsets)):
-            _tensors.copy_from_address(tensor, address, stream)
-        counts = torch.empty(num_local, dtype=torch.int32)
-        _epcomm.copy_bytes(counts.data_ptr(), result.num_recv_per_expert, _tensors.nbytes(counts),
-                           stream, device.type == "cuda")
-        comm.synchronize()
-        received.per_expert = counts.tolist()
     return received
