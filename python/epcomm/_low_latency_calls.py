@@ -247,8 +247,8 @@ class LowLatencyCalls:
                              f"[0, {self.group_size})")
         self._ll_mask[rank_to_mask] = 1 if mask else 0
         if self._low_latency is not None:
-            with self._mask_streams():
-                self._low_latency.comm.low_latency_update_mask(rank_to_mask, bool(mask))
+            self._on_comm_stream(
+                lambda: self._low_latency.comm.low_latency_update_mask(rank_to_mask, bool(mask)))
 
     def low_latency_query_mask_buffer(self, mask_status: torch.Tensor) -> None:
         """Local. Writes each rank's mask (1 masked, 0 not) into mask_status, an [R] int32
@@ -264,8 +264,8 @@ class LowLatencyCalls:
         if mask_status.device != device:
             raise ValueError(f"mask_status is on {mask_status.device}; the low-latency buffers "
                              f"are on {device}")
-        with self._mask_streams():
-            self._low_latency.comm.low_latency_query_mask(_tensors.address(mask_status))
+        self._on_comm_stream(lambda: self._low_latency.comm.low_latency_query_mask(
+            _tensors.address(mask_status)))
 
     def low_latency_clean_mask_buffer(self) -> None:
         """Local. Unmasks every rank (also the ones the timed-out waits masked)."""
@@ -273,8 +273,7 @@ class LowLatencyCalls:
         self._check_shrink("low_latency_clean_mask_buffer")
         self._ll_mask = [0] * self.group_size
         if self._low_latency is not None:
-            with self._mask_streams():
-                self._low_latency.comm.low_latency_clean_mask()
+            self._on_comm_stream(self._low_latency.comm.low_latency_clean_mask)
 
     def _check_shrink(self, caller: str) -> None:
         self._check_low_latency_mode(caller)
@@ -282,23 +281,9 @@ class LowLatencyCalls:
             raise ValueError(f"{caller} needs enable_shrink=True (as in DeepEP): the rank masks "
                              "belong to the elastic low-latency mode")
 
-    def _mask_streams(self):
-        """The mask calls are ordered on the communication stream after the current stream's
-        work, and the current stream then waits for them (nothing blocks the host)."""
-        return _MaskOrder(self._comm_stream)
-
-
-class _MaskOrder:
-    """Context: the communication stream waits for the current one on entry, and the current
-    stream for the communication stream on exit (no-op without CUDA)."""
-
-    def __init__(self, comm_stream) -> None:
-        self._comm = comm_stream
-
-    def __enter__(self):
-        if self._comm is not None:
-            self._comm.wait_stream(torch.cuda.current_stream(self._comm.device))
-
-    def __exit__(self, *exc) -> None:
-        if self._comm is not None:
-            torch.cuda.current_stream(self._comm.device).wait_stream(self._comm)
+    def _on_comm_stream(self, call: Callable[[], None]) -> None:
+        """Runs a mask call on the communication stream after the current stream's work; the
+        current stream then waits for it (nothing blocks the host)."""
+        streams = self._streams(self._device_of(self._low_latency), None, False, False)
+        call()
+        streams.finish([], [])
