@@ -76,14 +76,18 @@ if has sanitize; then  # before MPS: the sanitizer does not run under an MPS ser
     timeout 100 compute-sanitizer --tool synccheck --error-exitcode 9 "$conf" \
       --gtest_filter='Flat/*_R1_T96_*skewed*:Ring/*_R1_T96_*uniform*:Shapes/CudaLowLatency.*/R1_M32_T32_*'
     echo "synccheck rc=$?"
-    # Cross-process regions: CUDA IPC handles opened and closed, every allocation freed.
-    echo "== memcheck + leak check, 2 processes (CUDA IPC)"
+    # Cross-process regions (cuMem, the default, then legacy IPC handles): mapped and unmapped,
+    # every allocation freed.
     root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
-    timeout 150 mpirun -np 2 --oversubscribe $root compute-sanitizer --tool memcheck \
-      --leak-check full --error-exitcode 9 "$BUILD/tests/mpi/epcomm_mpi_conformance_test" --first 3
-    echo "ipc memcheck rc=$?"
+    for ipc in cumem legacy; do
+      echo "== memcheck + leak check, 2 processes (EPCOMM_IPC=$ipc)"
+      EPCOMM_IPC=$ipc timeout 150 mpirun -np 2 --oversubscribe $root -x EPCOMM_IPC \
+        compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+        "$BUILD/tests/mpi/epcomm_mpi_conformance_test" --first 3
+      echo "ipc memcheck ($ipc) rc=$?"
+    done
   } >"$OUT/sanitizer.log" 2>&1
-  note "sanitizer ($((SECONDS - start)) s): $(grep -E '^(memcheck|racecheck|synccheck|ipc memcheck) rc=|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY' "$OUT/sanitizer.log" | tr '\n' ' ')"
+  note "sanitizer ($((SECONDS - start)) s): $(grep -E '^(memcheck|racecheck|synccheck|ipc memcheck.*) rc=|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY' "$OUT/sanitizer.log" | tr '\n' ' ')"
 fi
 
 if has test; then
@@ -106,13 +110,14 @@ if has test; then
   rc=$?
   note "ctest, processes under MPS: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_mpi.log" | tail -1)"
   grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_mpi.log" | head -20 | tee -a "$summary"
-  # The multi-process conformance suites again over cuMem regions (EPCOMM_IPC=cumem).
-  if [ "${TEST_CUMEM:-1}" != 0 ]; then
+  # The multi-process conformance suites again over legacy CUDA IPC handles (EPCOMM_IPC=legacy;
+  # the default is cuMem regions). TEST_LEGACY_IPC=0: not.
+  if [ "${TEST_LEGACY_IPC:-1}" != 0 ]; then
     start=$SECONDS
-    (cd "$BUILD" && EPCOMM_IPC=cumem timeout 200 ctest -j 1 --timeout 150 --output-on-failure \
-      -R 'mpi_(ll_)?conformance_np(2|8)$') >"$OUT/ctest_mpi_cumem.log" 2>&1
-    note "ctest, conformance over cuMem regions (EPCOMM_IPC=cumem): rc=$? ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_mpi_cumem.log" | tail -1)"
-    grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_mpi_cumem.log" | head -10 | tee -a "$summary"
+    (cd "$BUILD" && EPCOMM_IPC=legacy timeout 200 ctest -j 1 --timeout 150 --output-on-failure \
+      -R 'mpi_(ll_)?conformance_np(2|8)$') >"$OUT/ctest_mpi_legacy_ipc.log" 2>&1
+    note "ctest, conformance over legacy IPC handles (EPCOMM_IPC=legacy): rc=$? ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_mpi_legacy_ipc.log" | tail -1)"
+    grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_mpi_legacy_ipc.log" | head -10 | tee -a "$summary"
   fi
   mps_stop
   # The MoE layer example on the CUDA backend (4 in-process ranks), checked against the dense layer.
@@ -176,14 +181,14 @@ if has bench; then
       ${BENCH_MPI_ARGS:---algorithms flat --sms 4,8,16} >"$OUT/bench_mpi.log" 2>&1
     note "bench under mpirun (8 processes, MPS): rc=$? ($((SECONDS - start)) s)"
     sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi.log" | tee -a "$summary"
-    # The same over cuMem regions instead of legacy CUDA IPC handles (BENCH_MPI_CUMEM=0: not).
-    if [ "${BENCH_MPI_CUMEM:-1}" != 0 ]; then
+    # The same over legacy CUDA IPC handles instead of cuMem regions (BENCH_MPI_LEGACY=0: not).
+    if [ "${BENCH_MPI_LEGACY:-1}" != 0 ]; then
       start=$SECONDS
-      EPCOMM_IPC=cumem timeout 200 mpirun -np 8 --oversubscribe $root -x EPCOMM_IPC \
+      EPCOMM_IPC=legacy timeout 200 mpirun -np 8 --oversubscribe $root -x EPCOMM_IPC \
         "$BUILD/bench/epcomm-bench" --launcher mpi ${BENCH_MPI_ARGS:---algorithms flat --sms 4,8,16} \
-        >"$OUT/bench_mpi_cumem.log" 2>&1
-      note "bench under mpirun, cuMem regions (EPCOMM_IPC=cumem): rc=$? ($((SECONDS - start)) s)"
-      sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_cumem.log" | grep -E '^flat|^epcomm' | tee -a "$summary"
+        >"$OUT/bench_mpi_legacy_ipc.log" 2>&1
+      note "bench under mpirun, legacy IPC handles (EPCOMM_IPC=legacy): rc=$? ($((SECONDS - start)) s)"
+      sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_legacy_ipc.log" | grep -E '^flat|^epcomm' | tee -a "$summary"
     fi
     mps_stop
   fi

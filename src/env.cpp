@@ -3,6 +3,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
+
+#include "epcomm/error.hpp"
 
 namespace epcomm::env {
 
@@ -12,9 +15,12 @@ int cuda_device_max_connections() {
   return n > 0 ? n : 8;
 }
 
-bool ipc_cumem_requested() {
+IpcRegions ipc_regions() {
   const char* v = std::getenv("EPCOMM_IPC");
-  return v != nullptr && std::strcmp(v, "cumem") == 0;
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "cumem") == 0) return IpcRegions::kCuMem;
+  if (std::strcmp(v, "legacy") == 0) return IpcRegions::kLegacy;
+  throw Error(ErrorCode::kInvalidArgument,
+              std::string("EPCOMM_IPC=") + v + ": expected cumem (the default) or legacy");
 }
 
 }  // namespace epcomm::env

@@ -8,8 +8,11 @@ namespace epcomm::env {
 // which ranks of one process sharing a GPU would share queues (see cuda_backend.cpp).
 int cuda_device_max_connections();
 
-// EPCOMM_IPC=cumem: ranks in separate processes share cuMem regions instead of legacy CUDA IPC
-// handles (src/cuda/cumem_region.cpp). Any other value, or none: legacy handles.
-bool ipc_cumem_requested();
+// EPCOMM_IPC: how ranks in separate processes share regions. Unset or "cumem": cuMem
+// allocations with POSIX file descriptors (src/cuda/cumem_region.cpp) where every rank's driver
+// exports them, else legacy CUDA IPC handles; "legacy": legacy handles always. Any other value
+// throws kInvalidArgument naming it.
+enum class IpcRegions { kCuMem, kLegacy };
+IpcRegions ipc_regions();
 
 }  // namespace epcomm::env

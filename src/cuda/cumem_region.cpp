@@ -168,7 +168,7 @@ std::vector<int> exchange_descriptors(Bootstrap& bootstrap, int fd) {
 }  // namespace
 
 bool CuMemRegions::usable(int device) {
-  if (!env::ipc_cumem_requested()) return false;
+  if (env::ipc_regions() == env::IpcRegions::kLegacy) return false;
   const Driver& d = driver();
   if (!d.ok) return false;
   CUdevice dev = 0;

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <optional>
+#include <string>
 
 #include "cuda_check.hpp"
 #include "cumem_region.hpp"
@@ -59,13 +61,28 @@ MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   peers_.assign(bootstrap.size(), nullptr);
   opened_.assign(bootstrap.size(), false);
-  // Across processes, cuMem regions when every rank asks for them and can (collective: all
-  // decide alike).
+  // Across processes, cuMem regions unless a rank asks for legacy handles or cannot export
+  // file descriptors (collective: all decide alike; a rank with a bad EPCOMM_IPC makes every
+  // rank throw, so none waits for it).
   bool cumem = false;
   if (transport == Transport::kIpc && !bootstrap.in_process()) {
-    const int32_t mine = CuMemRegions::usable(device_) ? 1 : 0;
+    int32_t mine = 0;
+    std::optional<Error> bad_setting;
+    try {
+      mine = CuMemRegions::usable(device_) ? 1 : 0;
+    } catch (const Error& e) {
+      mine = -1;
+      bad_setting = e;
+    }
     std::vector<int32_t> all(bootstrap.size());
     bootstrap.allGather(&mine, all.data(), sizeof(mine));
+    const auto bad = std::find(all.begin(), all.end(), -1);
+    if (bad != all.end()) {
+      if (bad_setting) throw *bad_setting;
+      throw Error(ErrorCode::kInvalidArgument,
+                  "EPCOMM_IPC on rank " + std::to_string(bad - all.begin()) +
+                      ": expected cumem (the default) or legacy");
+    }
     cumem = std::count(all.begin(), all.end(), 1) == static_cast<long>(all.size());
   }
   if (transport == Transport::kNvshmem) {

@@ -1,8 +1,11 @@
 // CUDA faults across processes: the last rank leaves (--mode=exit) or stalls (--mode=sleep)
 // after creating its communicator; every other rank's dispatch must end in a timeout that
 // names it, within the configured wait, and every process must still reach MPI_Finalize.
+// --mode=bad-ipc: the last rank alone sets EPCOMM_IPC to a value epcomm does not know; every
+// rank's Communicator::create must throw kInvalidArgument naming the variable (none waits).
 #include <mpi.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -83,6 +86,28 @@ void run_fault(Checks& checks, Mode mode, int device) {
   }
 }
 
+void run_bad_ipc_setting(Checks& checks, int device) {
+  auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, kBootstrapTimeoutMs);
+  const int R = bootstrap->size();
+  if (bootstrap->rank() == R - 1) setenv("EPCOMM_IPC", "shared-pointers", 1);
+  testing::Shape shape;
+  shape.num_ranks = R;
+  shape.num_experts = 2 * R;
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    auto comm = Communicator::create(bootstrap, testing::config_for(shape), Backend::kCuda, device);
+    checks.expect(false, "Communicator::create accepted EPCOMM_IPC=shared-pointers on a rank");
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    checks.expect(e.code() == ErrorCode::kInvalidArgument, "create threw " + what);
+    checks.expect(what.find("EPCOMM_IPC") != std::string::npos,
+                  "the error does not name EPCOMM_IPC: " + what);
+  }
+  checks.expect(testing::seconds_since(start) < kMaxFailSeconds,
+                "the refusal took " + std::to_string(testing::seconds_since(start)) + " s");
+  unsetenv("EPCOMM_IPC");
+}
+
 }  // namespace
 }  // namespace epcomm
 
@@ -96,14 +121,19 @@ int main(int argc, char** argv) {
   const char* mode_arg = argc > 1 ? argv[1] : "";
   const bool exit_mode = std::strcmp(mode_arg, "--mode=exit") == 0;
   const bool sleep_mode = std::strcmp(mode_arg, "--mode=sleep") == 0;
-  checks.expect(exit_mode || sleep_mode,
-                std::string("usage: --mode=exit|sleep, not '") + mode_arg + "'");
+  const bool bad_ipc_mode = std::strcmp(mode_arg, "--mode=bad-ipc") == 0;
+  checks.expect(exit_mode || sleep_mode || bad_ipc_mode,
+                std::string("usage: --mode=exit|sleep|bad-ipc, not '") + mode_arg + "'");
   checks.expect(world_size >= 2, "needs 2 or more ranks, not " + std::to_string(world_size));
   // Every rank has the same arguments, so all or none call the collective pick_gpu.
   const int device = checks.num_failures() == 0 ? testing::pick_gpu("mpi_faults_test") : -1;
   if (device >= 0) {
     try {
-      run_fault(checks, exit_mode ? Mode::kExit : Mode::kSleep, device);
+      if (bad_ipc_mode) {
+        run_bad_ipc_setting(checks, device);
+      } else {
+        run_fault(checks, exit_mode ? Mode::kExit : Mode::kSleep, device);
+      }
     } catch (const std::exception& e) {
       checks.expect(false, std::string("unexpected exception: ") + e.what());
     }
