@@ -50,9 +50,9 @@ pytest_args=(-q -p no:cacheprovider -rfE)
 for n in 2 4 8; do
   start=$SECONDS
   log="$OUT/pytest_np$n.log"
-  timeout "$(limit $((30 + 6 * n)))" "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$n" \
+  timeout "$(limit $((40 + 8 * n)))" "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$n" \
     -m pytest "${pytest_args[@]}" tests/python/gpu/test_buffer_gpu.py \
-    tests/python/gpu/test_low_latency_gpu.py >"$log" 2>&1
+    tests/python/gpu/test_expert_major_gpu.py tests/python/gpu/test_low_latency_gpu.py >"$log" 2>&1
   rc=$?
   [ $rc -ne 0 ] && failed=1
   note "pytest, $n processes: rc=$rc ($((SECONDS - start)) s): $(grep -cE '^[0-9]+ passed in' "$log") of $n ranks passed all ($(grep -oE '^[0-9]+ passed' "$log" | head -1))"

@@ -68,8 +68,8 @@ struct DispatchOutputs {
 // multiple of the expert alignment (DispatchOptions::expert_alignment, else
 // Config::expert_alignment) rows (expert_offsets), holds its pairs by source rank,
 // then source token, and ends with padding rows up to the next group: x and scales zero,
-// recv_src {-1, -1}, recv_topk_slot -1, recv_weight 0. Ready for a grouped GEMM. Host reference
-// backend only so far: the CUDA backend refuses it (kUnsupported).
+// recv_src {-1, -1}, recv_topk_slot -1, recv_weight 0. Ready for a grouped GEMM. The CUDA
+// backend builds it on the flat path (Config::algorithm = kRing refuses it, kUnsupported).
 enum class RecvLayout { kTokenMajor, kExpertMajor };
 
 struct DispatchOptions {

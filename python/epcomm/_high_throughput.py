@@ -101,8 +101,8 @@ class HighThroughputCalls:
           exactly num_worst_tokens rows: receiving more raises EpcommError (capacity_exceeded)
           at a later synchronizing call.
 
-        epcomm keyword layout="expert_major" (host backend only so far; CUDA tensors raise
-        EpcommError unsupported): one row per (token, local expert) pair, grouped by local
+        epcomm keyword layout="expert_major" (host backend and CUDA; not with
+        Config.algorithm = ring): one row per (token, local expert) pair, grouped by local
         expert, each group starting at a multiple of expert_alignment, pairs by source rank
         then token, padding rows zero (docs/design.md section 24). Returns (recv_x, None, None,
         group sizes, handle, event); the handle carries recv_src [n, 2] int32 (source rank,

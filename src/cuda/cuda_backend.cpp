@@ -81,6 +81,11 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   const size_t cap = static_cast<size_t>(layout_.capacity);
   d_chunk_counts_ = device_alloc<int>(static_cast<size_t>(chunks) * num_ranks_);
   d_expert_counts_ = device_alloc<int>(config_.num_experts);
+  d_chunk_expert_counts_ = device_alloc<int>(static_cast<size_t>(chunks) * config_.num_experts);
+  d_pair_matrix_ = device_alloc<int>(static_cast<size_t>(num_ranks_) * config_.num_experts);
+  d_group_rows_ = device_alloc<int>(config_.num_experts);
+  d_recv_topk_slot_ = device_alloc<int32_t>(cap);
+  d_recv_weight_ = device_alloc<float>(cap);
   d_recv_topk_idx_ = device_alloc<char>(cap * config_.max_topk * index_bytes(config_.index_type));
   d_recv_topk_weights_ = device_alloc<float>(cap * config_.max_topk);
   d_recv_src_ = device_alloc<RecvSource>(cap);
@@ -93,7 +98,8 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
       cudaMemset(d_ring_sent_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
   EPCOMM_CUDA_CHECK(
       cudaMemset(d_ring_received_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
-  routing_pool_ = std::make_shared<RoutingPool>(device_, config_.max_tokens_per_rank, num_ranks_,
+  routing_pool_ = std::make_shared<RoutingPool>(device_, config_.max_tokens_per_rank,
+                                                config_.max_topk, num_ranks_, experts_per_rank_,
                                                 layout_.ring.channels, 2);
   // The stream gets its first kernel now, before the barriers that end creation: no peer's
   // kernel waits yet (kernels/stream_prime.cu; the routing pool primes its own stream).
@@ -129,11 +135,11 @@ std::vector<detail::MemoryRange> CudaBackend::shared_memory() const {
 }
 
 void CudaBackend::check_dispatch_issuable(const DispatchOptions& options, bool cached) {
-  if (options.layout == RecvLayout::kExpertMajor) {
+  if (options.layout == RecvLayout::kExpertMajor && config_.algorithm == Algorithm::kRing) {
     throw Error(ErrorCode::kUnsupported,
                 std::string(cached ? "dispatch_cached" : "dispatch") +
-                    ": DispatchOptions.layout = expert_major is built in the host reference "
-                    "only; the CUDA kernels for it are not built yet");
+                    ": DispatchOptions.layout = expert_major is built for Config.algorithm = "
+                    "flat; the ring baseline delivers token-major rows only");
   }
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   check_not_capturing_exact(options, cached ? "dispatch_cached" : "dispatch");
@@ -154,6 +160,11 @@ CudaBackend::~CudaBackend() {
   domain_.reset();
   cudaFree(d_chunk_counts_);
   cudaFree(d_expert_counts_);
+  cudaFree(d_chunk_expert_counts_);
+  cudaFree(d_pair_matrix_);
+  cudaFree(d_group_rows_);
+  cudaFree(d_recv_topk_slot_);
+  cudaFree(d_recv_weight_);
   cudaFree(d_recv_topk_idx_);
   cudaFree(d_recv_topk_weights_);
   cudaFree(d_recv_src_);
@@ -284,20 +295,30 @@ DispatchResult CudaBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   handle->epoch = epoch;
   handle->num_tokens = in.num_tokens;
   handle->num_topk = in.num_topk;
+  handle->expert_major = options.layout == RecvLayout::kExpertMajor;
+  handle->has_weights = in.topk_weights != nullptr;
   handle->routing = routing_pool_->acquire(stream_);
   const Routing& routing = handle->routing->tables;
   const OutputPointers outs = outputs_for(options.outputs);
 
-  // 1. Layout: positions within chunks, per-chunk and per-expert counts.
+  // 1. Layout: positions within chunks, per-chunk and per-expert counts (of tokens per
+  // destination, or expert-major of pairs per expert).
   EPCOMM_CUDA_CHECK(
       cudaMemsetAsync(d_expert_counts_, 0, sizeof(int) * config_.num_experts, stream_));
   LayoutParams lp = layout_params(in.topk_idx, in.num_tokens, in.num_topk);
-  lp.slot = routing.slot;
-  lp.chunk_counts = d_chunk_counts_;
   lp.expert_counts = d_expert_counts_;
   lp.invalid_flag = &d_state_->invalid_input;
-  kernels::launch_layout(lp, stream_);
-  EPCOMM_LAUNCH_CHECK("layout_kernel");
+  if (handle->expert_major) {
+    lp.pair_pos = routing.pair_row;
+    lp.chunk_expert_counts = d_chunk_expert_counts_;
+    kernels::launch_pair_layout(lp, stream_);
+    EPCOMM_LAUNCH_CHECK("pair_layout_kernel");
+  } else {
+    lp.slot = routing.slot;
+    lp.chunk_counts = d_chunk_counts_;
+    kernels::launch_layout(lp, stream_);
+    EPCOMM_LAUNCH_CHECK("layout_kernel");
+  }
 
   // 2-3. Count exchange (the pool-reuse barrier) and final slots.
   NotifyParams np = notify_params(*handle, options);
@@ -307,6 +328,10 @@ DispatchResult CudaBackend::dispatch(const DispatchInputs& in, const DispatchOpt
   np.expert_counts = d_expert_counts_;
   np.num_recv_per_expert = outs.num_recv_per_expert;
   np.expert_alignment = config_.expert_alignment;
+  if (handle->expert_major && options.expert_alignment > 0) {
+    np.expert_alignment = options.expert_alignment;
+  }
+  np.chunk_expert_counts = d_chunk_expert_counts_;
   kernels::launch_notify(np, stream_);
   EPCOMM_LAUNCH_CHECK("notify_kernel");
   if (options.wait_num_recv) EPCOMM_CUDA_CHECK(cudaEventRecord(counts_known_, stream_));
@@ -356,6 +381,9 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
   sp.slot = routing.slot;
   sp.chunk_offsets = fresh ? d_chunk_counts_ : nullptr;
   sp.state = d_state_;
+  sp.expert_major = handle.expert_major;
+  sp.routing = routing;
+  sp.chunk_expert_offsets = fresh ? d_chunk_expert_counts_ : nullptr;
   if (config_.algorithm == Algorithm::kRing) {
     RingParams rp = ring_params(handle);
     rp.cached = sp.cached;
@@ -375,7 +403,7 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
     EPCOMM_LAUNCH_CHECK("wait_arrivals_kernel");
   }
 
-  if (fresh || outs.recv_scales) {
+  if (fresh || outs.recv_scales || handle.expert_major) {  // expert-major: padding again
     DrainParams dp{};
     dp.layout = layout_;
     dp.local = domain_->local();
@@ -388,6 +416,12 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
     dp.recv_src = reinterpret_cast<int*>(outs.recv_src);
     dp.recv_scales = outs.recv_scales;
     dp.state = d_state_;
+    dp.expert_major = handle.expert_major;
+    dp.experts_per_rank = experts_per_rank_;
+    dp.expert_offsets = routing.expert_offsets;
+    dp.group_pairs = routing.group_pairs;
+    dp.recv_topk_slot = d_recv_topk_slot_;
+    dp.recv_weight = d_recv_weight_;
     kernels::launch_drain(dp, config_.dispatch_sms, stream_);
     EPCOMM_LAUNCH_CHECK("drain_kernel");
   }
@@ -413,10 +447,16 @@ DispatchResult CudaBackend::finish_dispatch(std::shared_ptr<CudaHandle> handle,
   r.recv_x = outs.recv_x ? outs.recv_x : layout_.row(domain_->local(), 0);
   r.recv_scales = outs.recv_scales;
   if (with_meta) {
-    r.recv_topk_idx = outs.recv_topk_idx;
-    r.recv_topk_weights = outs.recv_topk_weights;
+    const bool em = handle->expert_major;
+    r.recv_topk_idx = em ? nullptr : outs.recv_topk_idx;
+    r.recv_topk_weights = em ? nullptr : outs.recv_topk_weights;
     r.recv_src = outs.recv_src;
     r.num_recv_per_expert = outs.num_recv_per_expert;
+    if (em) {
+      r.recv_topk_slot = d_recv_topk_slot_;
+      r.recv_weight = d_recv_weight_;
+      r.expert_offsets = handle->routing->tables.expert_offsets;
+    }
   }
   r.handle = DispatchHandle(std::move(handle));
   return r;
@@ -448,6 +488,9 @@ NotifyParams CudaBackend::notify_params(const CudaHandle& handle,
   p.routing = handle.routing->tables;
   p.mapped_num_recv = options.wait_num_recv ? &d_mapped_->num_recv : nullptr;
   p.wait = wait_context();
+  p.expert_major = handle.expert_major;
+  p.pair_matrix = d_pair_matrix_;
+  p.group_rows = d_group_rows_;
   return p;
 }
 
@@ -524,6 +567,10 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
   gp.bias = static_cast<const uint16_t*>(options.bias);
   gp.bias2 = static_cast<const uint16_t*>(options.bias2);
   gp.state = d_state_;
+  gp.expert_major = handle.expert_major;
+  gp.apply_weights = options.apply_weights;
+  gp.num_topk = handle.num_topk;
+  gp.routing = routing;
   kernels::launch_gather(gp, config_.combine_sms, stream_);
   EPCOMM_LAUNCH_CHECK("gather_kernel");
 }

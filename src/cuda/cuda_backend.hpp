@@ -108,6 +108,12 @@ class CudaBackend final : public detail::CommBackend {
   MappedHostState* d_mapped_ = nullptr;  // device view of the same memory
   int* d_chunk_counts_ = nullptr;        // [chunks][R]
   int* d_expert_counts_ = nullptr;       // [E]
+  // Expert-major dispatch scratch (notify.cu) and default outputs.
+  int* d_chunk_expert_counts_ = nullptr;  // [chunks][E]
+  int* d_pair_matrix_ = nullptr;          // [R][E]
+  int* d_group_rows_ = nullptr;           // [E]
+  int32_t* d_recv_topk_slot_ = nullptr;   // [capacity]
+  float* d_recv_weight_ = nullptr;        // [capacity]
   // Default outputs, sized for the receive capacity.
   void* d_recv_topk_idx_ = nullptr;
   float* d_recv_topk_weights_ = nullptr;

@@ -51,6 +51,12 @@ Error error_from_record(const ErrorRecord& rec, int wait_timeout_ms) {
       os << "peer rank " << rec.peer << " dispatched with num_topk " << rec.seen
          << " but this rank with " << rec.expected << "; no rank dispatched";
       return Error(ErrorCode::kInvalidArgument, os.str());
+    case kDevLayoutMismatch:
+      os << "peer rank " << rec.peer << " dispatched with layout "
+         << (rec.seen ? "expert_major" : "token_major") << " but this rank with "
+         << (rec.expected ? "expert_major" : "token_major")
+         << "; every rank must pass the same DispatchOptions.layout; no rank dispatched";
+      return Error(ErrorCode::kInvalidArgument, os.str());
     case kDevStaleHandle:
       os << "dispatch_cached: peer rank " << rec.peer << " replayed the handle of dispatch #"
          << rec.seen << " but this rank the one of dispatch #" << rec.expected

@@ -38,6 +38,7 @@ enum DeviceErrorCode : int32_t {
   kDevRejectedReplay = 11,   // cached: the replayed dispatch #expected was rejected
   kDevLlTopkChanged = 12,    // low-latency combine: topk_idx[token][slot] = value, dispatch's
                              // was seen (the dispatch's is used)
+  kDevLayoutMismatch = 13,   // peer dispatched with another layout (seen: 1 expert-major)
 };
 
 enum WaitPhase : int32_t {

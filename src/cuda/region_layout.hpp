@@ -45,7 +45,8 @@ struct RingLayout {
   size_t entry_bytes = 0;
 };
 
-// signals | count matrix (2 epoch slots) | received hidden rows | received meta rows | rings
+// signals | count matrix (2 epoch slots) | pair counts (2 epoch slots) | received hidden rows |
+// received meta rows | rings
 struct RegionLayout {
   int num_ranks = 0;
   int experts_per_rank = 0;
@@ -55,7 +56,8 @@ struct RegionLayout {
   MetaLayout meta;
   RingLayout ring;
 
-  size_t arrived_offset = 0, ready_offset = 0, counts_offset = 0, rows_offset = 0;
+  size_t arrived_offset = 0, ready_offset = 0, counts_offset = 0, pair_counts_offset = 0;
+  size_t rows_offset = 0;
   size_t meta_offset = 0, ring_offset = 0, total_bytes = 0;
 
   // ring_channels = 0 for the flat path.
@@ -86,6 +88,8 @@ struct RegionLayout {
     off = align_up(off + 8 * static_cast<size_t>(num_ranks), 128);
     l.counts_offset = off;
     off = align_up(off + 2 * 8 * static_cast<size_t>(num_ranks) * l.count_row_words(), 128);
+    l.pair_counts_offset = off;
+    off = align_up(off + 2 * 8 * static_cast<size_t>(num_ranks) * l.num_experts(), 128);
     const size_t pool_row = row_bytes > combine_row_bytes ? row_bytes : combine_row_bytes;
     l.rows_offset = off;
     off = align_up(off + pool_row * capacity, 128);
@@ -96,6 +100,8 @@ struct RegionLayout {
     l.total_bytes = off;
     return l;
   }
+
+  EPCOMM_HD int num_experts() const { return num_ranks * experts_per_rank; }
 
   // A count row from one source: R token counts (one per destination), one status word, the
   // source's per-expert counts for the receiving rank's experts, and (ring path) the rows each
@@ -120,6 +126,13 @@ struct RegionLayout {
   EPCOMM_HD uint64_t* count_row(char* base, int slot, int source) const {
     return reinterpret_cast<uint64_t*>(base + counts_offset) +
            (static_cast<size_t>(slot) * num_ranks + source) * count_row_words();
+  }
+  // Expert-major dispatch: the pair counts `source` posted for epoch slot `slot`, one word per
+  // expert (all E, so that every rank sees every source's counts for every destination), each
+  // (sequence_tag(epoch) << 32) | pairs.
+  EPCOMM_HD uint64_t* pair_count_row(char* base, int slot, int source) const {
+    return reinterpret_cast<uint64_t*>(base + pair_counts_offset) +
+           (static_cast<size_t>(slot) * num_ranks + source) * num_experts();
   }
   EPCOMM_HD char* row(char* base, int i) const {
     return base + rows_offset + row_bytes * static_cast<size_t>(i);

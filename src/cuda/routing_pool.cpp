@@ -6,11 +6,13 @@
 
 namespace epcomm::cuda {
 
-RoutingPool::RoutingPool(int device, int max_tokens, int num_ranks, int ring_channels,
-                         int initial_buffers)
+RoutingPool::RoutingPool(int device, int max_tokens, int max_topk, int num_ranks,
+                         int experts_per_rank, int ring_channels, int initial_buffers)
     : device_(device),
       slot_elems_(static_cast<size_t>(max_tokens) * num_ranks),
+      pair_elems_(static_cast<size_t>(max_tokens) * max_topk),
       num_ranks_(num_ranks),
+      experts_per_rank_(experts_per_rank),
       ring_channels_(ring_channels) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   EPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&alloc_stream_, cudaStreamNonBlocking));
@@ -28,18 +30,25 @@ RoutingPool::~RoutingPool() {
 
 RoutingBuffer* RoutingPool::allocate() {
   const size_t ring_ints = static_cast<size_t>(ring_channels_) * num_ranks_;
-  const size_t ints = slot_elems_ + 2 * static_cast<size_t>(num_ranks_) + 2 + 2 * ring_ints;
+  const size_t ints = slot_elems_ + 2 * static_cast<size_t>(num_ranks_) + 2 + 2 * ring_ints +
+                      3 * pair_elems_ + 2 * static_cast<size_t>(experts_per_rank_) + 1;
   auto buffer = std::make_unique<RoutingBuffer>();
   EPCOMM_CUDA_CHECK(cudaMallocAsync(&buffer->allocation, ints * sizeof(int), alloc_stream_));
   EPCOMM_CUDA_CHECK(cudaStreamSynchronize(alloc_stream_));
   int* base = static_cast<int*>(buffer->allocation);
-  buffer->tables.slot = base;
-  buffer->tables.send_counts = base + slot_elems_;
-  buffer->tables.recv_counts = buffer->tables.send_counts + num_ranks_;
-  buffer->tables.num_recv = buffer->tables.recv_counts + num_ranks_;
-  buffer->tables.accepted = buffer->tables.num_recv + 1;
-  buffer->tables.ring_send_counts = buffer->tables.accepted + 1;
-  buffer->tables.ring_recv_counts = buffer->tables.ring_send_counts + ring_ints;
+  Routing& t = buffer->tables;
+  t.slot = base;
+  t.send_counts = base + slot_elems_;
+  t.recv_counts = t.send_counts + num_ranks_;
+  t.num_recv = t.recv_counts + num_ranks_;
+  t.accepted = t.num_recv + 1;
+  t.ring_send_counts = t.accepted + 1;
+  t.ring_recv_counts = t.ring_send_counts + ring_ints;
+  t.pair_row = t.ring_recv_counts + ring_ints;
+  t.pair_dest = t.pair_row + pair_elems_;
+  t.pair_weight = reinterpret_cast<float*>(t.pair_dest + pair_elems_);
+  t.expert_offsets = reinterpret_cast<int*>(t.pair_weight + pair_elems_);
+  t.group_pairs = t.expert_offsets + experts_per_rank_ + 1;
   all_.push_back(std::move(buffer));
   return all_.back().get();
 }

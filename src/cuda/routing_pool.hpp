@@ -21,7 +21,8 @@ struct RoutingBuffer {
 // stream order: the communicator issues all work on one stream (set_stream chains streams).
 class RoutingPool : public std::enable_shared_from_this<RoutingPool> {
  public:
-  RoutingPool(int device, int max_tokens, int num_ranks, int ring_channels, int initial_buffers);
+  RoutingPool(int device, int max_tokens, int max_topk, int num_ranks, int experts_per_rank,
+              int ring_channels, int initial_buffers);
   ~RoutingPool();
   // Throws kUnsupported when none is free while `stream` is being captured into a graph.
   std::shared_ptr<RoutingBuffer> acquire(cudaStream_t stream);
@@ -35,7 +36,9 @@ class RoutingPool : public std::enable_shared_from_this<RoutingPool> {
 
   int device_;
   size_t slot_elems_;
+  size_t pair_elems_;  // [T][K] tables of expert-major dispatches
   int num_ranks_;
+  int experts_per_rank_;
   int ring_channels_;
   cudaStream_t alloc_stream_ = nullptr;  // private: allocation never waits for peers' work
   std::mutex mutex_;

@@ -1,7 +1,8 @@
 // Flat dispatch send (DESIGN section 5, steps 4-5): every block is a sender for a contiguous
 // range of tokens. A warp reads each token's row once, in 16-byte vectors, and writes it and a
-// meta row straight into every destination's receive pool at the token's final slot. After
-// its writes, a block publishes the number of rows it delivered to each destination.
+// meta row straight into every destination's receive pool at the token's final slot (expert-major:
+// one row per (token, expert) pair, at the pair's final row in its expert's group). After its
+// writes, a block publishes the number of rows it delivered to each destination.
 #include "common/meta_row.cuh"
 #include "common/wait.cuh"
 #include "launch.hpp"
@@ -14,9 +15,12 @@ using cuda::SendParams;
 constexpr int kSendThreads = 1024;
 constexpr int kUnroll = 4;  // 16-byte vectors per lane in flight per row pass
 
-// Writes the row of token t to each destination in `mask` (bit j = destination dest_base + j).
+// Writes the row of token t to each lane j in `mask`: at row my_slot of lane j, on rank
+// dest_base + j (kPairs: on rank my_dest of lane j).
+template <bool kPairs>
 __device__ __forceinline__ void send_row(const SendParams& p, char* const* peers, int t,
-                                         int dest_base, uint32_t mask, int my_slot, int lane) {
+                                         int dest_base, uint32_t mask, int my_slot, int my_dest,
+                                         int lane) {
   const size_t row_bytes = p.layout.row_bytes;
   const int num_vec = static_cast<int>(row_bytes / 16);
   const auto* src = reinterpret_cast<const uint4*>(static_cast<const char*>(p.x) + t * row_bytes);
@@ -32,7 +36,8 @@ __device__ __forceinline__ void send_row(const SendParams& p, char* const* peers
     for (uint32_t m = mask; m; m &= m - 1) {
       const int j = __ffs(m) - 1;
       const int row = __shfl_sync(0xffffffffu, my_slot, j);
-      auto* dst = reinterpret_cast<uint4*>(p.layout.row(peers[dest_base + j], row));
+      const int d = kPairs ? __shfl_sync(0xffffffffu, my_dest, j) : dest_base + j;
+      auto* dst = reinterpret_cast<uint4*>(p.layout.row(peers[d], row));
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         if (v0 + 32 * u < num_vec) st_na(dst + v0 + 32 * u, vec[u]);
@@ -56,6 +61,64 @@ __device__ __forceinline__ void send_meta(const SendParams& p, char* const* peer
   }
 }
 
+// Writes the meta row of each pair (lane k: slot k of token t) in `mask`: source (rank, t), the
+// slot and its weight in the first id and weight words, and fp8 scales (cached: scales only).
+__device__ __forceinline__ void send_pair_meta(const SendParams& p, char* const* peers, int t,
+                                               uint32_t mask, int my_row, int my_dest,
+                                               float my_weight, int lane) {
+  for (uint32_t m = mask; m; m &= m - 1) {
+    const int k = __ffs(m) - 1;
+    const int row = __shfl_sync(0xffffffffu, my_row, k);
+    const int d = __shfl_sync(0xffffffffu, my_dest, k);
+    const float w = __shfl_sync(0xffffffffu, my_weight, k);
+    char* out = p.layout.meta_row(peers[d], row);
+    if (!p.cached && lane == 0) {
+      reinterpret_cast<int32_t*>(out)[0] = p.rank;
+      reinterpret_cast<int32_t*>(out)[1] = t;
+      reinterpret_cast<int32_t*>(out + p.layout.meta.ids_offset())[0] = k;
+      reinterpret_cast<float*>(out + p.layout.meta.weights_offset())[0] = w;
+    }
+    auto* scales = reinterpret_cast<float*>(out + p.layout.meta.scales_offset());
+    const int S = p.layout.meta.num_scales;
+    for (int i = lane; i < S; i += 32) scales[i] = p.x_scales[static_cast<size_t>(t) * S + i];
+  }
+}
+
+// Expert-major: lane k < K handles slot k of token t. A fresh dispatch makes the pair's row
+// final (its chunk's first row for the expert + its position among them) and keeps row,
+// destination and weight in the handle; a cached one reads them back.
+__device__ __forceinline__ void send_pairs(const SendParams& p, char* const* peers, int t,
+                                           int* s_delivered, int lane) {
+  const int K = p.num_topk, E = p.num_ranks * p.experts_per_rank;
+  int row = -1, dest = -1;
+  float weight = 0.f;
+  if (lane < K) {
+    const size_t i = static_cast<size_t>(t) * K + lane;
+    row = p.routing.pair_row[i];
+    if (p.cached) {
+      dest = row >= 0 ? p.routing.pair_dest[i] : -1;
+    } else {
+      if (row >= 0) {  // a pair: its id is in range (the layout step checked)
+        const int64_t e = p.idx_int64 ? static_cast<const int64_t*>(p.topk_idx)[i]
+                                      : static_cast<const int32_t*>(p.topk_idx)[i];
+        row += p.chunk_expert_offsets[static_cast<size_t>(t / cuda::kLayoutChunkTokens) * E + e];
+        dest = static_cast<int>(e / p.experts_per_rank);
+        if (p.topk_weights) weight = p.topk_weights[i];
+      }
+      p.routing.pair_row[i] = row;
+      p.routing.pair_dest[i] = dest;
+      p.routing.pair_weight[i] = weight;
+    }
+  }
+  const uint32_t mask = __ballot_sync(0xffffffffu, row >= 0);
+  if (!mask) return;
+  send_row<true>(p, peers, t, 0, mask, row, dest, lane);
+  send_pair_meta(p, peers, t, mask, row, dest, weight, lane);
+  if (row >= 0) atomicAdd(&s_delivered[dest], 1);
+}
+
+// kPairs = p.expert_major (a kernel of its own, so that the token-major one keeps its registers).
+template <bool kPairs>
 __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
   if (rank_failed(p.state) || !p.state->dispatch_ok) return;
   extern __shared__ char* s_peers[];  // [R], then delivered counts [R]
@@ -71,6 +134,10 @@ __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
   const int t_begin = static_cast<int>(static_cast<long long>(p.num_tokens) * blockIdx.x / gridDim.x);
   const int t_end = static_cast<int>(static_cast<long long>(p.num_tokens) * (blockIdx.x + 1) / gridDim.x);
   for (int t = t_begin + warp; t < t_end; t += num_warps) {
+    if (kPairs) {
+      send_pairs(p, s_peers, t, s_delivered, lane);
+      continue;
+    }
     for (int dest_base = 0; dest_base < R; dest_base += 32) {
       const int d = dest_base + lane;
       int my_slot = d < R ? p.slot[static_cast<size_t>(t) * R + d] : -1;
@@ -80,7 +147,7 @@ __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
       }
       const uint32_t mask = __ballot_sync(0xffffffffu, my_slot >= 0);
       if (!mask) continue;
-      send_row(p, s_peers, t, dest_base, mask, my_slot, lane);
+      send_row<false>(p, s_peers, t, dest_base, mask, my_slot, 0, lane);
       send_meta(p, s_peers, t, dest_base, mask, my_slot, lane);
       if (my_slot >= 0) atomicAdd(&s_delivered[d], 1);
     }
@@ -97,12 +164,18 @@ __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
 
 }  // namespace
 
-cudaError_t load_flat_send_kernels() { return load_kernels(flat_send_kernel); }
+cudaError_t load_flat_send_kernels() {
+  return load_kernels(flat_send_kernel<false>, flat_send_kernel<true>);
+}
 
 void launch_flat_send(const cuda::SendParams& p, int num_blocks, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
   const size_t shared = (sizeof(char*) + sizeof(int)) * p.num_ranks;
-  flat_send_kernel<<<num_blocks, kSendThreads, shared, stream>>>(p);
+  if (p.expert_major) {
+    flat_send_kernel<true><<<num_blocks, kSendThreads, shared, stream>>>(p);
+  } else {
+    flat_send_kernel<false><<<num_blocks, kSendThreads, shared, stream>>>(p);
+  }
 }
 
 }  // namespace epcomm::kernels

@@ -2,6 +2,8 @@
 // every peer and waits for every peer's; then a wide kernel with no waits gathers, for each
 // local token, the expert outputs from the ranks it was sent to, in ascending rank order,
 // accumulates in fp32, adds the optional biases (bias, then bias2) and rounds once to bf16.
+// Expert-major handles gather each token's pairs instead, in ascending slot order, weighted by
+// fmaf when asked (docs/design.md section 24).
 #include "common/wait.cuh"
 #include "common/warp_copy.cuh"
 #include "launch.hpp"
@@ -36,12 +38,17 @@ __global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyPa
   if (threadIdx.x == 0) state->combine_seq = seq;
 }
 
-// One warp gathers token t from `n` source rows (ascending rank order) listed in `rows`.
-// kBias: add the biases the params name (an instantiation of its own, so that the common
-// combine without them keeps its registers).
-template <bool kBias>
+// Rows one warp lists per token: one per rank, or (expert-major) one per top-k slot.
+EPCOMM_HD int gather_width(const cuda::GatherParams& p) {
+  return p.expert_major && p.num_topk > p.num_ranks ? p.num_topk : p.num_ranks;
+}
+
+// One warp gathers token t from the `n` rows listed in `rows`, in list order. kBias: add the
+// biases the params name; kWeighted: acc = fmaf(weights[j], row j, acc) (instantiations of their
+// own, so that the common combine without them keeps its registers).
+template <bool kBias, bool kWeighted>
 __device__ __forceinline__ void gather_token(const cuda::GatherParams& p, const uint4* const* rows,
-                                             int n, int t, int lane) {
+                                             const float* weights, int n, int t, int lane) {
   const int num_vec = p.hidden / 8;
   auto* out = reinterpret_cast<uint4*>(p.out + static_cast<size_t>(t) * p.hidden);
   for (int v0 = lane; v0 < num_vec; v0 += 32 * kGatherUnroll) {
@@ -64,7 +71,13 @@ __device__ __forceinline__ void gather_token(const cuda::GatherParams& p, const 
       for (int b = 0; b < kGatherBatch; ++b) {
 #pragma unroll
         for (int u = 0; u < kGatherUnroll; ++u) {
-          if (j0 + b < n && v0 + 32 * u < num_vec) accumulate_bf16x8(acc[u], vec[b][u]);
+          if (j0 + b < n && v0 + 32 * u < num_vec) {
+            if (kWeighted) {
+              fma_bf16x8(acc[u], weights[j0 + b], vec[b][u]);
+            } else {
+              accumulate_bf16x8(acc[u], vec[b][u]);
+            }
+          }
         }
       }
     }
@@ -84,27 +97,50 @@ __device__ __forceinline__ void gather_token(const cuda::GatherParams& p, const 
   }
 }
 
-template <bool kBias>
+// Lists token t's rows: expert-major, its pairs in ascending slot order (with their weights);
+// else one row per rank it was sent to, in ascending rank order. Returns how many.
+__device__ __forceinline__ int list_rows(const cuda::GatherParams& p, int t, const uint4** rows,
+                                         float* weights, int lane) {
+  int n = 0;
+  if (p.expert_major) {
+    const int K = p.num_topk;
+    const size_t i = static_cast<size_t>(t) * K + lane;
+    const int row = lane < K ? p.routing.pair_row[i] : -1;
+    const uint32_t mask = __ballot_sync(0xffffffffu, row >= 0);
+    if (row >= 0) {
+      const int j = __popc(mask & lanemask_lt());
+      rows[j] = reinterpret_cast<const uint4*>(
+          p.layout.combine_row(p.peers[p.routing.pair_dest[i]], row));
+      weights[j] = p.routing.pair_weight[i];
+    }
+    return __popc(mask);
+  }
+  for (int base = 0; base < p.num_ranks; base += 32) {
+    const int d = base + lane;
+    const int slot = d < p.num_ranks ? p.slot[static_cast<size_t>(t) * p.num_ranks + d] : -1;
+    const uint32_t mask = __ballot_sync(0xffffffffu, slot >= 0);
+    if (slot >= 0) {
+      rows[n + __popc(mask & lanemask_lt())] =
+          reinterpret_cast<const uint4*>(p.layout.combine_row(p.peers[d], slot));
+    }
+    n += __popc(mask);
+  }
+  return n;
+}
+
+template <bool kBias, bool kWeighted>
 __global__ void __launch_bounds__(kGatherThreads) gather_kernel(cuda::GatherParams p) {
   if (rank_failed(p.state) || !p.state->dispatch_ok) return;
-  extern __shared__ const uint4* s_rows[];  // [warps][R]: this warp's token's source rows
+  // [warps][width] rows of this warp's token, then [warps][width] their weights
+  extern __shared__ const uint4* s_rows[];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
-  const int R = p.num_ranks;
-  const uint4** rows = s_rows + warp * R;
+  const int width = gather_width(p);
+  const uint4** rows = s_rows + warp * width;
+  float* weights = reinterpret_cast<float*>(s_rows + num_warps * width) + warp * width;
   for (int t = blockIdx.x * num_warps + warp; t < p.num_tokens; t += gridDim.x * num_warps) {
-    int n = 0;
-    for (int base = 0; base < R; base += 32) {
-      const int d = base + lane;
-      const int slot = d < R ? p.slot[static_cast<size_t>(t) * R + d] : -1;
-      const uint32_t mask = __ballot_sync(0xffffffffu, slot >= 0);
-      if (slot >= 0) {
-        rows[n + __popc(mask & lanemask_lt())] =
-            reinterpret_cast<const uint4*>(p.layout.combine_row(p.peers[d], slot));
-      }
-      n += __popc(mask);
-    }
+    const int n = list_rows(p, t, rows, weights, lane);
     __syncwarp();
-    gather_token<kBias>(p, rows, n, t, lane);
+    gather_token<kBias, kWeighted>(p, rows, weights, n, t, lane);
     __syncwarp();
   }
 }
@@ -112,7 +148,8 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(cuda::GatherPara
 }  // namespace
 
 cudaError_t load_gather_combine_kernels() {
-  return load_kernels(combine_ready_kernel, gather_kernel<false>, gather_kernel<true>);
+  return load_kernels(combine_ready_kernel, gather_kernel<false, false>, gather_kernel<true, false>,
+                      gather_kernel<false, true>, gather_kernel<true, true>);
 }
 
 void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream) {
@@ -121,12 +158,13 @@ void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream
 
 void launch_gather(const cuda::GatherParams& p, int num_blocks, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
-  const size_t shared = sizeof(const uint4*) * (kGatherThreads / 32) * p.num_ranks;
-  if (p.bias != nullptr || p.bias2 != nullptr) {
-    gather_kernel<true><<<num_blocks, kGatherThreads, shared, stream>>>(p);
-  } else {
-    gather_kernel<false><<<num_blocks, kGatherThreads, shared, stream>>>(p);
-  }
+  const size_t shared =
+      (sizeof(const uint4*) + sizeof(float)) * (kGatherThreads / 32) * gather_width(p);
+  const bool bias = p.bias != nullptr || p.bias2 != nullptr;
+  const bool weighted = p.expert_major && p.apply_weights;
+  auto kernel = bias ? (weighted ? gather_kernel<true, true> : gather_kernel<true, false>)
+                     : (weighted ? gather_kernel<false, true> : gather_kernel<false, false>);
+  kernel<<<num_blocks, kGatherThreads, shared, stream>>>(p);
 }
 
 }  // namespace epcomm::kernels

@@ -37,9 +37,11 @@ inline cudaError_t load_all_kernels() {
 void launch_stream_prime(cudaStream_t stream);
 
 size_t layout_shared_bytes(int num_experts, int num_ranks);
+size_t pair_layout_shared_bytes(int max_topk);
 size_t notify_shared_bytes(int num_ranks, int experts_per_rank);
 
 void launch_layout(const cuda::LayoutParams& p, cudaStream_t stream);
+void launch_pair_layout(const cuda::LayoutParams& p, cudaStream_t stream);
 void launch_notify(const cuda::NotifyParams& p, cudaStream_t stream);
 void launch_flat_send(const cuda::SendParams& p, int num_blocks, cudaStream_t stream);
 void launch_wait_arrivals(const cuda::ArrivalWaitParams& p, cudaStream_t stream);

@@ -1,5 +1,6 @@
 // Layout step: per token, which ranks it goes to; per chunk of tokens, each token's position
 // among the chunk's tokens for each destination and the chunk's count; per expert, the count.
+// The expert-major variant does the same per (token, expert) pair and expert.
 #include "common/wait.cuh"
 #include "launch.hpp"
 
@@ -76,14 +77,70 @@ __global__ void __launch_bounds__(256) layout_kernel(LayoutParams p) {
   scan_destinations(p, chunk, first_token, num_tokens, s_flags);
 }
 
+// Expert-major layout of one chunk (docs/design.md section 24). Each (token, slot) whose expert
+// no earlier slot of the token names is a pair; one warp per expert ranks the chunk's pairs of
+// that expert by token with a ballot scan, so that pairs keep their source-token order.
+__global__ void __launch_bounds__(512) pair_layout_kernel(LayoutParams p) {
+  extern __shared__ int s_ids[];  // [chunk tokens][K]: the pair's expert, or -1
+  const int chunk = blockIdx.x, K = p.num_topk, E = p.num_experts;
+  const int first_token = chunk * cuda::kLayoutChunkTokens;
+  const int num_tokens = min(cuda::kLayoutChunkTokens, p.num_tokens - first_token);
+  for (int i = threadIdx.x; i < num_tokens * K; i += blockDim.x) {
+    const int t = i / K, k = i % K;
+    const size_t row = static_cast<size_t>(first_token + t) * K;
+    const int64_t e = load_expert(p, row + k);
+    bool pair = e >= 0 && e < E;
+    if (e < -1 || e >= E) {
+      record_error(p.errors, cuda::kDevInvalidExpert, cuda::kPhaseNone, p.rank, p.rank, 0, 0,
+                   first_token + t, k, e);
+      if (p.invalid_flag) atomicExch(p.invalid_flag, 1);
+    }
+    for (int j = 0; j < k && pair; ++j) pair = load_expert(p, row + j) != e;
+    s_ids[i] = pair ? static_cast<int>(e) : -1;
+    if (!pair) p.pair_pos[row + k] = -1;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
+  for (int e = warp; e < E; e += num_warps) {
+    int running = 0;
+    for (int base = 0; base < num_tokens; base += 32) {
+      const int t = base + lane;
+      int k_of = -1;  // the slot of token t that is its pair with e (at most one)
+      for (int k = 0; k < K && t < num_tokens; ++k) {
+        if (s_ids[t * K + k] == e) k_of = k;
+      }
+      const uint32_t ballot = __ballot_sync(0xffffffffu, k_of >= 0);
+      if (k_of >= 0) {
+        p.pair_pos[static_cast<size_t>(first_token + t) * K + k_of] =
+            running + __popc(ballot & lanemask_lt());
+      }
+      running += __popc(ballot);
+    }
+    if (lane == 0) {
+      p.chunk_expert_counts[static_cast<size_t>(chunk) * E + e] = running;
+      if (running) atomicAdd(&p.expert_counts[e], running);
+    }
+  }
+}
+
 }  // namespace
+
+size_t pair_layout_shared_bytes(int max_topk) {
+  return sizeof(int) * static_cast<size_t>(cuda::kLayoutChunkTokens) * max_topk;
+}
+
+void launch_pair_layout(const cuda::LayoutParams& p, cudaStream_t stream) {
+  const int chunks = (p.num_tokens + cuda::kLayoutChunkTokens - 1) / cuda::kLayoutChunkTokens;
+  if (chunks == 0) return;
+  pair_layout_kernel<<<chunks, 512, pair_layout_shared_bytes(p.num_topk), stream>>>(p);
+}
 
 size_t layout_shared_bytes(int num_experts, int num_ranks) {
   return sizeof(int) * static_cast<size_t>(num_experts) +
          static_cast<size_t>(cuda::kLayoutChunkTokens) * num_ranks;
 }
 
-cudaError_t load_layout_kernels() { return load_kernels(layout_kernel); }
+cudaError_t load_layout_kernels() { return load_kernels(layout_kernel, pair_layout_kernel); }
 
 void launch_layout(const cuda::LayoutParams& p, cudaStream_t stream) {
   const int chunks = (p.num_tokens + cuda::kLayoutChunkTokens - 1) / cuda::kLayoutChunkTokens;

@@ -22,11 +22,17 @@ struct NotifyShared {
   int* experts;
 };
 
-// Status word: (top-k << 1) | bad-id flag for a fresh dispatch; (handle epoch << 1) for a
-// cached one, so that ranks replaying different dispatches notice.
+// Status word: (top-k << 2) | (expert-major << 1) | bad-id flag for a fresh dispatch; (handle
+// epoch << 1) for a cached one, so that ranks replaying different dispatches notice.
 __device__ __forceinline__ int32_t my_status(const NotifyParams& p) {
   if (p.cached) return static_cast<int32_t>((p.handle_epoch & 0x3fffffffu) << 1);
-  return (p.num_topk << 1) | (p.wait.state->invalid_input ? 1 : 0);
+  return (p.num_topk << 2) | (p.expert_major ? 2 : 0) | (p.wait.state->invalid_input ? 1 : 0);
+}
+__device__ __forceinline__ int status_topk(int32_t status) { return status >> 2; }
+__device__ __forceinline__ int status_layout(int32_t status) { return (status >> 1) & 1; }
+
+__device__ __forceinline__ bool fresh_expert_major(const NotifyParams& p) {
+  return p.expert_major && !p.cached;
 }
 
 // NOTE: the post is the pool-reuse barrier: a peer that holds every row of this epoch writes
@@ -52,6 +58,38 @@ __device__ void post_row(const NotifyParams& p, const NotifyShared& s, uint64_t 
     }
     st_relaxed_sys(p.layout.count_row(p.peers[peer], slot, p.rank) + w, tagged(epoch, value));
   }
+  if (!fresh_expert_major(p)) return;
+  const int E = p.layout.num_experts();
+  for (int i = threadIdx.x; i < R * E; i += blockDim.x) {
+    const int peer = i / E, e = i % E;
+    st_relaxed_sys(p.layout.pair_count_row(p.peers[peer], slot, p.rank) + e,
+                   tagged(epoch, static_cast<uint32_t>(p.expert_counts[e])));
+  }
+}
+
+// Expert-major: every source's pairs per expert into pair_matrix, then each expert's group rows
+// (padding included). Returns false when a wait timed out.
+__device__ bool collect_pair_counts(const NotifyParams& p, uint64_t epoch) {
+  const int R = p.num_ranks, E = p.layout.num_experts();
+  char* local = p.peers[p.rank];
+  const uint32_t tag = cuda::sequence_tag(epoch);
+  bool ok = true;
+  for (int i = threadIdx.x; i < R * E && ok; i += blockDim.x) {
+    const int source = i / E, e = i % E;
+    uint64_t word;
+    ok = wait_tagged(p.wait, p.layout.pair_count_row(local, static_cast<int>(epoch & 1), source) + e,
+                     tag, cuda::kPhaseCountExchange, source, &word);
+    if (ok) p.pair_matrix[i] = static_cast<int>(static_cast<uint32_t>(word));
+  }
+  if (!__syncthreads_and(ok)) return false;
+  const int align = p.expert_alignment;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    int n = 0;
+    for (int src = 0; src < R; ++src) n += p.pair_matrix[src * E + e];
+    p.group_rows[e] = (n + align - 1) / align * align;
+  }
+  __syncthreads();
+  return true;
 }
 
 // Returns false when a wait timed out.
@@ -104,15 +142,24 @@ __device__ bool agree(const NotifyParams& p, const NotifyShared& s) {
         record_error(p.wait.errors, cuda::kDevPeerInvalidInput, cuda::kPhaseCountExchange, p.rank,
                      src, 0, 0);
         ok = false;
-      } else if ((s.status[src] >> 1) != p.num_topk) {
+      } else if (status_layout(s.status[src]) != (p.expert_major ? 1 : 0)) {
+        record_error(p.wait.errors, cuda::kDevLayoutMismatch, cuda::kPhaseCountExchange, p.rank,
+                     src, p.expert_major ? 1 : 0, status_layout(s.status[src]));
+        ok = false;
+      } else if (status_topk(s.status[src]) != p.num_topk) {
         record_error(p.wait.errors, cuda::kDevTopkMismatch, cuda::kPhaseCountExchange, p.rank, src,
-                     p.num_topk, s.status[src] >> 1);
+                     p.num_topk, status_topk(s.status[src]));
         ok = false;
       }
     }
+    const int Le = p.experts_per_rank;
     for (int d = 0; d < R; ++d) {
       long long total = 0;
-      for (int src = 0; src < R; ++src) total += s.counts[src * R + d];
+      if (fresh_expert_major(p)) {  // pairs and padding
+        for (int le = 0; le < Le && ok; ++le) total += p.group_rows[d * Le + le];
+      } else {
+        for (int src = 0; src < R; ++src) total += s.counts[src * R + d];
+      }
       if (total > p.layout.capacity) {
         record_error(p.wait.errors, cuda::kDevCapacity, cuda::kPhaseCountExchange, p.rank, d,
                      p.layout.capacity, total);
@@ -137,6 +184,43 @@ __device__ void chunk_offsets(const NotifyParams& p, const NotifyShared& s) {
   }
 }
 
+// Expert-major: the first row of chunk c's pairs of expert e at e's rank = the group's first
+// row + pairs earlier sources send to e + pairs earlier chunks of this rank send to e.
+__device__ void chunk_expert_offsets(const NotifyParams& p) {
+  const int E = p.layout.num_experts(), Le = p.experts_per_rank;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    const int d = e / Le;
+    int running = 0;
+    for (int le = d * Le; le < e; ++le) running += p.group_rows[le];
+    for (int src = 0; src < p.rank; ++src) running += p.pair_matrix[src * E + e];
+    for (int c = 0; c < p.num_chunks; ++c) {
+      const size_t i = static_cast<size_t>(c) * E + e;
+      const int n = p.chunk_expert_counts[i];
+      p.chunk_expert_counts[i] = running;
+      running += n;
+    }
+  }
+}
+
+// Expert-major: this rank's groups (offsets, pairs, rows) and num_recv (padding included).
+__device__ void publish_groups(const NotifyParams& p) {
+  const int E = p.layout.num_experts(), Le = p.experts_per_rank, first = p.rank * Le;
+  for (int le = threadIdx.x; le < Le; le += blockDim.x) {
+    int pairs = 0;
+    for (int src = 0; src < p.num_ranks; ++src) pairs += p.pair_matrix[src * E + first + le];
+    p.routing.group_pairs[le] = pairs;
+    p.num_recv_per_expert[le] = p.group_rows[first + le];
+  }
+  if (threadIdx.x == 0) {
+    int row = 0;
+    for (int le = 0; le < Le; ++le) {
+      p.routing.expert_offsets[le] = row;
+      row += p.group_rows[first + le];
+    }
+    p.routing.expert_offsets[Le] = row;
+  }
+}
+
 __device__ void publish_receive_side(const NotifyParams& p, const NotifyShared& s) {
   const int R = p.num_ranks;
   for (int src = threadIdx.x; src < R; src += blockDim.x) {
@@ -144,15 +228,20 @@ __device__ void publish_receive_side(const NotifyParams& p, const NotifyShared& 
     p.routing.recv_counts[src] = n;
     p.wait.state->expected_arrived[src] += static_cast<uint64_t>(n);
   }
-  if (!p.cached) {
+  if (fresh_expert_major(p)) {
+    publish_groups(p);
+  } else if (!p.cached) {
     const int align = p.expert_alignment;
     for (int e = threadIdx.x; e < p.experts_per_rank; e += blockDim.x) {
       p.num_recv_per_expert[e] = (s.experts[e] + align - 1) / align * align;
     }
   }
+  __syncthreads();
   if (threadIdx.x == 0) {
     int num_recv = 0;
     for (int src = 0; src < R; ++src) num_recv += s.counts[src * R + p.rank];
+    // Expert-major rows include each group's padding (a cached dispatch keeps its handle's).
+    if (p.expert_major) num_recv = p.routing.expert_offsets[p.experts_per_rank];
     *p.routing.num_recv = num_recv;
     if (p.mapped_num_recv) {
       *p.mapped_num_recv = num_recv;
@@ -174,6 +263,11 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
     int n = 0;
     if (p.cached) {
       n = p.routing.send_counts[d];
+    } else if (p.expert_major) {  // pairs: flat path only, no rings
+      for (int le = 0; le < p.experts_per_rank; ++le) {
+        n += p.expert_counts[d * p.experts_per_rank + le];
+      }
+      p.routing.send_counts[d] = n;
     } else {
       const int channels = p.layout.ring.channels;
       for (int ch = 0; ch < channels; ++ch) {  // ring path: rows per channel
@@ -195,9 +289,24 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
   post_row(p, s, epoch);
   const bool collected = collect_rows(p, s, epoch);
   if (!__syncthreads_and(collected)) return;  // the error record names the peer
+  if (fresh_expert_major(p)) {
+    // Only when every rank dispatches expert-major with this top-k do all post pair counts;
+    // else agree() names the peer that differs, and nobody waits for counts never posted.
+    bool alike = true;
+    for (int src = 0; src < R; ++src) alike = alike && s.status[src] == my_status(p);
+    if (alike && !collect_pair_counts(p, epoch)) return;
+    if (!alike && threadIdx.x == 0) {
+      for (int e = 0; e < p.layout.num_experts(); ++e) p.group_rows[e] = 0;
+    }
+    __syncthreads();
+  }
   const bool ok = agree(p, s);
   if (ok) {
-    if (!p.cached) chunk_offsets(p, s);
+    if (fresh_expert_major(p)) {
+      chunk_expert_offsets(p);
+    } else if (!p.cached) {
+      chunk_offsets(p, s);
+    }
     publish_receive_side(p, s);
   } else if (threadIdx.x == 0) {
     *p.routing.num_recv = 0;

@@ -43,6 +43,13 @@ struct Routing {
                           // cached dispatch of a rejected one is rejected too
   int* ring_send_counts;  // [channels][R]: rows channel c of this rank sends to each rank
   int* ring_recv_counts;  // [channels][R]: rows channel c of each rank sends to this rank
+  // Expert-major dispatch (docs/design.md section 24):
+  int* pair_row;       // [T][K]: row of the pair (token t, slot k) at its destination, or -1
+                       // (position among the chunk's pairs of that expert at first)
+  int* pair_dest;      // [T][K]: the pair's destination rank, or -1
+  float* pair_weight;  // [T][K]: topk_weights at the pair's slot (0 without them)
+  int* expert_offsets;  // [Le + 1]: each group's first row on this rank, then num_recv
+  int* group_pairs;     // [Le]: pairs (not padding) in each group on this rank
 };
 
 struct LayoutParams {
@@ -57,6 +64,11 @@ struct LayoutParams {
   int32_t* invalid_flag;   // set to 1 on a bad id; may be null
   ErrorSink errors;
   int rank;
+  // Expert-major (pair_layout_kernel): instead of slot / chunk_counts, each pair's position
+  // among the chunk's pairs of its expert, and per chunk the pairs of each expert; expert_counts
+  // then counts pairs (a token naming an expert in several slots counts once).
+  int* pair_pos;             // [T][K], -1 where slot k is not a pair
+  int* chunk_expert_counts;  // [chunks][E]
 };
 
 struct NotifyParams {
@@ -73,6 +85,12 @@ struct NotifyParams {
   int expert_alignment;
   volatile int* mapped_num_recv;  // host-mapped copy of num_recv; may be null
   WaitContext wait;
+  // Expert-major: every rank posts its pair counts for all E experts; every rank then knows
+  // each destination's groups and its own first row in each (section 24).
+  bool expert_major;
+  int* pair_matrix;          // [R][E] scratch: pairs each source sends to each expert
+  int* group_rows;           // [E] scratch: each expert's group rows at its rank, padding included
+  int* chunk_expert_counts;  // fresh: [chunks][E], turned into each chunk's first row per expert
 };
 
 struct SendParams {
@@ -88,6 +106,10 @@ struct SendParams {
   int* slot;                  // [T][R]: fresh: positions in chunk, made final here; cached: final
   const int* chunk_offsets;   // fresh: [chunks][R] first row of each chunk per destination
   const DeviceState* state;
+  // Expert-major: one row per pair instead of per (token, destination).
+  bool expert_major;
+  Routing routing;                 // pair_row (made final here when fresh), pair_dest, pair_weight
+  const int* chunk_expert_offsets;  // fresh: [chunks][E] first row of each chunk per expert
 };
 
 // Single-block wait: rows from every source have arrived.
@@ -110,6 +132,14 @@ struct DrainParams {
   int* recv_src;             // [num_recv][2]
   float* recv_scales;        // [num_recv][num_scales] or null
   const DeviceState* state;
+  // Expert-major: per row the pair's slot and weight; padding rows (after each group's pairs)
+  // get x and scales zero, source {-1, -1}, slot -1, weight 0, also when cached.
+  bool expert_major;
+  int experts_per_rank;
+  const int* expert_offsets;  // [Le + 1]
+  const int* group_pairs;     // [Le]
+  int32_t* recv_topk_slot;    // [num_recv]
+  float* recv_weight;         // [num_recv]
 };
 
 // Copies num_recv rows between a pool and a caller buffer, either direction.
@@ -138,6 +168,12 @@ struct GatherParams {
   const uint16_t* bias;   // [T][H] bf16 or null: added after the rows, before the rounding
   const uint16_t* bias2;  // [T][H] bf16 or null: added after bias
   const DeviceState* state;
+  // Expert-major: token t's rows are its pairs in ascending slot order (pair_row, pair_dest),
+  // weighted with pair_weight (fmaf) when apply_weights.
+  bool expert_major;
+  bool apply_weights;
+  int num_topk;
+  Routing routing;
 };
 
 // Ring dispatch and combine (DESIGN section 7): blocks [0, C) send, blocks [C, 2C) receive,

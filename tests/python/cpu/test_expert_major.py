@@ -10,19 +10,16 @@ import torch
 
 import epcomm
 from helpers.expect import assert_bits_equal
+from helpers.expert_major import expert_major_round
 from helpers.ll_reference import fmaf
 from helpers.reference import bf16_bits_to_f32, f32_to_bf16_bits
 from helpers.runner import run_on_threads
-from helpers.workload import Case, expert_output, fp8_view, inputs_for
+from helpers.workload import Case, inputs_for
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
     by_size = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     return t.contiguous().view(by_size[t.element_size()]).numpy()
-
-
-def _x_arg(case: Case, inputs: dict, name: str):
-    return (fp8_view(inputs[name]), inputs[name + "_scales"]) if case.fp8 else inputs[name]
 
 
 def _first_slot(ids: np.ndarray, t: int, e: int) -> int:
@@ -62,26 +59,7 @@ def test_expert_major_dispatch_and_combine_match_the_model(case: Case, alignment
     def body(rank, group):
         buffer = epcomm.Buffer(group, max_tokens_per_rank=4 * case.max_tokens_per_rank)
         try:
-            inputs = inputs_for(case, rank)
-            per_rank, _, per_expert, in_rank, _ = buffer.get_dispatch_layout(
-                inputs["topk_idx"], case.num_experts)
-            recv_x, recv_idx, recv_weights, counts, handle, _ = buffer.dispatch(
-                _x_arg(case, inputs, "x"), num_tokens_per_rank=per_rank,
-                is_token_in_rank=in_rank, num_tokens_per_expert=per_expert,
-                topk_idx=inputs["topk_idx"], topk_weights=inputs["topk_weights"],
-                expert_alignment=alignment, layout="expert_major")
-            assert recv_idx is None and recv_weights is None and handle.layout == "expert_major"
-            y = expert_output(case, rank, handle.num_recv)
-            outs = {"recv_x": recv_x, "counts": counts, "src": handle.recv_src.clone(),
-                    "slot": handle.recv_topk_slot.clone(),
-                    "weight": handle.recv_weight.clone(),
-                    "offsets": handle.expert_offsets.clone(), "y": y}
-            outs["plain"] = buffer.combine(y, handle)[0]
-            if case.with_weights:
-                outs["weighted"] = buffer.combine(y, handle, apply_weights=True)[0]
-            cached_x, *_ = buffer.dispatch(_x_arg(case, inputs, "x2"), handle=handle)
-            outs["cached_x"] = cached_x
-            return outs
+            return expert_major_round(buffer, case, rank, alignment, torch.device("cpu"))
         finally:
             buffer.destroy()
 

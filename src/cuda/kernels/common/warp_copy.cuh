@@ -38,6 +38,18 @@ __device__ __forceinline__ void accumulate_bf16x8(float (&acc)[8], const uint4& 
   }
 }
 
+// acc = fmaf(w, v, acc) per element: the weighted sum of an expert-major combine, one rounding
+// per product-and-add as the host reference's std::fma.
+__device__ __forceinline__ void fma_bf16x8(float (&acc)[8], float w, const uint4& v) {
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    acc[2 * i] = __fmaf_rn(w, f.x, acc[2 * i]);
+    acc[2 * i + 1] = __fmaf_rn(w, f.y, acc[2 * i + 1]);
+  }
+}
+
 // Round to nearest even, as the host reference does.
 __device__ __forceinline__ uint4 to_bf16x8(const float (&acc)[8]) {
   uint4 out;

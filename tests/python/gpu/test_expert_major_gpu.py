@@ -1,0 +1,78 @@
+"""Buffer.dispatch(layout="expert_major") and combine(apply_weights=...) on CUDA tensors, one rank
+per process, against the C++ host reference: each process runs every rank's round on threads of
+its own (host backend, CPU tensors) and compares its own outputs bit for bit (recv_x, scales,
+group sizes and offsets, pair data, both combines, the cached dispatch's rows)."""
+import os
+
+import pytest
+import torch
+
+import epcomm
+from helpers.expect import assert_bits_equal
+from helpers.expert_major import expert_major_round
+from helpers.runner import run_on_threads
+from helpers.workload import ROUTINGS, Case
+
+WORLD = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "2")))
+MAX_TOKENS = 128
+POOL_TOKENS = 4 * MAX_TOKENS  # pairs may outnumber tokens: room for up to 4 per token
+SMS = 8
+
+
+def _cases(R: int):
+    cases, i = [], 0
+    for routing in ROUTINGS:
+        for T in (0, 1, 13, 96):
+            cases.append(Case(
+                R, T, 7168 if i % 7 == 3 else (256 if i % 2 else 128), 8 if i % 3 == 0 else 4,
+                8 * R, routing=routing, fp8=i % 2 == 1,
+                index_dtype=torch.int32 if (i // 2) % 2 else torch.int64,
+                with_weights=i % 5 != 3, max_tokens_per_rank=MAX_TOKENS, seed=8100 + 10 * i))
+            i += 1
+    return cases
+
+
+@pytest.fixture(scope="module")
+def buffer(dist_env):
+    epcomm.Buffer.set_num_sms(SMS)
+    buffer = epcomm.Buffer(None, max_tokens_per_rank=POOL_TOKENS)
+    yield buffer
+    buffer.destroy()
+
+
+def _host_reference(case: Case, alignment: int):
+    def body(rank, group):
+        buffer = epcomm.Buffer(group, max_tokens_per_rank=POOL_TOKENS)
+        try:
+            return expert_major_round(buffer, case, rank, alignment, torch.device("cpu"))
+        finally:
+            buffer.destroy()
+    return run_on_threads(case.num_ranks, body)
+
+
+def _bits(t: torch.Tensor):
+    by_size = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return t.contiguous().view(by_size[t.element_size()]).numpy()
+
+
+def _assert_same(where: str, got, want):
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same(f"{where}[{i}]", g, w)
+    elif isinstance(want, torch.Tensor):
+        assert got.shape == want.shape, f"{where}: shape {tuple(got.shape)}, want {tuple(want.shape)}"
+        assert_bits_equal(where, _bits(got), _bits(want))
+    else:
+        assert got == want, f"{where}: {got} != {want}"
+
+
+@pytest.mark.parametrize("case", _cases(WORLD), ids=Case.name)
+def test_expert_major_matches_host_reference(dist_env, buffer, case: Case):
+    rank, _, device = dist_env
+    alignment = (1, 2, 4, 32)[case.seed // 10 % 4]
+    got = expert_major_round(buffer, case, rank, alignment, device)
+    want = _host_reference(case, alignment)[rank]
+    assert got.keys() == want.keys()
+    for key in want:
+        _assert_same(f"{case.name()} alignment {alignment} rank {rank} {key}", got[key], want[key])
