@@ -261,7 +261,8 @@ void Communicator::combine(const void* y, const DispatchHandle& handle, void* ou
                      "apply_weights = true needs an expert-major dispatch (a token-major "
                      "combine adds the rows as they come back)");
   }
-  if (options.apply_weights && !handle.state()->has_weights) {
+  // A dispatch of no tokens has every weight it needs (an empty topk_weights may be null).
+  if (options.apply_weights && !handle.state()->has_weights && handle.num_tokens() > 0) {
     invalid_argument(caller, "apply_weights = true, but the handle's dispatch had no topk_weights");
   }
   if (options.bias != nullptr) check.check("bias", options.bias, kRowAlign, out_bytes);

@@ -142,6 +142,39 @@ TEST_F(CudaFaults, CapacityExceededFailsEveryRankWithoutWriting) {
   EXPECT_EQ(errors.load(), 2);
 }
 
+// Expert-major rows are pairs plus padding: the verdict counts both, every rank fails alike,
+// nothing is written, and the next dispatch that fits goes through.
+TEST_F(CudaFaults, ExpertMajorCapacityExceededFailsEveryRankWithoutWriting) {
+  auto bs = bootstraps(2);
+  Config cfg = small_config();
+  cfg.max_recv_rows = 12;
+  std::atomic<int> errors{0};
+  testing::run_on_ranks(2, [&](int r) {
+    auto memory = testing::make_memory(Backend::kCuda, testing::gpu_of_rank(r));
+    auto comm = Communicator::create(bs[r], cfg, Backend::kCuda, testing::gpu_of_rank(r));
+    memory->fill(comm->combine_input(), 0xA5, 12 * cfg.hidden * 2);
+    Inputs in(*memory, {0, 1, 2, 3, 0, 2, 1, 3}, cfg.hidden);  // 8 pairs, all to rank 0
+    DispatchOptions em;
+    em.layout = RecvLayout::kExpertMajor;
+    em.expert_alignment = 1;
+    if (!expect_error(ErrorCode::kCapacityExceeded, "rank 0 would receive 16 rows", [&] {
+           comm->dispatch(in.get(), em);
+         }).empty()) {
+      errors.fetch_add(1);
+    }
+    comm->synchronize();
+    std::vector<unsigned char> pool(12 * cfg.hidden * 2);
+    memory->download(pool.data(), comm->combine_input(), pool.size());
+    for (unsigned char b : pool) ASSERT_EQ(b, 0xA5) << "rank " << r << " pool was written";
+    em.expert_alignment = 3;  // each of rank 0's 4 groups: a pair from each rank, 1 padding row
+    Inputs fits(*memory, {0, 1, 2, 3}, cfg.hidden);
+    const DispatchResult res = comm->dispatch(fits.get(), em);
+    EXPECT_EQ(res.num_recv, r == 0 ? 12 : 0);
+    comm->synchronize();
+  });
+  EXPECT_EQ(errors.load(), 2);
+}
+
 TEST_F(CudaFaults, CachedDispatchOfDifferentHandlesFailsEveryRank) {
   auto bs = bootstraps(2);
   const Config cfg = small_config();
