@@ -2,7 +2,7 @@
 #include "argument_checks.hpp"
 
 #include <cstdint>
-#include <sstream>
+#include "message_stream.hpp"
 
 namespace epcomm::detail {
 
@@ -11,7 +11,7 @@ void invalid_argument(const char* caller, const std::string& what) {
 }
 
 std::string value_of(const char* name, long long value) {
-  std::ostringstream os;
+  epcomm::detail::MessageStream os;
   os << name << " = " << value;
   return os.str();
 }
@@ -46,7 +46,7 @@ void check_scales(const char* caller, const Config& config, const float* x_scale
 
 void PointerChecker::check_alignment(const char* name, const void* ptr, size_t alignment) const {
   if (ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % alignment == 0) return;
-  std::ostringstream os;
+  epcomm::detail::MessageStream os;
   os << name << " = " << ptr << " is not " << alignment << "-byte aligned";
   invalid_argument(caller_, os.str());
 }
@@ -59,7 +59,7 @@ void PointerChecker::check(const char* name, const void* ptr, size_t alignment,
   for (const MemoryRange& range : shared_) {
     const auto shared_begin = reinterpret_cast<uintptr_t>(range.begin);
     if (begin < shared_begin + range.bytes && shared_begin < begin + bytes) {
-      std::ostringstream os;
+      epcomm::detail::MessageStream os;
       os << name << " = " << ptr << " (" << bytes
          << " bytes) overlaps the communicator's memory at " << range.begin << " (" << range.bytes
          << " bytes), which peers write and read during collective calls";

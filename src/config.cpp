@@ -1,6 +1,6 @@
 // Config::validate: every invariant the backends rely on, each with the field and its value.
 #include <climits>
-#include <sstream>
+#include "message_stream.hpp"
 
 #include "epcomm/config.hpp"
 #include "epcomm/error.hpp"
@@ -16,7 +16,7 @@ constexpr int kMaxTopk = 32;
 constexpr int kMaxLowLatencyTokens = 1024;
 
 [[noreturn]] void fail(const std::string& field, long long value, const std::string& why) {
-  std::ostringstream os;
+  epcomm::detail::MessageStream os;
   os << "Config." << field << " = " << value << ": " << why;
   throw Error(ErrorCode::kInvalidArgument, os.str());
 }
@@ -25,7 +25,7 @@ constexpr int kMaxLowLatencyTokens = 1024;
 
 void Config::validate(int num_ranks) const {
   if (num_ranks < 1 || num_ranks > kMaxRanks) {
-    std::ostringstream os;
+    epcomm::detail::MessageStream os;
     os << "number of ranks = " << num_ranks << ": must be in [1, " << kMaxRanks << "]";
     throw Error(ErrorCode::kInvalidArgument, os.str());
   }

@@ -2,8 +2,8 @@
 #include "config_agreement.hpp"
 
 #include <cstdint>
-#include <sstream>
 #include <vector>
+#include "message_stream.hpp"
 
 #include "epcomm/error.hpp"
 
@@ -57,7 +57,7 @@ void agree_on_config(Bootstrap& bootstrap, const Config& config) {
     for (int r = 1; r < bootstrap.size(); ++r) {
       const int64_t v = all[static_cast<size_t>(r) * kNumFields + i];
       if (v == first) continue;
-      std::ostringstream os;
+      epcomm::detail::MessageStream os;
       os << "Communicator::create on rank " << bootstrap.rank() << ": Config." << mine.f[i].name
          << " differs between ranks: rank 0 has " << first << ", rank " << r << " has " << v
          << "; every rank must pass the same Config";

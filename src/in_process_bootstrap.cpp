@@ -4,7 +4,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <sstream>
+#include "message_stream.hpp"
 #include <vector>
 
 #include "epcomm/bootstrap.hpp"
@@ -55,7 +55,7 @@ class InProcessBootstrap final : public Bootstrap {
       round.data.assign(bytes * s.num_ranks, 0);
       round.present.assign(s.num_ranks, false);
     } else if (round.bytes != bytes) {
-      std::ostringstream os;
+      epcomm::detail::MessageStream os;
       os << "allGather: rank " << rank_ << " contributes " << bytes << " bytes, others "
          << round.bytes;
       throw Error(ErrorCode::kBootstrap, os.str());
@@ -67,7 +67,7 @@ class InProcessBootstrap final : public Bootstrap {
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::milliseconds(s.timeout_ms);
     if (!s.cv.wait_until(lock, deadline, [&] { return round.arrived == s.num_ranks; })) {
-      std::ostringstream os;
+      epcomm::detail::MessageStream os;
       os << "in-process bootstrap: rank " << rank_ << " waited " << s.timeout_ms
          << " ms in collective #" << round_idx << " for rank(s)";
       for (int i = 0; i < s.num_ranks; ++i) {

@@ -98,9 +98,9 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
       cudaMemset(d_ring_sent_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
   EPCOMM_CUDA_CHECK(
       cudaMemset(d_ring_received_, 0, sizeof(uint64_t) * std::max<size_t>(ring_counters, 1)));
-  routing_pool_ = std::make_shared<RoutingPool>(device_, config_.max_tokens_per_rank,
-                                                config_.max_topk, num_ranks_, experts_per_rank_,
-                                                layout_.ring.channels, 2);
+  routing_pool_ =
+      std::make_shared<RoutingPool>(device_, config_.max_tokens_per_rank, config_.max_topk,
+                                    num_ranks_, experts_per_rank_, layout_.ring.channels, 2);
   // The stream gets its first kernel now, before the barriers that end creation: no peer's
   // kernel waits yet (kernels/stream_prime.cu; the routing pool primes its own stream).
   prime_stream(own_stream_);

@@ -1,7 +1,7 @@
 // Names of wait phases, and the host-side message for each device error record.
 #include "device_errors.hpp"
 
-#include <sstream>
+#include "message_stream.hpp"
 
 namespace epcomm::cuda {
 
@@ -28,7 +28,7 @@ const char* to_string(WaitPhase phase) {
 }
 
 Error error_from_record(const ErrorRecord& rec, int wait_timeout_ms) {
-  std::ostringstream os;
+  epcomm::detail::MessageStream os;
   os << "rank " << rec.rank << ": ";
   switch (rec.code) {
     case kDevTimeout:

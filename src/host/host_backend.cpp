@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <sstream>
 #include <vector>
+#include "message_stream.hpp"
 
 #include "numeric.hpp"
 
@@ -26,7 +26,7 @@ std::string expert_error(const void* topk_idx, bool is_int64, int num_tokens, in
     for (int k = 0; k < num_topk; ++k) {
       const int64_t e = read_index(topk_idx, is_int64, static_cast<size_t>(t) * num_topk + k);
       if (e < -1 || e >= num_experts) {
-        std::ostringstream os;
+        epcomm::detail::MessageStream os;
         os << "topk_idx[" << t << "][" << k << "] = " << e << " is outside [-1, " << num_experts
            << ")";
         return os.str();
@@ -96,7 +96,7 @@ void HostBackend::agree_or_throw(ErrorCode code, const std::string& local_error)
                             " rejected its input, so no rank dispatched");
     }
     if (all[s].num_topk != mine.num_topk || all[s].epoch != mine.epoch) {
-      std::ostringstream os;
+      epcomm::detail::MessageStream os;
       os << "rank " << rank_ << " has num_topk " << mine.num_topk << " and handle epoch "
          << mine.epoch << ", rank " << s << " has " << all[s].num_topk << " and " << all[s].epoch
          << ": every rank must dispatch alike";

@@ -6,8 +6,8 @@
 // rank's tokens are not received and its experts add nothing to the combine.
 #include <algorithm>
 #include <cstring>
-#include <sstream>
 #include <vector>
+#include "message_stream.hpp"
 
 #include "host_backend.hpp"
 #include "numeric.hpp"
@@ -37,7 +37,7 @@ void HostBackend::ll_agree_on_experts(const void* topk_idx, int num_tokens, int 
     for (int k = 0; k < num_topk; ++k) {
       const int64_t e = read_index(topk_idx, is_int64, static_cast<size_t>(t) * num_topk + k);
       if (e < -1 || e >= config_.num_experts) {
-        std::ostringstream os;
+        epcomm::detail::MessageStream os;
         os << "topk_idx[" << t << "][" << k << "] = " << e << " is outside [-1, "
            << config_.num_experts << ")";
         bad = os.str();
@@ -192,7 +192,7 @@ void HostBackend::ll_combine_receive(int buffer) {
     const int64_t given = read_index(buf.combine.topk_idx, is_int64, i);
     const int64_t dispatched = read_index(ids, is_int64, i);
     if (given != dispatched) {
-      std::ostringstream os;
+      epcomm::detail::MessageStream os;
       os << "low_latency_combine: topk_idx[" << i / K << "][" << i % K << "] = " << given
          << " but its dispatch had " << dispatched << "; combined with the dispatch's ids";
       pending_error_ = os.str();

@@ -234,7 +234,8 @@ TEST_F(CudaFaults, ExpertMajorLayoutOnTheRingIsRefusedByName) {
     Inputs in(memory, {0, 4, 1, 5}, cfg.hidden);
     DispatchOptions em;
     em.layout = RecvLayout::kExpertMajor;
-    expect_error(ErrorCode::kUnsupported, "layout = expert_major is built for Config.algorithm = flat",
+    expect_error(ErrorCode::kUnsupported,
+                 "layout = expert_major is built for Config.algorithm = flat",
                  [&] { comm.dispatch(in.get(), em); });
     const DispatchResult res = comm.dispatch(in.get());
     EXPECT_EQ(res.num_recv, 4);  // both tokens of both ranks reach every rank
@@ -247,23 +248,24 @@ TEST_F(CudaFaults, ExpertMajorLayoutOnTheRingIsRefusedByName) {
 TEST_F(CudaFaults, LayoutsThatDifferFailEveryRank) {
   const Config cfg = small_config();
   std::atomic<int> errors{0};
-  testing::on_cuda_ranks(2, cfg, [&](int r, Communicator& comm, testing::Memory& memory, Bootstrap&) {
-    Inputs in(memory, {0, 4, 1, 5}, cfg.hidden);
-    DispatchOptions options;
-    options.layout = r == 0 ? RecvLayout::kExpertMajor : RecvLayout::kTokenMajor;
-    const std::string want =
-        std::string("peer rank ") + (r == 0 ? "1 dispatched with layout token_major" :
-                                              "0 dispatched with layout expert_major");
-    if (!expect_error(ErrorCode::kInvalidArgument, want, [&] {
-           comm.dispatch(in.get(), options);
-         }).empty()) {
-      errors.fetch_add(1);
-    }
-    DispatchOptions em;
-    em.layout = RecvLayout::kExpertMajor;
-    EXPECT_EQ(comm.dispatch(in.get(), em).num_recv, 4);  // 2 tokens x 2 experts of each rank
-    comm.synchronize();
-  });
+  testing::on_cuda_ranks(
+      2, cfg, [&](int r, Communicator& comm, testing::Memory& memory, Bootstrap&) {
+        Inputs in(memory, {0, 4, 1, 5}, cfg.hidden);
+        DispatchOptions options;
+        options.layout = r == 0 ? RecvLayout::kExpertMajor : RecvLayout::kTokenMajor;
+        const std::string want =
+            std::string("peer rank ") + (r == 0 ? "1 dispatched with layout token_major"
+                                                : "0 dispatched with layout expert_major");
+        if (!expect_error(ErrorCode::kInvalidArgument, want, [&] {
+               comm.dispatch(in.get(), options);
+             }).empty()) {
+          errors.fetch_add(1);
+        }
+        DispatchOptions em;
+        em.layout = RecvLayout::kExpertMajor;
+        EXPECT_EQ(comm.dispatch(in.get(), em).num_recv, 4);  // 2 tokens x 2 experts of each rank
+        comm.synchronize();
+      });
   EXPECT_EQ(errors.load(), 2);
 }
 

@@ -131,8 +131,10 @@ __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
   __syncthreads();
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
-  const int t_begin = static_cast<int>(static_cast<long long>(p.num_tokens) * blockIdx.x / gridDim.x);
-  const int t_end = static_cast<int>(static_cast<long long>(p.num_tokens) * (blockIdx.x + 1) / gridDim.x);
+  const int t_begin =
+      static_cast<int>(static_cast<long long>(p.num_tokens) * blockIdx.x / gridDim.x);
+  const int t_end =
+      static_cast<int>(static_cast<long long>(p.num_tokens) * (blockIdx.x + 1) / gridDim.x);
   for (int t = t_begin + warp; t < t_end; t += num_warps) {
     if (kPairs) {
       send_pairs(p, s_peers, t, s_delivered, lane);

@@ -34,8 +34,8 @@ __device__ void mark_destinations(const LayoutParams& p, int first_token, int nu
 }
 
 // One warp per destination: a ballot scan gives each token its position in the chunk.
-__device__ void scan_destinations(const LayoutParams& p, int chunk, int first_token,
-                                  int num_tokens, const unsigned char* s_flags) {
+__device__ void scan_destinations(const LayoutParams& p, int chunk, int first_token, int num_tokens,
+                                  const unsigned char* s_flags) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
   const int R = p.num_ranks;
   for (int d = warp; d < R; d += num_warps) {

@@ -77,8 +77,9 @@ __device__ bool collect_pair_counts(const NotifyParams& p, uint64_t epoch) {
   for (int i = threadIdx.x; i < R * E && ok; i += blockDim.x) {
     const int source = i / E, e = i % E;
     uint64_t word;
-    ok = wait_tagged(p.wait, p.layout.pair_count_row(local, static_cast<int>(epoch & 1), source) + e,
-                     tag, cuda::kPhaseCountExchange, source, &word);
+    ok =
+        wait_tagged(p.wait, p.layout.pair_count_row(local, static_cast<int>(epoch & 1), source) + e,
+                    tag, cuda::kPhaseCountExchange, source, &word);
     if (ok) p.pair_matrix[i] = static_cast<int>(static_cast<uint32_t>(word));
   }
   if (!__syncthreads_and(ok)) return false;

@@ -44,10 +44,10 @@ struct Routing {
   int* ring_send_counts;  // [channels][R]: rows channel c of this rank sends to each rank
   int* ring_recv_counts;  // [channels][R]: rows channel c of each rank sends to this rank
   // Expert-major dispatch (docs/design.md section 24):
-  int* pair_row;       // [T][K]: row of the pair (token t, slot k) at its destination, or -1
-                       // (position among the chunk's pairs of that expert at first)
-  int* pair_dest;      // [T][K]: the pair's destination rank, or -1
-  float* pair_weight;  // [T][K]: topk_weights at the pair's slot (0 without them)
+  int* pair_row;        // [T][K]: row of the pair (token t, slot k) at its destination, or -1
+                        // (position among the chunk's pairs of that expert at first)
+  int* pair_dest;       // [T][K]: the pair's destination rank, or -1
+  float* pair_weight;   // [T][K]: topk_weights at the pair's slot (0 without them)
   int* expert_offsets;  // [Le + 1]: each group's first row on this rank, then num_recv
   int* group_pairs;     // [Le]: pairs (not padding) in each group on this rank
 };
@@ -108,7 +108,7 @@ struct SendParams {
   const DeviceState* state;
   // Expert-major: one row per pair instead of per (token, destination).
   bool expert_major;
-  Routing routing;                 // pair_row (made final here when fresh), pair_dest, pair_weight
+  Routing routing;                  // pair_row (made final here when fresh), pair_dest, pair_weight
   const int* chunk_expert_offsets;  // fresh: [chunks][E] first row of each chunk per expert
 };
 
@@ -163,8 +163,8 @@ struct GatherParams {
   RegionLayout layout;
   char* const* peers;
   int num_ranks, num_tokens, hidden;
-  const int* slot;  // [T][R]
-  uint16_t* out;    // [T][H] bf16
+  const int* slot;        // [T][R]
+  uint16_t* out;          // [T][H] bf16
   const uint16_t* bias;   // [T][H] bf16 or null: added after the rows, before the rounding
   const uint16_t* bias2;  // [T][H] bf16 or null: added after bias
   const DeviceState* state;
@@ -197,7 +197,7 @@ struct RingParams {
   uint64_t* sent;      // [C][R] rows pushed into ring (c, this rank -> d) so far (local memory)
   uint64_t* received;  // [C][R] rows consumed from ring (c, s -> this rank) so far
   // Combine.
-  uint16_t* out;  // [T][H]
+  uint16_t* out;          // [T][H]
   const uint16_t* bias;   // as GatherParams::bias
   const uint16_t* bias2;  // as GatherParams::bias2
   WaitContext wait;
