@@ -123,7 +123,8 @@ if has test; then
   # The MoE layer example on the CUDA backend (4 in-process ranks), checked against the dense layer.
   start=$SECONDS
   timeout 200 "$BUILD/examples/epcomm_moe_layer" --backend cuda --ranks 4 --tokens 256 \
-    --hidden 1024 --experts 32 --topk 4 --ffn 256 --bench --iters 3 >"$OUT/example_moe_layer.log" 2>&1
+    --hidden 1024 --experts 32 --topk 4 --ffn 256 --bench --iters 3 --layout both \
+    >"$OUT/example_moe_layer.log" 2>&1
   note "example moe_layer (cuda): rc=$? ($((SECONDS - start)) s): $(grep -E '^bench|^checked' "$OUT/example_moe_layer.log" | tr '\n' ' ')"
   # The installed package, used by a separate project (host and CUDA backends).
   start=$SECONDS

@@ -2,12 +2,17 @@
 // local expert's two-layer MLP over the rows it received -> combine. Checks every rank's output
 // against a dense computation of the same layer with the same weights and exits nonzero when any
 // element is off by more than the bound below. --backend host runs anywhere; --backend cuda puts
-// rank r on GPU r % (GPUs visible). --bench times the layer's phases.
+// rank r on GPU r % (GPUs visible). --bench times the layer's phases. --layout picks the receive
+// layout: token_major (one row per token; the example groups the rows by expert and weights the
+// expert outputs itself), expert_major (RecvLayout::kExpertMajor: each local expert's rows are
+// one contiguous block, and combine applies the weights) or both (each checked).
 //
-// Bound: each rank that hosts experts of a token returns its weighted expert sum rounded once to
-// bf16 (8 significant bits: relative error <= 2^-8), and combine adds those partials in fp32 and
-// rounds once more (<= 2^-8 of the result). So |out - dense| <= 2^-7 * sum over the token's k of
-// |w_k * mlp_k(x)| (the fp32 reordering between the two sums is below 2^-20 of that quantity).
+// Bound: token-major, each rank that hosts experts of a token returns its weighted expert sum
+// rounded once to bf16 (8 significant bits: relative error <= 2^-8), and combine adds those
+// partials in fp32 and rounds once more (<= 2^-8 of the result); expert-major, each expert output
+// is rounded once to bf16 (<= 2^-8 of |w_k * mlp_k(x)| once weighted) and combine's fmaf sum is
+// rounded once. Either way |out - dense| <= 2^-7 * sum over the token's k of |w_k * mlp_k(x)|
+// (the fp32 reordering between the sums is below 2^-20 of that quantity).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -35,7 +40,12 @@ struct Options {
   int ranks = 4, tokens = 64, hidden = 256, experts = 16, topk = 4, ffn = 128, iters = 5;
   bool bench = false;
   uint32_t seed = 1;
+  std::vector<epcomm::RecvLayout> layouts = {epcomm::RecvLayout::kTokenMajor};
 };
+
+const char* name_of(epcomm::RecvLayout layout) {
+  return layout == epcomm::RecvLayout::kExpertMajor ? "expert_major" : "token_major";
+}
 
 uint16_t to_bf16(float v) {  // round to nearest even
   uint32_t bits;
@@ -170,9 +180,75 @@ struct Timings {
   double dispatch = 0, experts = 0, combine = 0, layer = 0;
 };
 
+// Token-major expert compute: group the received (row, slot) pairs by local expert, run each
+// expert's MLP on its group, and sum each row's weighted expert outputs in fp32 in slot order.
+std::vector<uint16_t> token_major_y(const Options& o, const Weights& w, int rank,
+                                    const epcomm::DispatchResult& res, Memory& memory) {
+  const size_t H = o.hidden, K = o.topk;
+  const int le = o.experts / o.ranks;
+  const int n = res.num_recv;
+  std::vector<uint16_t> rows(size_t(n) * H);
+  std::vector<int64_t> local(size_t(n) * K);
+  std::vector<float> local_w(size_t(n) * K);
+  memory.download(rows.data(), res.recv_x, rows.size() * 2);
+  memory.download(local.data(), res.recv_topk_idx, local.size() * 8);
+  memory.download(local_w.data(), res.recv_topk_weights, local_w.size() * 4);
+  std::vector<std::vector<std::pair<int, int>>> groups(le);  // (row, slot) per local expert
+  for (int i = 0; i < n; ++i) {
+    for (size_t k = 0; k < K; ++k) {
+      if (local[i * K + k] >= 0) groups[local[i * K + k]].push_back({i, static_cast<int>(k)});
+    }
+  }
+  std::vector<float> contrib(size_t(n) * K * H, 0.f), xin(H);
+  for (int e = 0; e < le; ++e) {
+    for (auto [i, k] : groups[e]) {
+      for (size_t h = 0; h < H; ++h) xin[h] = from_bf16(rows[i * H + h]);
+      expert_mlp(o, w, rank * le + e, xin.data(), &contrib[(size_t(i) * K + k) * H]);
+    }
+  }
+  std::vector<uint16_t> y(size_t(n) * H);
+  for (int i = 0; i < n; ++i) {
+    for (size_t h = 0; h < H; ++h) {
+      float acc = 0.f;
+      for (size_t k = 0; k < K; ++k) {
+        if (local[i * K + k] >= 0) acc += local_w[i * K + k] * contrib[(i * K + k) * H + h];
+      }
+      y[i * H + h] = to_bf16(acc);
+    }
+  }
+  return y;
+}
+
+// Expert-major expert compute: expert e's rows are the block [offsets[e], offsets[e + 1]), one
+// per (token, expert) pair; each row's output is the expert's MLP, unweighted (combine applies
+// the pair's weight). Padding rows (source rank -1) are skipped and stay zero.
+std::vector<uint16_t> expert_major_y(const Options& o, const Weights& w, int rank,
+                                     const epcomm::DispatchResult& res, Memory& memory) {
+  const size_t H = o.hidden;
+  const int le = o.experts / o.ranks;
+  const int n = res.num_recv;
+  std::vector<uint16_t> rows(size_t(n) * H), y(size_t(n) * H, 0);
+  std::vector<epcomm::RecvSource> src(n);
+  std::vector<int> offsets(le + 1);
+  memory.download(rows.data(), res.recv_x, rows.size() * 2);
+  memory.download(src.data(), res.recv_src, src.size() * sizeof(epcomm::RecvSource));
+  memory.download(offsets.data(), res.expert_offsets, offsets.size() * sizeof(int));
+  std::vector<float> xin(H), mlp(H);
+  for (int e = 0; e < le; ++e) {
+    for (int i = offsets[e]; i < offsets[e + 1]; ++i) {
+      if (src[i].rank < 0) continue;
+      for (size_t h = 0; h < H; ++h) xin[h] = from_bf16(rows[i * H + h]);
+      expert_mlp(o, w, rank * le + e, xin.data(), mlp.data());
+      for (size_t h = 0; h < H; ++h) y[i * H + h] = to_bf16(mlp[h]);
+    }
+  }
+  return y;
+}
+
 // One rank: runs the layer (o.bench ? o.iters + 1 : 1 times), returns its output and timings.
-std::vector<uint16_t> run_rank(const Options& o, const Weights& w, const Tokens& tokens,
-                               std::shared_ptr<epcomm::Bootstrap> bootstrap, Timings* timings) {
+std::vector<uint16_t> run_rank(const Options& o, epcomm::RecvLayout layout, const Weights& w,
+                               const Tokens& tokens, std::shared_ptr<epcomm::Bootstrap> bootstrap,
+                               Timings* timings) {
   const int rank = bootstrap->rank();
 #ifdef EPCOMM_EXAMPLE_CUDA
   if (o.backend == epcomm::Backend::kCuda) {
@@ -186,9 +262,14 @@ std::vector<uint16_t> run_rank(const Options& o, const Weights& w, const Tokens&
   config.hidden = o.hidden;
   config.max_tokens_per_rank = o.tokens;
   config.max_topk = o.topk;
+  const int le = o.experts / o.ranks;
+  if (layout == epcomm::RecvLayout::kExpertMajor) {
+    // Pairs may outnumber tokens: a token sends one row per local expert it names.
+    config.max_recv_rows = o.ranks * o.tokens * std::min(o.topk, le);
+  }
   auto comm = epcomm::Communicator::create(bootstrap, config, o.backend);
   Memory memory(o.backend);
-  const size_t H = o.hidden, K = o.topk, row_bytes = H * 2;
+  const size_t H = o.hidden, row_bytes = H * 2;
   void* x = memory.alloc(tokens.x.size() * 2);
   void* idx = memory.alloc(tokens.topk_idx.size() * 8);
   auto* weights = static_cast<float*>(memory.alloc(tokens.topk_weights.size() * 4));
@@ -196,7 +277,6 @@ std::vector<uint16_t> run_rank(const Options& o, const Weights& w, const Tokens&
   memory.upload(x, tokens.x.data(), tokens.x.size() * 2);
   memory.upload(idx, tokens.topk_idx.data(), tokens.topk_idx.size() * 8);
   memory.upload(weights, tokens.topk_weights.data(), tokens.topk_weights.size() * 4);
-  const int le = o.experts / o.ranks;
   std::vector<uint16_t> result(size_t(o.tokens) * H);
   const int runs = o.bench ? o.iters + 1 : 1;  // the first run warms up
   for (int run = 0; run < runs; ++run) {
@@ -207,50 +287,24 @@ std::vector<uint16_t> run_rank(const Options& o, const Weights& w, const Tokens&
     in.topk_weights = weights;
     in.num_tokens = o.tokens;
     in.num_topk = o.topk;
-    epcomm::DispatchResult res = comm->dispatch(in);
+    epcomm::DispatchOptions options;
+    options.layout = layout;
+    epcomm::DispatchResult res = comm->dispatch(in, options);
     comm->synchronize();
     const double dispatch_ms = ms_since(layer_start);
 
-    // Expert compute: group the received (row, slot) pairs by local expert (what an
-    // expert-major receive layout would hand over), run each expert's MLP on its group, and
-    // sum each row's weighted expert outputs in fp32 in slot order.
     const auto experts_start = Clock::now();
-    const int n = res.num_recv;
-    std::vector<uint16_t> rows(size_t(n) * H);
-    std::vector<int64_t> local(size_t(n) * K);
-    std::vector<float> local_w(size_t(n) * K);
-    memory.download(rows.data(), res.recv_x, rows.size() * 2);
-    memory.download(local.data(), res.recv_topk_idx, local.size() * 8);
-    memory.download(local_w.data(), res.recv_topk_weights, local_w.size() * 4);
-    std::vector<std::vector<std::pair<int, int>>> groups(le);  // (row, slot) per local expert
-    for (int i = 0; i < n; ++i) {
-      for (size_t k = 0; k < K; ++k) {
-        if (local[i * K + k] >= 0) groups[local[i * K + k]].push_back({i, static_cast<int>(k)});
-      }
-    }
-    std::vector<float> contrib(size_t(n) * K * H, 0.f), xin(H);
-    for (int e = 0; e < le; ++e) {
-      for (auto [i, k] : groups[e]) {
-        for (size_t h = 0; h < H; ++h) xin[h] = from_bf16(rows[i * H + h]);
-        expert_mlp(o, w, rank * le + e, xin.data(), &contrib[(size_t(i) * K + k) * H]);
-      }
-    }
-    std::vector<uint16_t> y(size_t(n) * H);
-    for (int i = 0; i < n; ++i) {
-      for (size_t h = 0; h < H; ++h) {
-        float acc = 0.f;
-        for (size_t k = 0; k < K; ++k) {
-          if (local[i * K + k] >= 0) acc += local_w[i * K + k] * contrib[(i * K + k) * H + h];
-        }
-        y[i * H + h] = to_bf16(acc);
-      }
-    }
+    const std::vector<uint16_t> y = layout == epcomm::RecvLayout::kExpertMajor
+                                        ? expert_major_y(o, w, rank, res, memory)
+                                        : token_major_y(o, w, rank, res, memory);
     void* y_ptr = comm->combine_input();
     memory.upload(y_ptr, y.data(), y.size() * 2);
     const double experts_ms = ms_since(experts_start);
 
     const auto combine_start = Clock::now();
-    comm->combine(y_ptr, res.handle, out);
+    epcomm::CombineOptions combine;
+    combine.apply_weights = layout == epcomm::RecvLayout::kExpertMajor;
+    comm->combine(y_ptr, res.handle, out, combine);
     comm->synchronize();
     const double combine_ms = ms_since(combine_start);
     if (run > 0 || !o.bench) {
@@ -323,6 +377,17 @@ Options parse(int argc, char** argv) {
     } else if (a == "--iters") { o.iters = value();
     } else if (a == "--seed") { o.seed = static_cast<uint32_t>(value());
     } else if (a == "--bench") { o.bench = true;
+    } else if (a == "--layout") {
+      const std::string l = i + 1 < argc ? argv[++i] : "";
+      if (l == "token_major") {
+        o.layouts = {epcomm::RecvLayout::kTokenMajor};
+      } else if (l == "expert_major") {
+        o.layouts = {epcomm::RecvLayout::kExpertMajor};
+      } else if (l == "both") {
+        o.layouts = {epcomm::RecvLayout::kTokenMajor, epcomm::RecvLayout::kExpertMajor};
+      } else {
+        throw std::invalid_argument("--layout is token_major, expert_major or both, not " + l);
+      }
     } else { throw std::invalid_argument("unknown argument " + a);
     }
   }
@@ -331,6 +396,49 @@ Options parse(int argc, char** argv) {
                                 "experts, iters >= 1");
   }
   return o;
+}
+
+// The layer on every rank (threads) in one receive layout, timed and checked; returns 0 when
+// every element is within the bound.
+int run_layer(const Options& o, epcomm::RecvLayout layout, const Weights& w,
+              const std::vector<Tokens>& tokens) {
+  auto bootstraps = epcomm::make_in_process_bootstraps(o.ranks, 60000);
+  std::vector<std::vector<uint16_t>> outputs(o.ranks);
+  std::vector<Timings> timings(o.ranks);
+  std::vector<std::string> failures(o.ranks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < o.ranks; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        outputs[r] = run_rank(o, layout, w, tokens[r], std::move(bootstraps[r]), &timings[r]);
+      } catch (const std::exception& e) {
+        failures[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < o.ranks; ++r) {
+    if (!failures[r].empty()) {
+      std::fprintf(stderr, "rank %d: %s\n", r, failures[r].c_str());
+      return 1;
+    }
+  }
+  std::printf("moe_layer: %s backend, %s, %d ranks, T=%d H=%d E=%d top-%d F=%d\n",
+              epcomm::to_string(o.backend), name_of(layout), o.ranks, o.tokens, o.hidden,
+              o.experts, o.topk, o.ffn);
+  if (o.bench) {
+    Timings slowest;
+    for (const auto& t : timings) {
+      slowest.dispatch = std::max(slowest.dispatch, t.dispatch);
+      slowest.experts = std::max(slowest.experts, t.experts);
+      slowest.combine = std::max(slowest.combine, t.combine);
+      slowest.layer = std::max(slowest.layer, t.layer);
+    }
+    std::printf("bench %s (mean of %d, slowest rank, ms): dispatch %.3f  experts (host) %.3f  "
+                "combine %.3f  layer %.3f\n", name_of(layout), o.iters, slowest.dispatch,
+                slowest.experts, slowest.combine, slowest.layer);
+  }
+  return check(o, w, tokens, outputs) == 0 ? 0 : 1;
 }
 
 }  // namespace
@@ -347,40 +455,7 @@ int main(int argc, char** argv) {
   const Weights w(o);
   std::vector<Tokens> tokens;
   for (int r = 0; r < o.ranks; ++r) tokens.push_back(make_tokens(o, w, r));
-  auto bootstraps = epcomm::make_in_process_bootstraps(o.ranks, 60000);
-  std::vector<std::vector<uint16_t>> outputs(o.ranks);
-  std::vector<Timings> timings(o.ranks);
-  std::vector<std::string> failures(o.ranks);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < o.ranks; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        outputs[r] = run_rank(o, w, tokens[r], std::move(bootstraps[r]), &timings[r]);
-      } catch (const std::exception& e) {
-        failures[r] = e.what();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (int r = 0; r < o.ranks; ++r) {
-    if (!failures[r].empty()) {
-      std::fprintf(stderr, "rank %d: %s\n", r, failures[r].c_str());
-      return 1;
-    }
-  }
-  std::printf("moe_layer: %s backend, %d ranks, T=%d H=%d E=%d top-%d F=%d\n",
-              epcomm::to_string(o.backend), o.ranks, o.tokens, o.hidden, o.experts, o.topk, o.ffn);
-  if (o.bench) {
-    Timings slowest;
-    for (const auto& t : timings) {
-      slowest.dispatch = std::max(slowest.dispatch, t.dispatch);
-      slowest.experts = std::max(slowest.experts, t.experts);
-      slowest.combine = std::max(slowest.combine, t.combine);
-      slowest.layer = std::max(slowest.layer, t.layer);
-    }
-    std::printf("bench (mean of %d, slowest rank, ms): dispatch %.3f  experts (host) %.3f  "
-                "combine %.3f  layer %.3f\n", o.iters, slowest.dispatch, slowest.experts,
-                slowest.combine, slowest.layer);
-  }
-  return check(o, w, tokens, outputs) == 0 ? 0 : 1;
+  int failed = 0;
+  for (const epcomm::RecvLayout layout : o.layouts) failed += run_layer(o, layout, w, tokens);
+  return failed == 0 ? 0 : 1;
 }
