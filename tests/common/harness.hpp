@@ -31,6 +31,11 @@ struct RoundOptions {
   bool wait_num_recv = true;  // exact mode (host learns num_recv) or worst-case mode
   bool cached = true;         // also run a cached dispatch of fresh rows, and its combine
   int bias = 0;               // combine biases: bit 0 CombineOptions::bias, bit 1 bias2
+  // DispatchOptions::layout. kExpertMajor leaves the token-major caller buffers (recv_topk_idx,
+  // recv_topk_weights) null, as the API requires; the cached dispatch keeps the layout.
+  RecvLayout layout = RecvLayout::kTokenMajor;
+  bool apply_weights = false;  // CombineOptions::apply_weights (expert-major, with weights)
+  int expert_alignment = 0;    // DispatchOptions::expert_alignment (0: Config's)
 };
 
 struct RankOutputs {
@@ -39,9 +44,22 @@ struct RankOutputs {
   int num_recv = 0;
   std::vector<unsigned char> recv_x, recv_scales, recv_topk_idx, recv_topk_weights, recv_src;
   std::vector<int> per_expert;
+  // Expert-major only (empty otherwise): [num_recv] int32, [num_recv] float, [Le + 1].
+  std::vector<unsigned char> recv_topk_slot, recv_weight;
+  std::vector<int> expert_offsets;
   std::vector<unsigned char> combined;  // [T][H] bf16
   std::vector<unsigned char> cached_recv_x, cached_recv_scales, cached_combined;
 };
+
+// The combine inputs run_round makes, for checks that recompute a combine: y, [num_recv][H]
+// random wide bf16 from (seed, rank), and bias `which` (0: bias, 1: bias2), [T][H] from (seed,
+// rank). The fresh dispatch's combine uses the round's seed, the cached one's seed +
+// kCachedSeedOffset (which also seeds the cached dispatch's rows).
+constexpr uint64_t kCachedSeedOffset = 0x5eed;
+std::vector<uint16_t> combine_y(const Shape& shape, int num_recv, uint64_t seed, int rank);
+// Row `row` of combine_y(shape, n, seed, rank) for any n > row, without the rows before it.
+std::vector<uint16_t> combine_y_row(const Shape& shape, uint64_t seed, int rank, int row);
+std::vector<uint16_t> combine_bias(const Shape& shape, uint64_t seed, int rank, int which);
 
 // The first difference between two ranks' outputs ("" when identical), for test messages.
 std::string first_difference(const RankOutputs& want, const RankOutputs& got);

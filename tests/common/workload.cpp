@@ -68,6 +68,8 @@ const char* to_string(Routing routing) {
       return "one_rank_empty";
     case Routing::kWithHoles:
       return "with_holes";
+    case Routing::kRepeats:
+      return "repeats";
   }
   return "?";
 }
@@ -81,7 +83,7 @@ std::string Shape::name() const {
 }
 
 uint64_t Rng::next() {
-  uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+  uint64_t z = (state_ += kGamma);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
@@ -139,11 +141,34 @@ void store_ids(unsigned char* dst, const std::vector<int64_t>& ids, size_t index
   }
 }
 
+// Routing::kRepeats on one token's distinct experts: each slot -1 with probability 1/4, then in
+// half the tokens (K > 1, some slot left) one remaining slot's expert copied into 1 to K - 1
+// other slots, so that the expert is named at least twice and its first slot varies.
+void add_repeats(Rng& rng, std::vector<int64_t>& experts) {
+  const int K = static_cast<int>(experts.size());
+  for (auto& e : experts) {
+    if (rng.below(4) == 0) e = -1;
+  }
+  std::vector<int> named;
+  for (int k = 0; k < K; ++k) {
+    if (experts[k] >= 0) named.push_back(k);
+  }
+  if (K < 2 || named.empty() || rng.below(2) == 0) return;
+  const int from = named[rng.below(static_cast<int>(named.size()))];
+  const int copies = 1 + rng.below(K - 1);
+  for (int c = 0; c < copies; ++c) {
+    int to = rng.below(K - 1);
+    if (to >= from) ++to;  // any slot but `from`
+    experts[to] = experts[from];
+  }
+}
+
 // One token's K expert ids: draw_experts, then with holes some slots -1 and some tokens sent
-// nowhere, and with repeat_experts sometimes an expert named twice.
+// nowhere, and with repeat_experts sometimes an expert named twice; with repeats, add_repeats.
 std::vector<int64_t> draw_token_experts(Rng& rng, const std::vector<double>& weight, int K,
                                         Routing routing, bool repeat_experts) {
   std::vector<int64_t> experts = draw_experts(rng, weight, K);
+  if (routing == Routing::kRepeats) add_repeats(rng, experts);
   if (routing != Routing::kWithHoles) return experts;
   const bool nowhere = rng.below(8) == 0;
   for (auto& e : experts) {
@@ -169,15 +194,33 @@ std::vector<unsigned char> draw_topk_idx(Rng& rng, Routing routing, int num_expe
   return ids;
 }
 
-RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int rank) {
-  Rng rng(seed * 1000003ull + static_cast<uint64_t>(rank) * 7919ull + 17);
-  const int T = shape.num_tokens, K = shape.num_topk, H = shape.hidden, E = shape.num_experts;
-  const int R = shape.num_ranks;
-  RankData d;
-  d.num_tokens = T;
-  d.num_topk = K;
+namespace {
 
-  d.topk_idx = draw_topk_idx(rng, routing, E, R, T, K, shape.index_type, false);
+// make_rank_data's generator: the routing is drawn first, then weights, then rows.
+Rng rank_rng(uint64_t seed, int rank) {
+  return Rng(seed * 1000003ull + static_cast<uint64_t>(rank) * 7919ull + 17);
+}
+
+RankData routing_only(const Shape& shape, Routing routing, Rng& rng) {
+  RankData d;
+  d.num_tokens = shape.num_tokens;
+  d.num_topk = shape.num_topk;
+  d.topk_idx = draw_topk_idx(rng, routing, shape.num_experts, shape.num_ranks, shape.num_tokens,
+                             shape.num_topk, shape.index_type, false);
+  return d;
+}
+
+}  // namespace
+
+RankData make_rank_routing(const Shape& shape, Routing routing, uint64_t seed, int rank) {
+  Rng rng = rank_rng(seed, rank);
+  return routing_only(shape, routing, rng);
+}
+
+RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int rank) {
+  Rng rng = rank_rng(seed, rank);
+  const int T = shape.num_tokens, K = shape.num_topk, H = shape.hidden;
+  RankData d = routing_only(shape, routing, rng);
   if (shape.with_weights) {
     d.topk_weights.resize(static_cast<size_t>(T) * K);
     for (auto& w : d.topk_weights) w = static_cast<float>(rng.uniform());
@@ -206,6 +249,12 @@ Config config_for(const Shape& shape) {
   c.dtype = shape.dtype;
   c.index_type = shape.index_type;
   return c;
+}
+
+int expert_major_max_rows(const Shape& shape, int alignment) {
+  const int R = shape.num_ranks, Le = shape.num_experts / R;
+  const int pairs = R * shape.num_tokens * std::min(shape.num_topk, Le);
+  return std::max(1, pairs + Le * (std::max(alignment, 1) - 1));
 }
 
 }  // namespace epcomm::testing

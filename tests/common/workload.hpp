@@ -15,6 +15,8 @@ enum class Routing {
   kAllToOne,      // every expert on rank 0 (slots beyond its experts are -1)
   kOneRankEmpty,  // the last rank receives nothing
   kWithHoles,     // uniform, with a quarter of the slots -1 and some tokens sent nowhere
+  kRepeats,       // uniform, a quarter of the slots -1, and half the tokens naming one expert in
+                  // 2 or more slots (its first slot not always slot 0)
 };
 const char* to_string(Routing routing);
 
@@ -43,9 +45,15 @@ struct RankData {
 
 // Same (shape, routing, seed, rank) gives the same data in any process.
 RankData make_rank_data(const Shape& shape, Routing routing, uint64_t seed, int rank);
+// make_rank_data's topk_idx alone (the same draws), without weights or rows.
+RankData make_rank_routing(const Shape& shape, Routing routing, uint64_t seed, int rank);
 
 // A Config that fits `shape` with room for every token on every rank.
 Config config_for(const Shape& shape);
+
+// Receive rows enough for any expert-major dispatch of `shape` at `alignment`: each token gives
+// each rank at most min(K, Le) pairs, and each of the Le groups at most alignment - 1 padding rows.
+int expert_major_max_rows(const Shape& shape, int alignment);
 
 // Small deterministic generator (splitmix64), the same on every platform.
 class Rng {
@@ -54,8 +62,12 @@ class Rng {
   uint64_t next();
   double uniform();  // [0, 1)
   int below(int n) { return static_cast<int>(next() % static_cast<uint64_t>(n)); }
+  // Advances as `draws` calls of next() would (splitmix64's state moves by one constant per
+  // call), so that a check can read one row of a long random sequence without the rest.
+  void skip(uint64_t draws) { state_ += draws * kGamma; }
 
  private:
+  static constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ull;
   uint64_t state_;
 };
 
@@ -71,7 +83,8 @@ uint8_t random_fp8(Rng& rng);
 // drawn with each expert's weight under `routing` (1 uniform and with holes, 1/(owner+1)^2
 // skewed, only rank 0's experts all to one, none of the last rank's one rank empty); with holes,
 // some slots -1 and some tokens sent nowhere, and with repeat_experts (legal in the low-latency
-// mode) sometimes an expert named twice.
+// mode) sometimes an expert named twice; with repeats (whatever repeat_experts says), some slots
+// -1 and half the tokens naming one expert in 2 to K slots.
 std::vector<unsigned char> draw_topk_idx(Rng& rng, Routing routing, int num_experts, int num_ranks,
                                          int num_tokens, int K, IndexType index_type,
                                          bool repeat_experts);

@@ -162,7 +162,7 @@ TEST(HostReference, RandomRoutingsMatchIndependentComputation) {
   options.y_is_recv_x = true;
   uint64_t seed = 1000;
   for (Routing routing : {Routing::kUniform, Routing::kSkewed, Routing::kAllToOne,
-                          Routing::kOneRankEmpty, Routing::kWithHoles}) {
+                          Routing::kOneRankEmpty, Routing::kWithHoles, Routing::kRepeats}) {
     for (int R : {1, 2, 3, 4}) {
       for (int T : {0, 1, 37}) {
         Shape shape;
