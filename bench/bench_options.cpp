@@ -23,6 +23,9 @@ void usage() {
       "  --hidden H --topk K --experts E    (7168, 8, 256)\n"
       "  --dtype bf16|fp8        dispatch element type (bf16)\n"
       "  --algorithms LIST       comma list of flat,ring (flat)\n"
+      "  --layouts LIST          receive layouts on the flat path: token_major,expert_major\n"
+      "                          (both; the ring path is token-major only)\n"
+      "  --expert-alignment N    expert-major groups start at multiples of N rows (1)\n"
       "  --sms LIST              comma list of SMs per rank for dispatch and combine (16)\n"
       "  --ring-slots Q --ring-chunk N   ring path: entries per ring, rows per publish (32, 8)\n"
       "  --warmup N --iters N    (5, 20)\n"
@@ -170,6 +173,17 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
           }
           o->algorithms.push_back(a == "flat" ? Algorithm::kFlat : Algorithm::kRing);
         }
+      } else if (flag == "--layouts") {
+        o->layouts.clear();
+        for (const auto& l : split(value())) {
+          if (l != "token_major" && l != "expert_major") {
+            throw Error(ErrorCode::kInvalidArgument, "--layouts: unknown '" + l + "'");
+          }
+          o->layouts.push_back(l == "token_major" ? RecvLayout::kTokenMajor
+                                                  : RecvLayout::kExpertMajor);
+        }
+      } else if (flag == "--expert-alignment") {
+        o->expert_alignment = to_int(flag, value());
       } else if (flag == "--sms") {
         o->sms.clear();
         for (const auto& s : split(value())) o->sms.push_back(to_int(flag, s));
@@ -211,8 +225,13 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
       throw Error(ErrorCode::kInvalidArgument, "--seconds must be >= 0, --batch-rounds >= 1");
     }
     if (o->iters < 1) throw Error(ErrorCode::kInvalidArgument, "--iters must be at least 1");
-    if (o->algorithms.empty() || o->sms.empty()) {
-      throw Error(ErrorCode::kInvalidArgument, "--algorithms and --sms need at least one value");
+    if (o->algorithms.empty() || o->sms.empty() || o->layouts.empty()) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--algorithms, --layouts and --sms need at least one value");
+    }
+    if (o->expert_alignment < 1) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--expert-alignment = " + std::to_string(o->expert_alignment) + " is below 1");
     }
   } catch (const Error& e) {
     std::fprintf(stderr, "epcomm-bench: %s\n", e.what());

@@ -24,6 +24,10 @@ struct BenchOptions {
   int experts = 256;
   DType dtype = DType::kBF16;
   std::vector<Algorithm> algorithms{Algorithm::kFlat};
+  // --layouts: the receive layouts timed on the flat path (the ring delivers token-major rows
+  // only), and --expert-alignment: DispatchOptions::expert_alignment of expert-major rows.
+  std::vector<RecvLayout> layouts{RecvLayout::kTokenMajor, RecvLayout::kExpertMajor};
+  int expert_alignment = 1;
   std::vector<int> sms{16};
   int ring_slots = 32;  // ring path: entries per ring (Config::ring_slots)
   int ring_chunk = 8;   // ring path: rows published at once (Config::ring_chunk)

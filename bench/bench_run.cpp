@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <stdexcept>
 
 #include "device_support.hpp"
 #include "independent_check.hpp"
@@ -32,35 +33,102 @@ testing::Shape bench_shape(const BenchOptions& o) {
   return s;
 }
 
-Config bench_config(const BenchOptions& o, Algorithm algorithm, int sms) {
-  Config c = testing::config_for(bench_shape(o));
-  c.algorithm = algorithm;
-  c.dispatch_sms = sms;
-  c.combine_sms = sms;
-  c.ring_slots = o.ring_slots;
-  c.ring_chunk = o.ring_chunk;
-  c.transport = o.transport;
+RoutingCounts routing_counts(const BenchOptions& o, RecvLayout layout) {
+  const testing::Shape shape = bench_shape(o);
+  const int R = o.ranks, Le = o.experts / R;
+  const bool expert_major = layout == RecvLayout::kExpertMajor;
+  RoutingCounts c;
+  c.data_rows.assign(R, 0);
+  c.peer_rows.assign(R, 0);
+  std::vector<int> group(static_cast<size_t>(R) * Le, 0);  // [rank][local expert]: pairs
+  for (int s = 0; s < R; ++s) {
+    const testing::RankData d = testing::make_rank_routing(shape, kRouting, o.seed, s);
+    for (int t = 0; t < d.num_tokens; ++t) {
+      std::vector<int64_t> seen;  // the token's distinct experts (token-major: ranks)
+      for (int k = 0; k < d.num_topk; ++k) {
+        const int64_t e = d.expert(t, k);
+        if (e < 0) continue;
+        const int64_t unit = expert_major ? e : e / Le;
+        if (std::find(seen.begin(), seen.end(), unit) != seen.end()) continue;
+        seen.push_back(unit);
+        const int dest = static_cast<int>(e / Le);
+        ++c.data_rows[dest];
+        if (dest != s) ++c.peer_rows[dest];
+        if (expert_major) ++group[e];
+      }
+    }
+  }
+  c.rows = c.data_rows;
+  if (expert_major) {  // each group padded up to a multiple of the alignment
+    const int a = o.expert_alignment;
+    for (int r = 0; r < R; ++r) {
+      c.rows[r] = 0;
+      for (int le = 0; le < Le; ++le) c.rows[r] += (group[r * Le + le] + a - 1) / a * a;
+    }
+  }
   return c;
 }
 
-std::vector<testing::RankOutputs> reference_outputs(const BenchOptions& o) {
-  testing::RoundOptions round;
-  round.y_is_recv_x = true;
-  return testing::run_cluster(Backend::kHost, bench_config(o, Algorithm::kFlat, 1), bench_shape(o),
-                              kRouting, o.seed, round)[0];
+Config bench_config(const BenchOptions& o, const Setup& setup) {
+  Config c = testing::config_for(bench_shape(o));
+  c.algorithm = setup.algorithm;
+  c.dispatch_sms = setup.sms;
+  c.combine_sms = setup.sms;
+  c.ring_slots = o.ring_slots;
+  c.ring_chunk = o.ring_chunk;
+  c.transport = o.transport;
+  if (setup.layout == RecvLayout::kExpertMajor) {
+    // Pairs outnumber tokens: the pool holds the busiest rank's pairs and padding, as a caller
+    // sizes it from its worst routing (the timed calls do not wait for counts).
+    const std::vector<int> rows = routing_counts(o, setup.layout).rows;
+    c.max_recv_rows = std::max(1, *std::max_element(rows.begin(), rows.end()));
+  }
+  return c;
 }
 
-std::string check_configuration(const BenchOptions& o, Algorithm algorithm, int sms,
-                                const std::vector<testing::RankOutputs>& reference) {
+namespace {
+
+// The checked round: the timed calls' worst-case mode and layout, y = the received rows, and
+// in the expert-major layout the pair weights applied (as a MoE layer combines).
+testing::RoundOptions round_options(const BenchOptions& o, RecvLayout layout) {
   testing::RoundOptions round;
   round.y_is_recv_x = true;
+  round.wait_num_recv = false;
+  round.layout = layout;
+  round.apply_weights = layout == RecvLayout::kExpertMajor;
+  round.expert_alignment = o.expert_alignment;
+  return round;
+}
+
+// One rank's outputs against the computation from the inputs alone.
+std::string check_rank(const BenchOptions& o, const Setup& setup, int rank,
+                       const testing::RankOutputs& got) {
+  const testing::RoundOptions round = round_options(o, setup.layout);
+  if (setup.layout == RecvLayout::kExpertMajor) {
+    return testing::check_expert_major_rank(bench_shape(o), kRouting, o.seed, rank, got, round,
+                                            bench_config(o, setup));
+  }
+  return testing::check_rank_independently(bench_shape(o), kRouting, o.seed, rank, got, true);
+}
+
+}  // namespace
+
+std::vector<testing::RankOutputs> reference_outputs(const BenchOptions& o, RecvLayout layout) {
+  const Setup host{Algorithm::kFlat, layout, 1};
+  return testing::run_cluster(Backend::kHost, bench_config(o, host), bench_shape(o), kRouting,
+                              o.seed, round_options(o, layout))[0];
+}
+
+std::string check_configuration(const BenchOptions& o, const Setup& setup,
+                                const std::vector<testing::RankOutputs>& reference) {
+  const testing::RoundOptions round = round_options(o, setup.layout);
+  const Config cfg = bench_config(o, setup);
   if (o.world) {  // one rank per process: each checks its own outputs, then all agree
     auto memory = testing::make_memory(o.backend, o.device);
-    auto comm = Communicator::create(o.world, bench_config(o, algorithm, sms), o.backend, o.device);
+    auto comm = Communicator::create(o.world, cfg, o.backend, o.device);
     const testing::RankOutputs got =
         testing::run_round(*comm, *o.world, *memory, bench_shape(o), kRouting, o.seed, round);
-    const std::string mine = testing::check_rank_independently(bench_shape(o), kRouting, o.seed,
-                                                               o.world->rank(), got, true);
+    const std::string mine = check_rank(o, setup, o.world->rank(), got);
     const int bad = mine.empty() ? 0 : 1;
     std::vector<int> all(o.world->size());
     o.world->allGather(&bad, all.data(), sizeof(int));
@@ -69,13 +137,11 @@ std::string check_configuration(const BenchOptions& o, Algorithm algorithm, int 
     }
     return "";
   }
-  const auto got = testing::run_cluster(o.backend, bench_config(o, algorithm, sms), bench_shape(o),
-                                        kRouting, o.seed, round)[0];
-  if (o.backend == Backend::kHost) {
-    return testing::check_independently(bench_shape(o), kRouting, o.seed, got, true);
-  }
+  const auto got = testing::run_cluster(o.backend, cfg, bench_shape(o), kRouting, o.seed, round)[0];
   for (int r = 0; r < o.ranks; ++r) {
-    const std::string diff = testing::first_difference(reference[r], got[r]);
+    const std::string diff = o.backend == Backend::kHost
+                                 ? check_rank(o, setup, r, got[r])
+                                 : testing::first_difference(reference[r], got[r]);
     if (!diff.empty()) return "rank " + std::to_string(r) + ": " + diff;
   }
   return "";
@@ -87,26 +153,12 @@ namespace {
 struct RankTimes {
   std::vector<double> fresh, combine, cached;
   int num_recv = 0;
-  int self_rows = 0;  // rows this rank sent to itself (they cross no link)
 };
 
-// Tokens of `data` with an expert on `rank` itself.
-int count_self_rows(const testing::RankData& data, int rank, int experts_per_rank) {
-  int n = 0;
-  for (int t = 0; t < data.num_tokens; ++t) {
-    bool self = false;
-    for (int k = 0; k < data.num_topk && !self; ++k) {
-      const int64_t e = data.expert(t, k);
-      self = e >= 0 && e / experts_per_rank == rank;
-    }
-    n += self ? 1 : 0;
-  }
-  return n;
-}
-
-RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bootstrap> bs,
+RankTimes time_rank(const BenchOptions& o, const Setup& setup, std::shared_ptr<Bootstrap> bs,
                     int device) {
   const testing::Shape shape = bench_shape(o);
+  const Config cfg = bench_config(o, setup);
   const int r = bs->rank(), total = o.warmup + o.iters;
   RankTimes times;
   auto memory = testing::make_memory(o.backend, device);
@@ -115,7 +167,6 @@ RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bo
                       ? make_cuda_timeline(comm->stream(), device, 3 * total + 1)
                       : make_host_timeline(3 * total + 1);
   const testing::RankData data = testing::make_rank_data(shape, kRouting, o.seed, r);
-  times.self_rows = count_self_rows(data, r, o.experts / o.ranks);
   testing::Buffer x(*memory, std::max<size_t>(data.x.size(), 16));
   testing::Buffer scales(*memory, std::max<size_t>(data.scales.size() * 4, 16));
   testing::Buffer topk(*memory, std::max<size_t>(data.topk_idx.size(), 16));
@@ -136,6 +187,10 @@ RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bo
   in.num_topk = o.topk;
   DispatchOptions worst_case;
   worst_case.wait_num_recv = false;  // no host turnaround inside the timed region
+  worst_case.layout = setup.layout;
+  worst_case.expert_alignment = o.expert_alignment;
+  CombineOptions combine_options;  // expert-major: the layer's weighting happens in combine
+  combine_options.apply_weights = setup.layout == RecvLayout::kExpertMajor;
 
   // Calls are issued back to back, without host barriers: the ranks pace each other on the
   // device through the count exchange and the combine's ready signal, so thread wake-up skew
@@ -146,7 +201,8 @@ RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bo
   for (int it = 0; it < total; ++it) {
     const DispatchResult res = comm->dispatch(in, worst_case);
     timeline->mark();
-    comm->combine(comm->combine_input(), res.handle, out.get());  // identity expert, in place
+    // Identity expert, in place.
+    comm->combine(comm->combine_input(), res.handle, out.get(), combine_options);
     timeline->mark();
     comm->dispatch_cached(res.handle, x.get(), in.x_scales, worst_case);
     timeline->mark();
@@ -168,12 +224,11 @@ RankTimes time_rank(const BenchOptions& o, const Config& cfg, std::shared_ptr<Bo
 
 // Every rank's times, on every rank of an mpirun job.
 std::vector<RankTimes> gather_times(Bootstrap& bs, const RankTimes& mine, int iters) {
-  const size_t n = 3 * static_cast<size_t>(iters) + 2;
+  const size_t n = 3 * static_cast<size_t>(iters) + 1;
   std::vector<double> packed(mine.fresh);
   packed.insert(packed.end(), mine.combine.begin(), mine.combine.end());
   packed.insert(packed.end(), mine.cached.begin(), mine.cached.end());
   packed.push_back(mine.num_recv);
-  packed.push_back(mine.self_rows);
   std::vector<double> all(n * bs.size());
   bs.allGather(packed.data(), all.data(), n * sizeof(double));
   std::vector<RankTimes> out(bs.size());
@@ -183,60 +238,58 @@ std::vector<RankTimes> gather_times(Bootstrap& bs, const RankTimes& mine, int it
     out[r].combine.assign(p + iters, p + 2 * iters);
     out[r].cached.assign(p + 2 * iters, p + 3 * iters);
     out[r].num_recv = static_cast<int>(p[3 * iters]);
-    out[r].self_rows = static_cast<int>(p[3 * iters + 1]);
   }
   return out;
 }
 
 }  // namespace
 
-Measurement measure(const BenchOptions& o, Algorithm algorithm, int sms) {
-  const Config cfg = bench_config(o, algorithm, sms);
+Measurement measure(const BenchOptions& o, const Setup& setup) {
   const int R = o.ranks;
   std::vector<RankTimes> times(R);
   if (o.world) {
-    times = gather_times(*o.world, time_rank(o, cfg, o.world, o.device), o.iters);
+    times = gather_times(*o.world, time_rank(o, setup, o.world, o.device), o.iters);
   } else {
     const auto bs = testing::shared_bootstraps(R, 600000);
     const int devices = o.backend == Backend::kCuda ? testing::cuda_device_count() : 1;
     testing::run_on_ranks(R, [&](int r) {
-      times[r] = time_rank(o, cfg, bs[r], o.backend == Backend::kCuda ? r % devices : 0);
+      times[r] = time_rank(o, setup, bs[r], o.backend == Backend::kCuda ? r % devices : 0);
     });
   }
-  std::vector<std::vector<double>> fresh(R), cached(R), combine(R);
-  std::vector<int> num_recv(R);
-  double peer_rows = 0;
+  // The byte counts come from the routing; the last timed dispatch must agree with it.
+  const RoutingCounts counts = routing_counts(o, setup.layout);
   for (int r = 0; r < R; ++r) {
-    peer_rows += times[r].num_recv - times[r].self_rows;
-    fresh[r] = times[r].fresh;
-    cached[r] = times[r].cached;
-    combine[r] = times[r].combine;
-    num_recv[r] = times[r].num_recv;
+    if (times[r].num_recv != counts.rows[r]) {
+      throw std::runtime_error(
+          "rank " + std::to_string(r) + " received " + std::to_string(times[r].num_recv) +
+          " rows in the last timed dispatch; the routing gives " + std::to_string(counts.rows[r]));
+    }
   }
-  auto slowest = [&](const std::vector<std::vector<double>>& per_rank) {
+  auto slowest = [&](std::vector<double> RankTimes::*series) {
     std::vector<double> it_max(o.iters, 0.0);
     for (int r = 0; r < R; ++r) {
-      for (int i = 0; i < o.iters; ++i) it_max[i] = std::max(it_max[i], per_rank[r][i]);
+      for (int i = 0; i < o.iters; ++i) it_max[i] = std::max(it_max[i], (times[r].*series)[i]);
     }
     return median(it_max);
   };
   Measurement m;
-  m.algorithm = algorithm;
-  m.sms = sms;
-  m.dispatch_ms = slowest(fresh);
-  m.cached_ms = slowest(cached);
-  m.combine_ms = slowest(combine);
-  const double row = static_cast<double>(cfg.row_bytes());
-  const double meta = 8.0 + 8.0 * o.topk + 4.0 * cfg.num_scales();  // source, ids, weights, scales
-  double rows = 0;
+  m.setup = setup;
+  m.dispatch_ms = slowest(&RankTimes::fresh);
+  m.cached_ms = slowest(&RankTimes::cached);
+  m.combine_ms = slowest(&RankTimes::combine);
+  const Config cfg = bench_config(o, setup);
+  const double row = static_cast<double>(cfg.row_bytes()), scale_bytes = 4.0 * cfg.num_scales();
+  // Per row: the source and the scales, with token-major ids and weights or expert-major slot
+  // and weight. Padding rows are written (zero) by dispatch and not read by combine.
+  const double meta = setup.layout == RecvLayout::kExpertMajor ? 8.0 + 4.0 + 4.0 + scale_bytes
+                                                               : 8.0 + 8.0 * o.topk + scale_bytes;
   for (int r = 0; r < R; ++r) {
-    rows += num_recv[r];
-    m.dispatch_min_bytes += o.tokens * row + num_recv[r] * (row + meta);
-    m.cached_min_bytes += o.tokens * row + num_recv[r] * (row + 4.0 * cfg.num_scales());
-    m.combine_min_bytes += (num_recv[r] + o.tokens) * 2.0 * o.hidden;
+    m.recv_rows_per_rank += counts.rows[r] / static_cast<double>(R);
+    m.peer_rows_per_rank += counts.peer_rows[r] / static_cast<double>(R);
+    m.dispatch_min_bytes += o.tokens * row + counts.rows[r] * (row + meta);
+    m.cached_min_bytes += o.tokens * row + counts.rows[r] * (row + scale_bytes);
+    m.combine_min_bytes += (counts.data_rows[r] + o.tokens) * 2.0 * o.hidden;
   }
-  m.recv_rows_per_rank = rows / R;
-  m.peer_rows_per_rank = peer_rows / R;
   return m;
 }
 

@@ -96,25 +96,32 @@ int run(bench::BenchOptions& o) {
       rep.copy_gbps = bench::measure_copy_gbps(o.device);
       if (!o.world) rep.p2p_gbps = bench::measure_p2p_gbps();  // several GPUs in this process
     }
-    std::vector<testing::RankOutputs> reference;
-    if (o.check && o.backend == Backend::kCuda && !o.world) {
-      say("computing the host reference...\n");
-      reference = bench::reference_outputs(o);
-    }
     for (Algorithm algorithm : o.algorithms) {
-      for (int sms : o.sms) {
-        if (o.check) {
-          say("[%s sms=%d] checking against the reference... ", to_string(algorithm), sms);
-          const std::string diff = bench::check_configuration(o, algorithm, sms, reference);
-          if (!diff.empty()) {
-            std::printf("MISMATCH: %s\n", diff.c_str());
-            return 1;
-          }
-          say("identical\n");
+      for (RecvLayout layout : o.layouts) {
+        if (algorithm == Algorithm::kRing && layout == RecvLayout::kExpertMajor) continue;
+        // In-process CUDA ranks are compared with the host reference, computed once per layout.
+        std::vector<testing::RankOutputs> reference;
+        if (o.check && o.backend == Backend::kCuda && !o.world) {
+          say("computing the host reference (%s)...\n", to_string(layout));
+          reference = bench::reference_outputs(o, layout);
         }
-        say("[%s sms=%d] timing %d iterations... ", to_string(algorithm), sms, o.iters);
-        rep.rows.push_back(bench::measure(o, algorithm, sms));
-        say("done\n");
+        for (int sms : o.sms) {
+          const bench::Setup setup{algorithm, layout, sms};
+          if (o.check) {
+            say("[%s %s sms=%d] checking against the reference... ", to_string(algorithm),
+                to_string(layout), sms);
+            const std::string diff = bench::check_configuration(o, setup, reference);
+            if (!diff.empty()) {
+              std::printf("MISMATCH: %s\n", diff.c_str());
+              return 1;
+            }
+            say("identical\n");
+          }
+          say("[%s %s sms=%d] timing %d iterations... ", to_string(algorithm), to_string(layout),
+              sms, o.iters);
+          rep.rows.push_back(bench::measure(o, setup));
+          say("done\n");
+        }
       }
     }
     if (!o.prints) return 0;

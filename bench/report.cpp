@@ -26,9 +26,10 @@ std::vector<OpView> ops_of(const Report& rep, const Measurement& m) {
 
 double gbps(double bytes, double ms) { return ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0; }
 
-const Measurement* find(const Report& rep, Algorithm a, int sms) {
+// The ring row the flat token-major row of `sms` is compared with.
+const Measurement* ring_row(const Report& rep, int sms) {
   for (const auto& m : rep.rows) {
-    if (m.algorithm == a && m.sms == sms) return &m;
+    if (m.setup.algorithm == Algorithm::kRing && m.setup.sms == sms) return &m;
   }
   return nullptr;
 }
@@ -50,12 +51,13 @@ void print_table(const Report& rep) {
     std::printf("peer copy bandwidth per GPU and direction (all GPUs at once): %.0f GB/s\n",
                 rep.p2p_gbps);
   }
-  std::printf("%-9s %4s  %-17s %10s %14s %11s %9s %10s", "algorithm", "SMs", "operation", "time_ms",
-              "recv_rows/rank", "GB/s/rank", "roofline", "flat/ring");
+  std::printf("%-9s %-12s %4s  %-17s %10s %14s %11s %9s %10s", "algorithm", "layout", "SMs",
+              "operation", "time_ms", "recv_rows/rank", "GB/s/rank", "roofline", "flat/ring");
   if (links) std::printf(" %14s %9s %8s", "link GB/s/rank", "of 450", "of p2p");
   std::printf("\n");
   for (const auto& m : rep.rows) {
-    const Measurement* ring = find(rep, Algorithm::kRing, m.sms);
+    const Measurement* ring =
+        m.setup.layout == RecvLayout::kTokenMajor ? ring_row(rep, m.setup.sms) : nullptr;
     const auto ring_ops = ring ? ops_of(rep, *ring) : std::vector<OpView>{};
     const auto ops = ops_of(rep, m);
     for (size_t i = 0; i < ops.size(); ++i) {
@@ -65,11 +67,12 @@ void print_table(const Report& rep) {
       if (rep.copy_gbps > 0)
         std::snprintf(roofline, sizeof(roofline), "%.2f",
                       gbps(op.min_bytes, op.ms) / rep.copy_gbps);
-      if (m.algorithm == Algorithm::kFlat && ring) {
+      if (m.setup.algorithm == Algorithm::kFlat && ring) {
         std::snprintf(ratio, sizeof(ratio), "%.2fx", ring_ops[i].ms / op.ms);
       }
-      std::printf("%-9s %4d  %-17s %10.3f %14.0f %11.1f %9s %10s", to_string(m.algorithm), m.sms,
-                  op.name, op.ms, m.recv_rows_per_rank, logical, roofline, ratio);
+      std::printf("%-9s %-12s %4d  %-17s %10.3f %14.0f %11.1f %9s %10s",
+                  to_string(m.setup.algorithm), to_string(m.setup.layout), m.setup.sms, op.name,
+                  op.ms, m.recv_rows_per_rank, logical, roofline, ratio);
       if (links) {  // rows that came from other ranks crossed a link once
         const double link = gbps(m.peer_rows_per_rank * op.row_bytes, op.ms);
         std::printf(" %14.1f %9.2f %8.2f", link, link / kNvlinkGbpsPerDirection,
@@ -81,7 +84,9 @@ void print_table(const Report& rep) {
   std::printf(
       "time: median over iterations of the slowest rank; GB/s/rank: received rows x row "
       "bytes / time;\nroofline: least bytes moved / time / copy bandwidth; flat/ring: "
-      "ring time / flat time.\n");
+      "ring time / flat time.\nexpert_major: one row per (token, local expert) pair, "
+      "groups aligned to %d rows; its combine applies the weights.\n",
+      o.expert_alignment);
   if (links) {
     std::printf(
         "link GB/s/rank: rows received from other ranks x row bytes / time, against "
@@ -97,11 +102,12 @@ void write_json(const Report& rep, const std::string& path) {
     << "\",\n  \"ranks\": " << o.ranks << ", \"tokens\": " << o.tokens
     << ", \"hidden\": " << o.hidden << ", \"topk\": " << o.topk << ", \"experts\": " << o.experts
     << ", \"dtype\": \"" << to_string(o.dtype) << "\", \"iters\": " << o.iters
-    << ",\n  \"copy_gbps\": " << rep.copy_gbps << ", \"p2p_gbps\": " << rep.p2p_gbps
-    << ",\n  \"results\": [\n";
+    << ", \"expert_alignment\": " << o.expert_alignment << ",\n  \"copy_gbps\": " << rep.copy_gbps
+    << ", \"p2p_gbps\": " << rep.p2p_gbps << ",\n  \"results\": [\n";
   for (size_t i = 0; i < rep.rows.size(); ++i) {
     const Measurement& m = rep.rows[i];
-    f << "    {\"algorithm\": \"" << to_string(m.algorithm) << "\", \"sms\": " << m.sms;
+    f << "    {\"algorithm\": \"" << to_string(m.setup.algorithm) << "\", \"layout\": \""
+      << to_string(m.setup.layout) << "\", \"sms\": " << m.setup.sms;
     for (const auto& op : ops_of(rep, m)) {
       const double logical = gbps(m.recv_rows_per_rank * op.row_bytes, op.ms);
       const double roof = rep.copy_gbps > 0 ? gbps(op.min_bytes, op.ms) / rep.copy_gbps : 0;

@@ -66,15 +66,15 @@ if has sanitize; then  # before MPS: the sanitizer does not run under an MPS ser
     # Ranks wait on each other, and the sanitizer does not run peers' kernels side by side:
     # single-rank cases, and the fault tests that need no concurrent peer.
     timeout 200 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 "$conf" \
-      --gtest_filter='Flat/*_R1_*:Ring/*_R1_*:Shapes/CudaLowLatency.*/R1_*:CudaFaults.MissingPeer*:CudaFaults.SmCounts*'
+      --gtest_filter='Flat/*_R1_*:Ring/*_R1_*:ExpertMajor/*_R1_*:Shapes/CudaLowLatency.*/R1_*:CudaFaults.MissingPeer*:CudaFaults.SmCounts*'
     echo "memcheck rc=$?"
     echo "== racecheck"
     timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$conf" \
-      --gtest_filter='Flat/*_R1_T96_*skewed*:Flat/*_R1_T13_*with_holes*:Ring/*_R1_T96_*uniform*:Shapes/CudaLowLatency.*/R1_M32_T32_*'
+      --gtest_filter='Flat/*_R1_T96_*skewed*:Flat/*_R1_T13_*with_holes*:ExpertMajor/*_R1_T96_*:Ring/*_R1_T96_*uniform*:Shapes/CudaLowLatency.*/R1_M32_T32_*'
     echo "racecheck rc=$?"
     echo "== synccheck"
     timeout 100 compute-sanitizer --tool synccheck --error-exitcode 9 "$conf" \
-      --gtest_filter='Flat/*_R1_T96_*skewed*:Ring/*_R1_T96_*uniform*:Shapes/CudaLowLatency.*/R1_M32_T32_*'
+      --gtest_filter='Flat/*_R1_T96_*skewed*:ExpertMajor/*_R1_T96_*:Ring/*_R1_T96_*uniform*:Shapes/CudaLowLatency.*/R1_M32_T32_*'
     echo "synccheck rc=$?"
     # Cross-process regions (cuMem, the default, then legacy IPC handles): mapped and unmapped,
     # every allocation freed.
@@ -145,7 +145,7 @@ if has nvshmem; then  # NVSHMEM runs several PEs on one GPU only under MPS
   root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
   for transport in ipc nvshmem; do
     for mode in ht ll; do
-      args=${NVSHMEM_BENCH_ARGS:---sms 4,8,14}
+      args=${NVSHMEM_BENCH_ARGS:---sms 4,8,14 --layouts token_major}
       [ $mode = ll ] && args=${NVSHMEM_LL_BENCH_ARGS:---sms 8 --tokens 1,128}
       start=$SECONDS
       CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=12 NVSHMEM_REMOTE_TRANSPORT=none NVSHMEM_DISABLE_NVLS=1 \
@@ -187,7 +187,7 @@ if has bench; then
       start=$SECONDS
       EPCOMM_IPC=legacy timeout 200 mpirun -np 8 --oversubscribe $root -x EPCOMM_IPC \
         "$BUILD/bench/epcomm-bench" --launcher mpi ${BENCH_MPI_ARGS:---algorithms flat --sms 4,8,16} \
-        >"$OUT/bench_mpi_legacy_ipc.log" 2>&1
+        --layouts token_major >"$OUT/bench_mpi_legacy_ipc.log" 2>&1
       note "bench under mpirun, legacy IPC handles (EPCOMM_IPC=legacy): rc=$? ($((SECONDS - start)) s)"
       sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_legacy_ipc.log" | grep -E '^flat|^epcomm' | tee -a "$summary"
     fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Draws epcomm-bench --json output: time against SMs per rank, one line per algorithm,
-panels for dispatch (fresh and cached) and combine. Usage: plot_bench.py bench.json out.png"""
+"""Draws epcomm-bench --json output: time against SMs per rank, one line per algorithm and
+receive layout, panels for dispatch (fresh and cached) and combine. Usage: plot_bench.py bench.json out.png"""
 import json
 import sys
 
@@ -16,11 +16,12 @@ def main(src, dst):
     ops = ["dispatch", "dispatch(cached)", "combine"]
     fig, axes = plt.subplots(1, len(ops), figsize=(5 * len(ops), 4), sharey=True)
     for ax, op in zip(axes, ops):
-        for algorithm in sorted({r["algorithm"] for r in data["results"]}):
-            rows = sorted((r for r in data["results"] if r["algorithm"] == algorithm),
-                          key=lambda r: r["sms"])
-            ax.plot([r["sms"] for r in rows], [r[op]["ms"] for r in rows], marker="o",
-                    label=algorithm)
+        def line(r):
+            return r["algorithm"] + " " + r.get("layout", "token_major")
+
+        for name in sorted({line(r) for r in data["results"]}):
+            rows = sorted((r for r in data["results"] if line(r) == name), key=lambda r: r["sms"])
+            ax.plot([r["sms"] for r in rows], [r[op]["ms"] for r in rows], marker="o", label=name)
         ax.set_title(op)
         ax.set_xlabel("SMs per rank")
         ax.grid(True, alpha=0.3)

@@ -208,12 +208,11 @@ DispatchResult Communicator::dispatch_cached(const DispatchHandle& handle, const
   check_dispatch_buffers(check, config_, recv_capacity(), num_ranks(), handle.num_tokens(), 1, x,
                          x_scales, rows_only);
   if ((options.layout == RecvLayout::kExpertMajor) != handle.state()->expert_major) {
-    invalid_argument(
-        caller, std::string("options.layout = ") +
-                    (options.layout == RecvLayout::kExpertMajor ? "expert_major" : "token_major") +
-                    " but the handle's dispatch was " +
-                    (handle.state()->expert_major ? "expert_major" : "token_major") +
-                    ": a cached dispatch keeps its handle's layout");
+    invalid_argument(caller, std::string("options.layout = ") + to_string(options.layout) +
+                                 " but the handle's dispatch was " +
+                                 to_string(handle.state()->expert_major ? RecvLayout::kExpertMajor
+                                                                        : RecvLayout::kTokenMajor) +
+                                 ": a cached dispatch keeps its handle's layout");
   }
   guarded(broken_, [&] { impl_->check_dispatch_issuable(options, /*cached=*/true); });
   const uint64_t epoch = ++epoch_;

@@ -1,4 +1,5 @@
 // Names and sizes of the public enums.
+#include "epcomm/dispatch.hpp"
 #include "epcomm/error.hpp"
 #include "epcomm/types.hpp"
 
@@ -17,6 +18,10 @@ const char* to_string(ErrorCode code) {
     case ErrorCode::kBroken: return "communicator broken";
   }
   return "unknown error";
+}
+
+const char* to_string(RecvLayout layout) {
+  return layout == RecvLayout::kExpertMajor ? "expert_major" : "token_major";
 }
 
 size_t element_bytes(DType dtype) { return dtype == DType::kBF16 ? 2 : 1; }

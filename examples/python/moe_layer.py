@@ -6,9 +6,9 @@ computation of the same layer with the same weights.
   torchrun --nproc_per_node 2 examples/python/moe_layer.py --device cuda   # one rank per process
 
 --layout token_major (default): rows arrive one per token; the layer groups the (row, slot)
-pairs by expert itself and adds the weighted outputs per row. --layout expert_major (host
-backend only so far): rows arrive grouped by expert, each expert runs on its contiguous group,
-and combine applies the weights (apply_weights=True). --layout both runs and times the two.
+pairs by expert itself and adds the weighted outputs per row. --layout expert_major:
+rows arrive grouped by expert, each expert runs on its contiguous group, and combine applies
+the weights (apply_weights=True). --layout both runs and times the two.
 
 Bound: every rank returns its weighted expert sum for a token rounded once to bf16 (relative
 error <= 2^-8) and combine rounds the fp32 sum of those once more, so each output element is

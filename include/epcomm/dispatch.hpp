@@ -71,6 +71,7 @@ struct DispatchOutputs {
 // recv_src {-1, -1}, recv_topk_slot -1, recv_weight 0. Ready for a grouped GEMM. The CUDA
 // backend builds it on the flat path (Config::algorithm = kRing refuses it, kUnsupported).
 enum class RecvLayout { kTokenMajor, kExpertMajor };
+const char* to_string(RecvLayout layout);  // "token_major", "expert_major"
 
 struct DispatchOptions {
   // true: the host waits until the row count is known and returns it (exact sizes).

@@ -56,9 +56,12 @@ def test_readme_example_runs_as_written(tmp_path):
 
 def test_moe_layer_example_matches_the_dense_layer():
     output = torchrun(ROOT / "examples/python/moe_layer.py", "--device", "cuda", "--tokens", "256",
-                      "--hidden", "1024", "--experts", "32", "--ffn", "512", "--bench")
-    assert output.count("0 out of bound") == NUM_PROCESSES, output[-3000:]
-    print(re.findall(r"rank \d+: bench .*", output))
+                      "--hidden", "1024", "--experts", "32", "--ffn", "512", "--bench",
+                      "--layout", "both")
+    # One check per rank and layout.
+    assert output.count(" 0 out of bound") == 2 * NUM_PROCESSES, output[-3000:]
+    for line in re.findall(r"rank \d+: \w+: bench .*", output):
+        print(line)
 
 
 def _free_port() -> int:
