@@ -229,3 +229,5 @@ if has llbench; then  # the low-latency mode, 8 ranks in-process
   sed -n '/^epcomm-bench/,$p' "$OUT/bench_ll.log" | tee -a "$summary"
   grep -E 'MISMATCH|error' "$OUT/bench_ll.log" | head -5 | tee -a "$summary"
 fi
+# The exit status: 1 when any stage's note above reports a nonzero rc.
+! grep -qE '(^| )rc=[1-9]' "$summary"
