@@ -107,6 +107,11 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
   domain_ =
       std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes, config_.transport);
+  int shared_optin = 0;
+  EPCOMM_CUDA_CHECK(
+      cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
+  bulk_send_ = domain_->bulk_copies() &&
+               kernels::flat_send_shared_bytes(num_ranks_, true) <= static_cast<size_t>(shared_optin);
   start_sequences();
   if (config_.ll_max_tokens_per_rank > 0) {
     ll_ =
@@ -384,6 +389,7 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
   sp.expert_major = handle.expert_major;
   sp.routing = routing;
   sp.chunk_expert_offsets = fresh ? d_chunk_expert_counts_ : nullptr;
+  sp.bulk = bulk_send_;
   if (config_.algorithm == Algorithm::kRing) {
     RingParams rp = ring_params(handle);
     rp.cached = sp.cached;

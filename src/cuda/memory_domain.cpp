@@ -92,6 +92,7 @@ MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes
     cumem_ = std::make_unique<CuMemRegions>(bootstrap, device_, region_bytes);
     peers_ = cumem_->peers();
     region_ = peers_[rank_];
+    bulk_copies_ = true;
   } else {
     EPCOMM_CUDA_CHECK(cudaMalloc(&region_, region_bytes));
     EPCOMM_CUDA_CHECK(cudaMemset(region_, 0, region_bytes));
@@ -113,9 +114,11 @@ void MemoryDomain::map_in_process(Bootstrap& bootstrap) {
   const InProcessEntry mine{region_, device_};
   std::vector<InProcessEntry> all(bootstrap.size());
   bootstrap.allGather(&mine, all.data(), sizeof(mine));
+  bulk_copies_ = true;
   for (size_t i = 0; i < all.size(); ++i) {
     peers_[i] = all[i].base;
     if (all[i].device == device_) continue;
+    bulk_copies_ = false;
     check_native_atomics(device_, all[i].device, static_cast<int>(i));
     int can = 0;
     EPCOMM_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device_, all[i].device));

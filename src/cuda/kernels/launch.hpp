@@ -43,6 +43,9 @@ size_t notify_shared_bytes(int num_ranks, int experts_per_rank);
 void launch_layout(const cuda::LayoutParams& p, cudaStream_t stream);
 void launch_pair_layout(const cuda::LayoutParams& p, cudaStream_t stream);
 void launch_notify(const cuda::NotifyParams& p, cudaStream_t stream);
+// Dynamic shared memory of a flat send block on R ranks, with or without bulk copies (the
+// bulk form fits where this is at most the device's opt-in limit per block).
+size_t flat_send_shared_bytes(int num_ranks, bool bulk);
 void launch_flat_send(const cuda::SendParams& p, int num_blocks, cudaStream_t stream);
 void launch_wait_arrivals(const cuda::ArrivalWaitParams& p, cudaStream_t stream);
 void launch_drain(const cuda::DrainParams& p, int num_blocks, cudaStream_t stream);

@@ -110,6 +110,9 @@ struct SendParams {
   bool expert_major;
   Routing routing;                  // pair_row (made final here when fresh), pair_dest, pair_weight
   const int* chunk_expert_offsets;  // fresh: [chunks][E] first row of each chunk per expert
+  // Rows by bulk copies (the TMA engine) instead of vector stores: only where every peer's pool
+  // is memory the engine may write (MemoryDomain::bulk_copies) and the buffers fit.
+  bool bulk;
 };
 
 // Single-block wait: rows from every source have arrived.
