@@ -177,25 +177,41 @@ DispatchResult HostBackend::cached_expert_major(const HostHandle& handle,
   return result;
 }
 
+// Across NVLink domains of L ranks (DESIGN section 11, docs/design.md section 24): per domain in
+// ascending order, the token's pairs at its ranks in ascending slot order from 0 in fp32, that
+// partial rounded to bf16 (what the domain's forwarder sends back once), the partials added in
+// fp32; with one domain the sum is rounded only at the end.
 void HostBackend::combine_expert_major(const HostHandle& handle, void* out,
                                        const CombineOptions& options) {
   const size_t H = config_.hidden;
   const int K = handle.num_topk;
-  std::vector<float> acc(H);
+  const int L = config_.ranks_per_domain > 0 ? config_.ranks_per_domain : num_ranks_;
+  const bool one_domain = L == num_ranks_;
+  std::vector<float> acc(H), partial(H);
   auto* out_bits = static_cast<uint16_t*>(out);
   for (int t = 0; t < handle.num_tokens; ++t) {
     std::fill(acc.begin(), acc.end(), 0.f);
-    for (int k = 0; k < K; ++k) {
-      const size_t i = static_cast<size_t>(t) * K + k;
-      const int row = handle.pair_row[i];
-      if (row < 0) continue;
-      const auto* y_row =
-          reinterpret_cast<const uint16_t*>(peers_[handle.pair_dest[i]]->pool_.data()) + row * H;
-      if (options.apply_weights) {
-        const float w = handle.weights[i];
-        for (size_t h = 0; h < H; ++h) acc[h] = std::fma(w, bf16_to_float(y_row[h]), acc[h]);
-      } else {
-        for (size_t h = 0; h < H; ++h) acc[h] += bf16_to_float(y_row[h]);
+    for (int first = 0; first < num_ranks_; first += L) {
+      std::fill(partial.begin(), partial.end(), 0.f);
+      bool any = false;
+      for (int k = 0; k < K; ++k) {
+        const size_t i = static_cast<size_t>(t) * K + k;
+        const int row = handle.pair_row[i], dest = handle.pair_dest[i];
+        if (row < 0 || dest < first || dest >= first + L) continue;
+        any = true;
+        const auto* y_row = reinterpret_cast<const uint16_t*>(peers_[dest]->pool_.data()) + row * H;
+        if (options.apply_weights) {
+          const float w = handle.weights[i];
+          for (size_t h = 0; h < H; ++h) {
+            partial[h] = std::fma(w, bf16_to_float(y_row[h]), partial[h]);
+          }
+        } else {
+          for (size_t h = 0; h < H; ++h) partial[h] += bf16_to_float(y_row[h]);
+        }
+      }
+      if (!any) continue;  // no pair of t in the domain: it sends nothing back
+      for (size_t h = 0; h < H; ++h) {
+        acc[h] += one_domain ? partial[h] : bf16_to_float(float_to_bf16(partial[h]));
       }
     }
     for (const void* bias : {options.bias, options.bias2}) {  // after the pairs, in this order

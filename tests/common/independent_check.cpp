@@ -226,15 +226,17 @@ std::string check_pair_rows(const Shape& shape, const RoundInputs& in, const Pai
   return "";
 }
 
-// Rank r's combine output: per token, its pairs' y rows (at the ranks of their experts) in
-// ascending slot order, fmaf(w, y, acc) or acc + y from 0 in fp32, then bias, bias2, rounded.
+// Rank r's combine output: per token and NVLink domain of L ranks (ascending), the token's pairs
+// at ranks of that domain in ascending slot order, fmaf(w, y, acc) or acc + y from 0 in fp32,
+// rounded to bf16 unless L = R; the domains' partials added in fp32, then bias, bias2, rounded.
 // y: combine_y_row of (y_seed, destination), or with y_from_x the rows received, i.e. the
 // token's own x from `rows`.
 std::string check_pair_combine(const Shape& shape, const RoundInputs& in, const PairLayout& lay,
-                               int r, const std::vector<unsigned char>& combined,
+                               int r, int L, const std::vector<unsigned char>& combined,
                                const std::vector<RankData>& rows, uint64_t y_seed,
                                const RoundOptions& options, bool y_from_x, const char* what) {
-  const int Le = shape.num_experts / shape.num_ranks, K = shape.num_topk, H = shape.hidden;
+  const int R = shape.num_ranks, Le = shape.num_experts / R, K = shape.num_topk;
+  const int H = shape.hidden;
   const RankData& d = in.data[r];
   std::vector<uint16_t> bias[2];
   for (int b = 0; b < 2; ++b) {
@@ -243,23 +245,32 @@ std::string check_pair_combine(const Shape& shape, const RoundInputs& in, const 
   if (combined.size() != static_cast<size_t>(shape.num_tokens) * H * 2) {
     return std::string(what) + " size";
   }
-  std::vector<float> acc(H);
+  std::vector<float> acc(H), partial(H);
+  std::vector<uint16_t> y(H);
   for (int t = 0; t < shape.num_tokens; ++t) {
     std::fill(acc.begin(), acc.end(), 0.f);
-    for (int k = 0; k < K; ++k) {
-      const size_t i = static_cast<size_t>(t) * K + k;
-      const int row = lay.row[r][i];
-      if (row < 0) continue;
-      std::vector<uint16_t> y(H);
-      if (y_from_x) {
-        std::memcpy(y.data(), rows[r].x.data() + static_cast<size_t>(t) * H * 2, H * 2);
-      } else {
-        y = combine_y_row(shape, y_seed, static_cast<int>(d.expert(t, k) / Le), row);
+    for (int first = 0; first < R; first += L) {
+      std::fill(partial.begin(), partial.end(), 0.f);
+      bool any = false;
+      for (int k = 0; k < K; ++k) {
+        const size_t i = static_cast<size_t>(t) * K + k;
+        const int row = lay.row[r][i];
+        const int dest = row < 0 ? -1 : static_cast<int>(d.expert(t, k) / Le);
+        if (dest < first || dest >= first + L) continue;
+        any = true;
+        if (y_from_x) {
+          std::memcpy(y.data(), rows[r].x.data() + static_cast<size_t>(t) * H * 2, H * 2);
+        } else {
+          y = combine_y_row(shape, y_seed, dest, row);
+        }
+        for (int h = 0; h < H; ++h) {
+          const float v = float_of(y[h]);
+          partial[h] =
+              options.apply_weights ? std::fma(d.topk_weights[i], v, partial[h]) : partial[h] + v;
+        }
       }
-      for (int h = 0; h < H; ++h) {
-        const float v = float_of(y[h]);
-        acc[h] = options.apply_weights ? std::fma(d.topk_weights[i], v, acc[h]) : acc[h] + v;
-      }
+      if (!any) continue;  // no pair of t in this domain: it sends nothing back
+      for (int h = 0; h < H; ++h) acc[h] += L == R ? partial[h] : float_of(bf16_of(partial[h]));
     }
     for (int h = 0; h < H; ++h) {
       const size_t e = static_cast<size_t>(t) * H + h;
@@ -281,20 +292,24 @@ std::string check_pair_combine(const Shape& shape, const RoundInputs& in, const 
 }
 
 std::string check_expert_major_one(const Shape& shape, const RoundInputs& in, const PairLayout& lay,
-                                   int r, const RankOutputs& out, uint64_t seed,
+                                   int r, int L, const RankOutputs& out, uint64_t seed,
                                    const RoundOptions& options) {
   std::string err = check_pair_rows(shape, in, lay, r, out, options.cached);
   if (!err.empty()) return err;
   const bool y_from_x = options.y_is_recv_x && shape.dtype == DType::kBF16;
-  err = check_pair_combine(shape, in, lay, r, out.combined, in.data, seed, options, y_from_x,
+  err = check_pair_combine(shape, in, lay, r, L, out.combined, in.data, seed, options, y_from_x,
                            "combined");
   if (!err.empty() || !options.cached) return err;
-  return check_pair_combine(shape, in, lay, r, out.cached_combined, in.fresh,
+  return check_pair_combine(shape, in, lay, r, L, out.cached_combined, in.fresh,
                             seed + kCachedSeedOffset, options, y_from_x, "cached_combined");
 }
 
 int alignment_of(const RoundOptions& options, const Config& config) {
   return options.expert_alignment > 0 ? options.expert_alignment : config.expert_alignment;
+}
+
+int ranks_per_domain(const Shape& shape, const Config& config) {
+  return config.ranks_per_domain > 0 ? config.ranks_per_domain : shape.num_ranks;
 }
 
 }  // namespace
@@ -320,7 +335,8 @@ std::string check_expert_major(const Shape& shape, Routing routing, uint64_t see
   const RoundInputs in(shape, routing, seed);
   const PairLayout lay = pair_layout(shape, in.data, alignment_of(options, config));
   for (int r = 0; r < shape.num_ranks; ++r) {
-    const std::string err = check_expert_major_one(shape, in, lay, r, outputs[r], seed, options);
+    const std::string err = check_expert_major_one(
+        shape, in, lay, r, ranks_per_domain(shape, config), outputs[r], seed, options);
     if (!err.empty()) return err;
   }
   return "";
@@ -331,7 +347,8 @@ std::string check_expert_major_rank(const Shape& shape, Routing routing, uint64_
                                     const Config& config) {
   const RoundInputs in(shape, routing, seed);
   const PairLayout lay = pair_layout(shape, in.data, alignment_of(options, config));
-  return check_expert_major_one(shape, in, lay, rank, out, seed, options);
+  return check_expert_major_one(shape, in, lay, rank, ranks_per_domain(shape, config), out, seed,
+                                options);
 }
 
 }  // namespace epcomm::testing

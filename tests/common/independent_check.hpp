@@ -23,8 +23,10 @@ std::string check_rank_independently(const Shape& shape, Routing routing, uint64
 // `config`): num_recv, expert_offsets, num_recv_per_expert, every row's recv_src,
 // recv_topk_slot, recv_weight, x and scales (padding rows zero and marked), the cached rows, and
 // both combines (each token's pairs in ascending slot order in fp32, fmaf with the weight when
-// options.apply_weights, then bias and bias2, one rounding) from every rank's inputs and the y
-// and biases of combine_y_row / combine_bias. Returns "" or the first problem found.
+// options.apply_weights, then bias and bias2, one rounding; with config.ranks_per_domain = L < R
+// a partial per domain of L ranks, rounded to bf16, the partials added in ascending domain
+// order) from every rank's inputs and the y and biases of combine_y_row / combine_bias. Returns
+// "" or the first problem found.
 std::string check_expert_major(const Shape& shape, Routing routing, uint64_t seed,
                                const std::vector<RankOutputs>& outputs, const RoundOptions& options,
                                const Config& config);

@@ -2,7 +2,8 @@
 // rows summed in fp32 in ascending rank order and rounded to bf16, the partials added in fp32 in
 // ascending domain order, then rounded once more; one domain keeps the single rounding. Checked
 // against a model written here from that rule, on rows spread wide enough that the roundings
-// change bits.
+// change bits. The expert-major combine follows the same rule over each domain's pairs
+// (docs/design.md section 24), checked against the independent model of that layout.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -11,6 +12,7 @@
 #include "bf16_bits.hpp"
 #include "epcomm/epcomm.hpp"
 #include "harness.hpp"
+#include "independent_check.hpp"
 
 namespace epcomm {
 namespace {
@@ -110,6 +112,48 @@ TEST(HostReference, CombineAddsDomainPartialsInAscendingDomainOrder) {
       // Domains of one rank: each partial is one bf16 row, rounded exactly, so the sum in
       // ascending order is the one-domain sum.
       EXPECT_FALSE(differs) << "domains of 1 changed the one-domain bits";
+    }
+  }
+}
+
+// Expert-major: per domain the token's pairs in slot order (weights applied or not), rounded,
+// the partials in ascending domain order; every (R, L) split on fresh random rounds.
+TEST(HostReference, ExpertMajorCombineAddsDomainPartialsInAscendingDomainOrder) {
+  for (int R : {4, 8}) {
+    const uint64_t seed = 4100 + R;  // the same routing and rows for every split of R
+    for (bool apply_weights : {true, false}) {
+      testing::Shape shape;
+      shape.num_ranks = R;
+      shape.num_tokens = 24;
+      shape.hidden = 64;
+      shape.num_experts = 4 * R;
+      shape.num_topk = 6;
+      testing::RoundOptions options;
+      options.layout = RecvLayout::kExpertMajor;
+      options.apply_weights = apply_weights;
+      options.bias = 1;
+      std::vector<testing::RankOutputs> one_domain;
+      for (int L = R; L >= 1; L /= 2) {
+        SCOPED_TRACE("R = " + std::to_string(R) + ", ranks_per_domain = " + std::to_string(L) +
+                     (apply_weights ? ", weights applied" : ""));
+        Config cfg = testing::config_for(shape);
+        cfg.max_recv_rows = testing::expert_major_max_rows(shape, cfg.expert_alignment);
+        cfg.ranks_per_domain = L;
+        cfg.transport = Transport::kNvshmem;  // the host reference ignores it; domains < R need it
+        const auto got = testing::run_cluster(Backend::kHost, cfg, shape,
+                                              testing::Routing::kRepeats, seed, options)[0];
+        ASSERT_EQ(
+            testing::check_expert_major(shape, testing::Routing::kRepeats, seed, got, options, cfg),
+            "");
+        if (L == R) {
+          one_domain = got;
+          continue;
+        }
+        bool differs = false;
+        for (int r = 0; r < R; ++r) differs = differs || got[r].combined != one_domain[r].combined;
+        // The partials' roundings must show somewhere, or this test could not tell them.
+        EXPECT_TRUE(differs) << "domains gave the one-domain bits everywhere";
+      }
     }
   }
 }
