@@ -6,8 +6,9 @@
 #include <algorithm>
 #include <cstring>
 #include <vector>
-#include "message_stream.hpp"
 
+#include "combine_order.hpp"
+#include "message_stream.hpp"
 #include "numeric.hpp"
 
 namespace epcomm::host {
@@ -327,17 +328,9 @@ void HostBackend::combine(const void* y, const detail::HandleState& handle_state
         const auto* y_row = reinterpret_cast<const uint16_t*>(peers_[d]->pool_.data()) + row * H;
         for (size_t h = 0; h < H; ++h) partial[h] += bf16_to_float(y_row[h]);
       }
-      if (!any) continue;  // the domain holds no row of t: it sends nothing back
-      for (size_t h = 0; h < H; ++h) {
-        acc[h] += one_domain ? partial[h] : bf16_to_float(float_to_bf16(partial[h]));
-      }
+      if (any) add_domain_partial(acc, partial, one_domain);  // else the domain sends nothing
     }
-    for (const void* bias : {options.bias, options.bias2}) {  // after the rows, in this order
-      if (bias == nullptr) continue;
-      const auto* bias_row = static_cast<const uint16_t*>(bias) + t * H;
-      for (size_t h = 0; h < H; ++h) acc[h] += bf16_to_float(bias_row[h]);
-    }
-    for (size_t h = 0; h < H; ++h) out_bits[t * H + h] = float_to_bf16(acc[h]);
+    finish_token(acc, options, t, out_bits);
   }
   bootstrap_->barrier();  // no rank restages its pool while a peer still reads it
 }

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "combine_order.hpp"
 #include "host_backend.hpp"
 #include "numeric.hpp"
 
@@ -209,17 +210,9 @@ void HostBackend::combine_expert_major(const HostHandle& handle, void* out,
           for (size_t h = 0; h < H; ++h) partial[h] += bf16_to_float(y_row[h]);
         }
       }
-      if (!any) continue;  // no pair of t in the domain: it sends nothing back
-      for (size_t h = 0; h < H; ++h) {
-        acc[h] += one_domain ? partial[h] : bf16_to_float(float_to_bf16(partial[h]));
-      }
+      if (any) add_domain_partial(acc, partial, one_domain);  // else the domain sends nothing
     }
-    for (const void* bias : {options.bias, options.bias2}) {  // after the pairs, in this order
-      if (bias == nullptr) continue;
-      const auto* bias_row = static_cast<const uint16_t*>(bias) + t * H;
-      for (size_t h = 0; h < H; ++h) acc[h] += bf16_to_float(bias_row[h]);
-    }
-    for (size_t h = 0; h < H; ++h) out_bits[t * H + h] = float_to_bf16(acc[h]);
+    finish_token(acc, options, t, out_bits);
   }
 }
 
