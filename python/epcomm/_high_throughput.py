@@ -107,7 +107,10 @@ class HighThroughputCalls:
         then token, padding rows zero (docs/design.md section 24). Returns (recv_x, None, None,
         group sizes, handle, event); the handle carries recv_src [n, 2] int32 (source rank,
         token; -1 on padding), recv_topk_slot [n] int32, recv_weight [n] fp32 and
-        expert_offsets [Le + 1] int32. Exact sizes only (num_worst_tokens = 0).
+        expert_offsets [Le + 1] int32. With num_worst_tokens > 0 nothing waits on the host:
+        the pool and the tensors have num_worst_tokens rows (pairs and padding), the group
+        sizes list is empty, rows past the received ones hold recv_src and recv_topk_slot -1
+        and recv_weight 0, and expert_offsets (on the device) ends with the rows received.
         """
         self._check_usable()
         if layout not in ("token_major", "expert_major"):
@@ -140,8 +143,6 @@ class HighThroughputCalls:
         _args.check_count("expert_alignment", expert_alignment, minimum=1)
         _args.check_count("num_worst_tokens", num_worst_tokens, minimum=0)
         expert_major = layout == "expert_major"
-        if expert_major and num_worst_tokens:
-            raise ValueError("layout='expert_major' takes exact sizes: num_worst_tokens must be 0")
 
         kind = EndpointKind(self._backend_for(device), dtype, _tensors.INDEX_DTYPES[topk_idx.dtype],
                             hidden, num_experts, num_worst_tokens)
@@ -158,14 +159,16 @@ class HighThroughputCalls:
                     topk_idx=_tensors.address(topk_idx),
                     topk_weights=_tensors.address(topk_weights), num_tokens=num_tokens,
                     num_topk=num_topk)
-        if expert_major:
+        if num_worst_tokens:
+            received = receive_into_worst_case(endpoint, streams, args, num_worst_tokens,
+                                               x.dtype, num_topk, device,
+                                               expert_major=expert_major,
+                                               expert_alignment=expert_alignment)
+            counts: List[int] = []
+        elif expert_major:
             received = receive_exact(endpoint, streams, args, x.dtype, num_topk, device,
                                      expert_major=True, expert_alignment=expert_alignment)
             counts = list(received.per_expert)
-        elif num_worst_tokens:
-            received = receive_into_worst_case(endpoint, streams, args, num_worst_tokens,
-                                               x.dtype, num_topk, device)
-            counts: List[int] = []
         else:
             received = receive_exact(endpoint, streams, args, x.dtype, num_topk, device)
             counts = [-(-c // expert_alignment) * expert_alignment for c in received.per_expert]
@@ -175,7 +178,9 @@ class HighThroughputCalls:
         if expert_major:
             new_handle.set_expert_major(received.pair_src, received.pair_slot,
                                         received.pair_weight, received.expert_offsets)
-        outputs = [received.x, received.scales, received.topk_idx, received.topk_weights]
+        outputs = [received.x, received.scales, received.topk_idx, received.topk_weights,
+                   received.pair_src, received.pair_slot, received.pair_weight,
+                   received.expert_offsets]
         event = streams.finish([x, x_scales, topk_idx, topk_weights], outputs)
         recv_x = (received.x, received.scales) if x_scales is not None else received.x
         return recv_x, received.topk_idx, received.topk_weights, counts, new_handle, event
@@ -201,7 +206,8 @@ class HighThroughputCalls:
         args = dict(x=_tensors.address(x), x_scales=_tensors.address(x_scales))
         if handle.num_worst_tokens:
             received = receive_into_worst_case(endpoint, streams, args, handle.num_worst_tokens,
-                                               x.dtype, 0, x.device, native=handle._native)
+                                               x.dtype, 0, x.device, native=handle._native,
+                                               expert_major=handle.layout == "expert_major")
         else:
             received = receive_exact(endpoint, streams, args, x.dtype, 0, x.device,
                                      native=handle._native,

@@ -74,12 +74,7 @@ def receive_exact(endpoint: Endpoint, streams: CallStreams, args: dict, x_dtype:
     received.num_recv = n
     copies = [(received.x, result.recv_x), (received.scales, result.recv_scales)]
     if native is None and expert_major:
-        with streams.allocating():
-            received.pair_src = torch.empty(n, 2, dtype=torch.int32, device=device)
-            received.pair_slot = torch.empty(n, dtype=torch.int32, device=device)
-            received.pair_weight = torch.empty(n, dtype=torch.float32, device=device)
-            received.expert_offsets = torch.empty(num_local + 1, dtype=torch.int32,
-                                                  device=device)
+        _allocate_pairs(received, streams, n, num_local, device)
         copies += [(received.pair_src, result.recv_src),
                    (received.pair_slot, result.recv_topk_slot),
                    (received.pair_weight, result.recv_weight),
@@ -102,23 +97,67 @@ def receive_exact(endpoint: Endpoint, streams: CallStreams, args: dict, x_dtype:
 
 def receive_into_worst_case(endpoint: Endpoint, streams: CallStreams, args: dict, rows: int,
                             x_dtype: torch.dtype, num_topk: int, device: torch.device,
-                            native=None) -> ReceivedRows:
+                            native=None, expert_major: bool = False,
+                            expert_alignment: int = 0) -> ReceivedRows:
     """Dispatches with worst-case sizes into new tensors of `rows` rows; nothing waits on the
-    host. Rows past the received ones keep recv_topk_idx -1 and weight 0."""
-    received = _allocate(endpoint, streams, rows, x_dtype, num_topk, device)
+    host. Rows past the received ones keep recv_topk_idx -1 and weight 0. With `expert_major`
+    (a fresh dispatch) the rows are pairs and padding, and the pair data is filled on the
+    device: past the received rows recv_src and recv_topk_slot hold -1 and recv_weight 0;
+    expert_offsets [Le + 1] ends with the number of rows received."""
+    received = _allocate(endpoint, streams, rows, x_dtype, 0 if expert_major else num_topk,
+                         device)
     outputs = _epcomm.DispatchOutputs()
     outputs.recv_x = _tensors.address(received.x)
     outputs.recv_scales = _tensors.address(received.scales)
-    if num_topk:
+    if num_topk and not expert_major:
         with streams.working():  # before the dispatch's own writes, on the same stream
             received.topk_idx.fill_(-1)
             received.topk_weights.zero_()
         outputs.recv_topk_idx = _tensors.address(received.topk_idx)
         outputs.recv_topk_weights = _tensors.address(received.topk_weights)
+    pairs = expert_major and native is None
+    if pairs:
+        _allocate_pairs(received, streams, rows, endpoint.experts_per_rank, device)
+        with streams.working():
+            received.pair_src.fill_(-1)
+        outputs.recv_src = _tensors.address(received.pair_src)
+    layout = _epcomm.RecvLayout.expert_major if expert_major else _epcomm.RecvLayout.token_major
     if native is None:
-        result = endpoint.comm.dispatch(**args, wait_num_recv=False, outputs=outputs)
+        result = endpoint.comm.dispatch(**args, wait_num_recv=False, outputs=outputs,
+                                        layout=layout, expert_alignment=expert_alignment)
     else:
         result = endpoint.comm.dispatch_cached(native, args["x"], args["x_scales"],
-                                               wait_num_recv=False, outputs=outputs)
+                                               wait_num_recv=False, outputs=outputs,
+                                               layout=layout)
     received.native_handle = result.handle
+    if pairs:
+        _fill_pairs_on_device(received, result, streams, rows, device)
     return received
+
+
+def _allocate_pairs(received: ReceivedRows, streams: CallStreams, rows: int, num_local: int,
+                    device: torch.device) -> None:
+    with streams.allocating():
+        received.pair_src = torch.empty(rows, 2, dtype=torch.int32, device=device)
+        received.pair_slot = torch.empty(rows, dtype=torch.int32, device=device)
+        received.pair_weight = torch.empty(rows, dtype=torch.float32, device=device)
+        received.expert_offsets = torch.empty(num_local + 1, dtype=torch.int32, device=device)
+
+
+def _fill_pairs_on_device(received: ReceivedRows, result, streams: CallStreams, rows: int,
+                          device: torch.device) -> None:
+    """The pool's slot, weight and offsets views after a worst-case dispatch, copied on the
+    communication stream; rows at or past the received count (only the device knows it) are
+    marked."""
+    stream = streams.address
+    with streams.working():  # owned by the communication stream, which alone uses it
+        num_recv = torch.empty(1, dtype=torch.int32, device=device)
+    for tensor, address in ((received.pair_slot, result.recv_topk_slot),
+                            (received.pair_weight, result.recv_weight),
+                            (received.expert_offsets, result.expert_offsets),
+                            (num_recv, result.num_recv_device)):
+        _tensors.copy_from_address(tensor, address, stream)
+    with streams.working():
+        past = torch.arange(rows, dtype=torch.int32, device=device) >= num_recv
+        received.pair_slot.masked_fill_(past, -1)
+        received.pair_weight.masked_fill_(past, 0.0)

@@ -9,17 +9,13 @@ import pytest
 import torch
 
 import epcomm
-from helpers.expect import assert_bits_equal
-from helpers.expert_major import expert_major_round
+from helpers.expect import assert_bits_equal, bits
+from helpers.expert_major import assert_worst_case_matches, expert_major_round, worst_case_rows
 from helpers.ll_reference import fmaf
 from helpers.reference import bf16_bits_to_f32, f32_to_bf16_bits
 from helpers.runner import run_on_threads
 from helpers.workload import Case, inputs_for
 
-
-def _bits(t: torch.Tensor) -> np.ndarray:
-    by_size = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-    return t.contiguous().view(by_size[t.element_size()]).numpy()
 
 
 def _first_slot(ids: np.ndarray, t: int, e: int) -> int:
@@ -77,14 +73,14 @@ def test_expert_major_dispatch_and_combine_match_the_model(case: Case, alignment
                 if pair is None:
                     continue
                 src = inputs_for(case, pair[0])
-                want_x[r] = _bits(src[key][pair[1]])
+                want_x[r] = bits(src[key][pair[1]])
                 if case.fp8:
                     want_scales[r] = src[key + "_scales"][pair[1]].numpy()
             got_x = g[name]
             if case.fp8:
                 assert_bits_equal(f"{where} {name} scales", got_x[1].numpy(), want_scales)
                 got_x = got_x[0].view(torch.uint8)
-            assert_bits_equal(f"{where} {name}", _bits(got_x), want_x)
+            assert_bits_equal(f"{where} {name}", bits(got_x), want_x)
         want_src = np.array([[p[0], p[1]] if p else [-1, -1] for p in rows], np.int32)
         want_slot = np.array([p[2] if p else -1 for p in rows], np.int32)
         want_weight = np.array([inputs_for(case, p[0])["topk_weights"][p[1], p[2]].item()
@@ -106,7 +102,7 @@ def test_expert_major_dispatch_and_combine_match_the_model(case: Case, alignment
                         continue
                     d = e // local
                     row = layouts[d][0].index((s, t, k))
-                    y = bf16_bits_to_f32(_bits(got[d]["y"][row]).view(np.uint16))
+                    y = bf16_bits_to_f32(bits(got[d]["y"][row]).view(np.uint16))
                     if weighted:
                         w = np.full(H, inputs["topk_weights"][t, k].item(), np.float32)
                         acc[t] = fmaf(w, y, acc[t])
@@ -114,7 +110,28 @@ def test_expert_major_dispatch_and_combine_match_the_model(case: Case, alignment
                         acc[t] = (acc[t] + y).astype(np.float32)
             key = "weighted" if weighted else "plain"
             assert_bits_equal(f"{case.name()} rank {s} combine {key}",
-                              _bits(got[s][key]).view(np.uint16), f32_to_bf16_bits(acc))
+                              bits(got[s][key]).view(np.uint16), f32_to_bf16_bits(acc))
+
+
+@pytest.mark.parametrize("case", CASES, ids=Case.name)
+def test_expert_major_worst_case_matches_exact_sizes(case: Case):
+    """num_worst_tokens > 0: the same rows, pair data and offsets as the exact dispatch in the
+    first rows, marked rows after them, and the same combines and cached rows."""
+    R, alignment = case.num_ranks, 2
+    worst = worst_case_rows(case, alignment)
+
+    def body(rank, group):
+        buffer = epcomm.Buffer(group, max_tokens_per_rank=4 * case.max_tokens_per_rank)
+        try:
+            exact = expert_major_round(buffer, case, rank, alignment, torch.device("cpu"))
+            worst_case = expert_major_round(buffer, case, rank, alignment, torch.device("cpu"),
+                                            num_worst_tokens=worst)
+            return exact, worst_case
+        finally:
+            buffer.destroy()
+
+    for rank, (exact, got) in enumerate(run_on_threads(R, body)):
+        assert_worst_case_matches(f"{case.name()} rank {rank}", got, exact, worst)
 
 
 def test_expert_major_arguments_are_checked():
@@ -124,9 +141,6 @@ def test_expert_major_arguments_are_checked():
     counts = torch.zeros(2, dtype=torch.int32)
     with pytest.raises(ValueError, match="layout = 'rows'"):
         buffer.dispatch(x, topk_idx=ids, num_tokens_per_expert=counts, layout="rows")
-    with pytest.raises(ValueError, match="num_worst_tokens must be 0"):
-        buffer.dispatch(x, topk_idx=ids, num_tokens_per_expert=counts, num_worst_tokens=8,
-                        layout="expert_major")
     recv_x, _, _, _, handle, _ = buffer.dispatch(
         x, topk_idx=ids, topk_weights=torch.ones(3, 2), num_tokens_per_expert=counts,
         layout="expert_major")

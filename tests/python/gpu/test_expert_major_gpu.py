@@ -1,15 +1,16 @@
 """Buffer.dispatch(layout="expert_major") and combine(apply_weights=...) on CUDA tensors, one rank
 per process, against the C++ host reference: each process runs every rank's round on threads of
 its own (host backend, CPU tensors) and compares its own outputs bit for bit (recv_x, scales,
-group sizes and offsets, pair data, both combines, the cached dispatch's rows)."""
+group sizes and offsets, pair data, both combines, the cached dispatch's rows); worst-case
+dispatches (num_worst_tokens) against the reference's exact ones."""
 import os
 
 import pytest
 import torch
 
 import epcomm
-from helpers.expect import assert_bits_equal
-from helpers.expert_major import expert_major_round
+from helpers.expect import assert_bits_equal, bits
+from helpers.expert_major import assert_worst_case_matches, expert_major_round, worst_case_rows
 from helpers.runner import run_on_threads
 from helpers.workload import ROUTINGS, Case
 
@@ -58,10 +59,6 @@ def _outcome(run):
         return None, (error.code, "rows" in str(error) and any(c.isdigit() for c in str(error)))
 
 
-def _bits(t: torch.Tensor):
-    by_size = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-    return t.contiguous().view(by_size[t.element_size()]).numpy()
-
 
 def _assert_same(where: str, got, want):
     if isinstance(want, tuple):
@@ -70,7 +67,7 @@ def _assert_same(where: str, got, want):
             _assert_same(f"{where}[{i}]", g, w)
     elif isinstance(want, torch.Tensor):
         assert got.shape == want.shape, f"{where}: shape {tuple(got.shape)}, want {tuple(want.shape)}"
-        assert_bits_equal(where, _bits(got), _bits(want))
+        assert_bits_equal(where, bits(got), bits(want))
     else:
         assert got == want, f"{where}: {got} != {want}"
 
@@ -89,3 +86,16 @@ def test_expert_major_matches_host_reference(dist_env, buffer, case: Case):
     assert got.keys() == want.keys()
     for key in want:
         _assert_same(f"{case.name()} alignment {alignment} rank {rank} {key}", got[key], want[key])
+
+
+@pytest.mark.parametrize("case", _cases(WORLD)[1::4], ids=Case.name)
+def test_expert_major_worst_case_matches_host_reference(dist_env, buffer, case: Case):
+    """Nothing waits on the host: the pair data past the received rows is marked on the device
+    (the pool's views hold stale or uninitialised values there)."""
+    rank, _, device = dist_env
+    alignment = 4
+    worst = worst_case_rows(case, alignment)
+    got = expert_major_round(buffer, case, rank, alignment, device, num_worst_tokens=worst)
+    want = _host_reference(case, alignment)[rank]
+    assert_worst_case_matches(f"{case.name()} rank {rank}", got, want, worst)
+

@@ -15,6 +15,11 @@ def _np_bits(tensor: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     return tensor.view(by_size[tensor.element_size()]).numpy()
 
 
+def bits(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's raw bits: a numpy integer array of its element size."""
+    return _np_bits(tensor.contiguous())
+
+
 def _rank_inputs(case: Case, rank: int, rows: str) -> reference.Rank:
     inputs = inputs_for(case, rank)
     weights = inputs["topk_weights"]
