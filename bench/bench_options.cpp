@@ -33,8 +33,9 @@ void usage() {
       "  --no-check              skip the check against the reference\n"
       "  --json FILE             also write the results as JSON\n"
       "  --plot FILE.png         draw time against SMs (needs python3 with matplotlib)\n"
-      "  --mode ht|ll|soak       high-throughput (default) or low-latency dispatch/combine, or\n"
-      "                          random back-to-back calls checked against the reference\n"
+      "  --mode ht|ll|soak|domains   high-throughput (default) or low-latency dispatch/\n"
+      "                          combine, random back-to-back calls checked against the\n"
+      "                          reference, or the bytes the routing sends across domains\n"
       "low-latency mode (--mode ll):\n"
       "  --tokens LIST           tokens per rank, one row each (1,32,128,256; host: 1,8);\n"
       "                          M = ll_max_tokens_per_rank = the largest\n"
@@ -45,7 +46,9 @@ void usage() {
       "  --sms N                 one value: dispatch_sms = combine_sms of the LL kernels (16)\n"
       "soak mode (--mode soak; CUDA; ranks, seed and launcher as above):\n"
       "  --seconds N             run batches for N seconds (300)\n"
-      "  --batch-rounds N        rounds per batch, the host synchronising between batches (100)\n");
+      "  --batch-rounds N        rounds per batch, the host synchronising between batches (100)\n"
+      "domains mode (--mode domains; shape, dtype, layouts and seed as above; no device):\n"
+      "  --ranks-per-domain N    ranks per NVLink domain, dividing --ranks\n");
 }
 
 std::vector<std::string> split(const std::string& s) {
@@ -132,11 +135,15 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
         o->ranks = to_int(flag, value());
       } else if (flag == "--mode") {
         const std::string v = value();
-        if (v != "ht" && v != "ll" && v != "soak") {
+        if (v != "ht" && v != "ll" && v != "soak" && v != "domains") {
           throw Error(ErrorCode::kInvalidArgument, "--mode = " + v);
         }
-        o->mode = v == "ht" ? BenchMode::kHighThroughput
-                            : (v == "ll" ? BenchMode::kLowLatency : BenchMode::kSoak);
+        o->mode = v == "ht"     ? BenchMode::kHighThroughput
+                  : v == "ll"   ? BenchMode::kLowLatency
+                  : v == "soak" ? BenchMode::kSoak
+                                : BenchMode::kDomains;
+      } else if (flag == "--ranks-per-domain") {
+        o->ranks_per_domain = to_int(flag, value());
       } else if (flag == "--seconds") {
         o->soak_seconds = to_int(flag, value());
       } else if (flag == "--batch-rounds") {
@@ -223,6 +230,18 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
     if (o->tokens == 0) o->tokens = o->backend == Backend::kCuda ? 4096 : 512;
     if (o->mode == BenchMode::kSoak && (o->soak_seconds < 0 || o->soak_batch_rounds < 1)) {
       throw Error(ErrorCode::kInvalidArgument, "--seconds must be >= 0, --batch-rounds >= 1");
+    }
+    if (o->mode == BenchMode::kDomains &&
+        (o->ranks_per_domain < 1 || o->ranks % o->ranks_per_domain != 0)) {
+      throw Error(
+          ErrorCode::kInvalidArgument,
+          "--ranks-per-domain = " + std::to_string(o->ranks_per_domain) +
+              ": --mode domains needs a positive divisor of --ranks = " + std::to_string(o->ranks));
+    }
+    if (o->mode != BenchMode::kDomains && o->ranks_per_domain != 0) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--ranks-per-domain is for --mode domains (the paths across domains are not "
+                  "built yet)");
     }
     if (o->iters < 1) throw Error(ErrorCode::kInvalidArgument, "--iters must be at least 1");
     if (o->algorithms.empty() || o->sms.empty() || o->layouts.empty()) {

@@ -11,8 +11,9 @@ namespace epcomm::bench {
 
 // ht: the high-throughput dispatch/combine (DESIGN section 9); ll: the low-latency mode
 // (section 10), timed by ll_bench.cpp; soak: random back-to-back calls checked against the
-// reference for a while (soak.cpp).
-enum class BenchMode { kHighThroughput, kLowLatency, kSoak };
+// reference for a while (soak.cpp); domains: the bytes the workload's routing sends across
+// NVLink domains (section 11; domains.cpp).
+enum class BenchMode { kHighThroughput, kLowLatency, kSoak, kDomains };
 
 struct BenchOptions {
   BenchMode mode = BenchMode::kHighThroughput;
@@ -47,6 +48,7 @@ struct BenchOptions {
   int loop_calls = 16;     // --mode ll on GPUs: dispatch + combine pairs per loop graph (0: none)
   int soak_seconds = 300;  // --mode soak: run batches for this long
   int soak_batch_rounds = 100;  // --mode soak: rounds between two host synchronisations
+  int ranks_per_domain = 0;     // --mode domains: ranks per NVLink domain (dividing --ranks)
 
   // Set by main for --launcher mpi: the job's bootstrap, this process's GPU, and whether it
   // prints (rank 0 only).

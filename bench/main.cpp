@@ -12,6 +12,7 @@
 #include "bench_options.hpp"
 #include "bench_run.hpp"
 #include "device_support.hpp"
+#include "domains.hpp"
 #include "ll_bench.hpp"
 #include "report.hpp"
 #include "soak.hpp"
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
   if (o.mpi && !join_mpi_job(&argc, &argv, &o)) return 2;
   const int rc = o.mode == bench::BenchMode::kLowLatency ? bench::run_ll_bench(o)
                  : o.mode == bench::BenchMode::kSoak     ? bench::run_soak(o)
+                 : o.mode == bench::BenchMode::kDomains  ? bench::run_domains(o)
                                                          : run(o);
   leave_mpi_job(&o);
   return rc;
