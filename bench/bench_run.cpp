@@ -43,15 +43,15 @@ RoutingCounts routing_counts(const BenchOptions& o, RecvLayout layout) {
   std::vector<int> group(static_cast<size_t>(R) * Le, 0);  // [rank][local expert]: pairs
   for (int s = 0; s < R; ++s) {
     const testing::RankData d = testing::make_rank_routing(shape, kRouting, o.seed, s);
+    std::vector<bool> reached(R);  // token-major: one row per (token, destination rank)
     for (int t = 0; t < d.num_tokens; ++t) {
-      std::vector<int64_t> seen;  // the token's distinct experts (token-major: ranks)
+      std::fill(reached.begin(), reached.end(), false);
       for (int k = 0; k < d.num_topk; ++k) {
+        if (!d.first_slot(t, k)) continue;
         const int64_t e = d.expert(t, k);
-        if (e < 0) continue;
-        const int64_t unit = expert_major ? e : e / Le;
-        if (std::find(seen.begin(), seen.end(), unit) != seen.end()) continue;
-        seen.push_back(unit);
         const int dest = static_cast<int>(e / Le);
+        if (!expert_major && reached[dest]) continue;
+        reached[dest] = true;
         ++c.data_rows[dest];
         if (dest != s) ++c.peer_rows[dest];
         if (expert_major) ++group[e];
@@ -101,12 +101,12 @@ testing::RoundOptions round_options(const BenchOptions& o, RecvLayout layout) {
 }
 
 // One rank's outputs against the computation from the inputs alone.
-std::string check_rank(const BenchOptions& o, const Setup& setup, int rank,
+std::string check_rank(const BenchOptions& o, const Setup& setup, const Config& cfg, int rank,
                        const testing::RankOutputs& got) {
   const testing::RoundOptions round = round_options(o, setup.layout);
   if (setup.layout == RecvLayout::kExpertMajor) {
     return testing::check_expert_major_rank(bench_shape(o), kRouting, o.seed, rank, got, round,
-                                            bench_config(o, setup));
+                                            cfg);
   }
   return testing::check_rank_independently(bench_shape(o), kRouting, o.seed, rank, got, true);
 }
@@ -128,7 +128,7 @@ std::string check_configuration(const BenchOptions& o, const Setup& setup,
     auto comm = Communicator::create(o.world, cfg, o.backend, o.device);
     const testing::RankOutputs got =
         testing::run_round(*comm, *o.world, *memory, bench_shape(o), kRouting, o.seed, round);
-    const std::string mine = check_rank(o, setup, o.world->rank(), got);
+    const std::string mine = check_rank(o, setup, cfg, o.world->rank(), got);
     const int bad = mine.empty() ? 0 : 1;
     std::vector<int> all(o.world->size());
     o.world->allGather(&bad, all.data(), sizeof(int));
@@ -140,7 +140,7 @@ std::string check_configuration(const BenchOptions& o, const Setup& setup,
   const auto got = testing::run_cluster(o.backend, cfg, bench_shape(o), kRouting, o.seed, round)[0];
   for (int r = 0; r < o.ranks; ++r) {
     const std::string diff = o.backend == Backend::kHost
-                                 ? check_rank(o, setup, r, got[r])
+                                 ? check_rank(o, setup, cfg, r, got[r])
                                  : testing::first_difference(reference[r], got[r]);
     if (!diff.empty()) return "rank " + std::to_string(r) + ": " + diff;
   }

@@ -1,7 +1,6 @@
 // Domain traffic from a rank's routing (DESIGN section 11).
 #include "domain_traffic.hpp"
 
-#include <algorithm>
 #include <vector>
 
 namespace epcomm::testing {
@@ -11,16 +10,12 @@ DomainTraffic domain_traffic(const RankData& routing, int rank, const TrafficSha
   const bool pairs = shape.layout == RecvLayout::kExpertMajor;
   const double combine_row = 2.0 * shape.hidden;
   DomainTraffic out;
-  std::vector<int64_t> named;             // the token's distinct experts
   std::vector<int> per_rank, per_domain;  // the token's units (ranks or pairs) at each
   for (int t = 0; t < routing.num_tokens; ++t) {
-    named.clear();
     per_rank.assign(shape.num_ranks, 0);
     for (int k = 0; k < routing.num_topk; ++k) {
-      const int64_t e = routing.expert(t, k);
-      if (e < 0 || std::find(named.begin(), named.end(), e) != named.end()) continue;
-      named.push_back(e);
-      const int dest = static_cast<int>(e / shape.experts_per_rank);
+      if (!routing.first_slot(t, k)) continue;
+      const int dest = static_cast<int>(routing.expert(t, k) / shape.experts_per_rank);
       per_rank[dest] = pairs ? per_rank[dest] + 1 : 1;
     }
     per_domain.assign(shape.num_ranks / L, 0);

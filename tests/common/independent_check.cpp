@@ -87,16 +87,6 @@ struct PairLayout {
   std::vector<std::vector<int>> row;         // [source][t * K + k]: the pair's row, else -1
 };
 
-// Whether slot k of token t is a pair: it names an expert that no earlier slot of t names.
-bool is_pair(const RankData& d, int t, int k) {
-  const int64_t e = d.expert(t, k);
-  if (e < 0) return false;
-  for (int j = 0; j < k; ++j) {
-    if (d.expert(t, j) == e) return false;
-  }
-  return true;
-}
-
 // Groups by local expert, pairs by source rank then token, each group padded to `align` rows.
 PairLayout pair_layout(const Shape& shape, const std::vector<RankData>& data, int align) {
   const int R = shape.num_ranks, Le = shape.num_experts / R, K = shape.num_topk;
@@ -113,7 +103,7 @@ PairLayout pair_layout(const Shape& shape, const std::vector<RankData>& data, in
       for (int s = 0; s < R; ++s) {
         for (int t = 0; t < T; ++t) {
           for (int k = 0; k < K; ++k) {
-            if (data[s].expert(t, k) != e || !is_pair(data[s], t, k)) continue;
+            if (data[s].expert(t, k) != e || !data[s].first_slot(t, k)) continue;
             p.row[s][static_cast<size_t>(t) * K + k] = static_cast<int>(p.src[d].size());
             p.src[d].push_back({s, t});
             p.slot[d].push_back(k);

@@ -103,6 +103,15 @@ int64_t RankData::expert(int token, int k) const {
   return v;
 }
 
+bool RankData::first_slot(int token, int k) const {
+  const int64_t e = expert(token, k);
+  if (e < 0) return false;
+  for (int j = 0; j < k; ++j) {
+    if (expert(token, j) == e) return false;
+  }
+  return true;
+}
+
 namespace {
 
 // Each expert's draw weight under `routing`: 1 (uniform, with holes), 1/(owner+1)^2 (skewed),

@@ -41,6 +41,9 @@ struct RankData {
   std::vector<unsigned char> topk_idx;  // [T][K] int32 or int64
   std::vector<float> topk_weights;      // [T][K], empty without weights
   int64_t expert(int token, int k) const;
+  // Whether slot k of the token names an expert that no earlier slot of it names (a
+  // (token, expert) pair counts once, under its first slot).
+  bool first_slot(int token, int k) const;
 };
 
 // Same (shape, routing, seed, rank) gives the same data in any process.

@@ -24,14 +24,12 @@ constexpr int kUnroll = 4;  // 16-byte vectors per lane in flight per row pass
 constexpr uint32_t kBulkChunk = 3072;
 constexpr size_t kBulkAlign = 128;
 
-constexpr size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-
 // Shared memory: peers [R], delivered counts [R]; with bulk copies then, 128-byte aligned,
 // mbarriers [warps][2] and chunk buffers [warps][2][kBulkChunk].
-constexpr size_t bulk_area_offset(int num_ranks) {
-  return align_up((sizeof(char*) + sizeof(int)) * num_ranks, kBulkAlign);
+EPCOMM_HD size_t bulk_area_offset(int num_ranks) {
+  return cuda::align_up((sizeof(char*) + sizeof(int)) * num_ranks, kBulkAlign);
 }
-constexpr size_t send_shared_bytes(int num_ranks, bool bulk) {
+size_t send_shared_bytes(int num_ranks, bool bulk) {
   return bulk ? bulk_area_offset(num_ranks) + kSendWarps * 2 * (sizeof(uint64_t) + kBulkChunk)
               : (sizeof(char*) + sizeof(int)) * num_ranks;
 }
