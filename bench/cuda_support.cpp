@@ -81,6 +81,18 @@ double measure_copy_gbps(int device) {
   return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
 }
 
+int ranks_per_gpu(int ranks) {
+  int gpus = 0;
+  check(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount");
+  return gpus > 0 ? (ranks + gpus - 1) / gpus : 1;
+}
+
+int device_sms(int device) {
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  return prop.multiProcessorCount;
+}
+
 double measure_p2p_gbps() {
   int n = 0;
   check(cudaGetDeviceCount(&n), "cudaGetDeviceCount");

@@ -22,6 +22,13 @@ std::unique_ptr<Timeline> make_host_timeline(int capacity);
 std::unique_ptr<Timeline> make_cuda_timeline(Stream stream, int device, int capacity);
 // Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written.
 double measure_copy_gbps(int device);
+// The same, by a copy kernel running one block on each of `sms` SMs (at most the device's),
+// storing each byte it reads `fanout` times (bytes read plus bytes written).
+double measure_sm_copy_gbps(int device, int sms, int fanout);
+// Ranks that share one GPU: ceil(ranks / visible GPUs); 1 without CUDA.
+int ranks_per_gpu(int ranks);
+// The device's SM count; 0 without CUDA.
+int device_sms(int device);
 std::string device_description();
 // With two or more GPUs: every GPU copies to the next one at once (cudaMemcpyPeerAsync); the
 // bytes one GPU sends per second, in GB/s. 0 with fewer than two GPUs.

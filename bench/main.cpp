@@ -1,4 +1,6 @@
 // epcomm-bench: checks each configuration against the reference, then times it.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -97,6 +99,11 @@ int run(bench::BenchOptions& o) {
     if (o.backend == Backend::kCuda && o.prints) {
       rep.copy_gbps = bench::measure_copy_gbps(o.device);
       if (!o.world) rep.p2p_gbps = bench::measure_p2p_gbps();  // several GPUs in this process
+      for (int sms : o.sms) {
+        auto& probe = rep.sm_copy[sms];
+        probe.sms_used = std::min(bench::ranks_per_gpu(o.ranks) * sms, bench::device_sms(o.device));
+        probe.gbps = bench::measure_sm_copy_gbps(o.device, probe.sms_used, 1);
+      }
     }
     for (Algorithm algorithm : o.algorithms) {
       for (RecvLayout layout : o.layouts) {
@@ -127,6 +134,13 @@ int run(bench::BenchOptions& o) {
       }
     }
     if (!o.prints) return 0;
+    if (!rep.sm_copy.empty() && !rep.rows.empty() && o.tokens > 0) {  // dispatch's fan-out
+      rep.fanout =
+          std::max(1, static_cast<int>(std::lround(rep.rows[0].recv_rows_per_rank / o.tokens)));
+      for (auto& [sms, probe] : rep.sm_copy) {
+        probe.fanout_gbps = bench::measure_sm_copy_gbps(o.device, probe.sms_used, rep.fanout);
+      }
+    }
     bench::print_table(rep);
     if (!o.json_path.empty()) bench::write_json(rep, o.json_path);
     if (!o.plot_path.empty()) {

@@ -14,17 +14,27 @@ struct OpView {
   double ms;
   double min_bytes;
   double row_bytes;  // logical bytes per received row
+  bool fans_out;     // reads each row once and writes it to every destination (dispatch)
 };
 
 std::vector<OpView> ops_of(const Report& rep, const Measurement& m) {
   const double H = rep.options.hidden;
   const double dispatch_row = H * element_bytes(rep.options.dtype);
-  return {{"dispatch", m.dispatch_ms, m.dispatch_min_bytes, dispatch_row},
-          {"dispatch(cached)", m.cached_ms, m.cached_min_bytes, dispatch_row},
-          {"combine", m.combine_ms, m.combine_min_bytes, 2.0 * H}};
+  return {{"dispatch", m.dispatch_ms, m.dispatch_min_bytes, dispatch_row, true},
+          {"dispatch(cached)", m.cached_ms, m.cached_min_bytes, dispatch_row, true},
+          {"combine", m.combine_ms, m.combine_min_bytes, 2.0 * H, false}};
 }
 
 double gbps(double bytes, double ms) { return ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0; }
+
+// The op's least bytes over its time, against a copy on the SMs the sweep row gives its ranks
+// (`fan_out`: against the fan-out copy there); 0 where not measured.
+double sm_copy_fraction(const Report& rep, const Measurement& m, const OpView& op, bool fan_out) {
+  const auto it = rep.sm_copy.find(m.setup.sms);
+  if (it == rep.sm_copy.end()) return 0;
+  const double bound = fan_out ? it->second.fanout_gbps : it->second.gbps;
+  return bound > 0 ? gbps(op.min_bytes, op.ms) / bound : 0;
+}
 
 // The ring row the flat token-major row of `sms` is compared with.
 const Measurement* ring_row(const Report& rep, int sms) {
@@ -46,6 +56,12 @@ void print_table(const Report& rep) {
   if (rep.copy_gbps > 0) {
     std::printf("device copy bandwidth (read+write): %.0f GB/s\n", rep.copy_gbps);
   }
+  for (const auto& [sms, probe] : rep.sm_copy) {
+    std::printf(
+        "copy bandwidth of a kernel on %d SMs of a GPU (its ranks x %d SMs): %.0f GB/s; "
+        "writing each byte %d times: %.0f GB/s\n",
+        probe.sms_used, sms, probe.gbps, rep.fanout, probe.fanout_gbps);
+  }
   const bool links = rep.p2p_gbps > 0;
   if (links) {
     std::printf("peer copy bandwidth per GPU and direction (all GPUs at once): %.0f GB/s\n",
@@ -53,6 +69,8 @@ void print_table(const Report& rep) {
   }
   std::printf("%-9s %-12s %4s  %-17s %10s %14s %11s %9s %10s", "algorithm", "layout", "SMs",
               "operation", "time_ms", "recv_rows/rank", "GB/s/rank", "roofline", "flat/ring");
+  const bool sm_bound = !rep.sm_copy.empty();
+  if (sm_bound) std::printf(" %11s %11s", "of SM copy", "of fan-out");
   if (links) std::printf(" %14s %9s %8s", "link GB/s/rank", "of 450", "of p2p");
   std::printf("\n");
   for (const auto& m : rep.rows) {
@@ -73,6 +91,13 @@ void print_table(const Report& rep) {
       std::printf("%-9s %-12s %4d  %-17s %10.3f %14.0f %11.1f %9s %10s",
                   to_string(m.setup.algorithm), to_string(m.setup.layout), m.setup.sms, op.name,
                   op.ms, m.recv_rows_per_rank, logical, roofline, ratio);
+      if (sm_bound) {
+        char fan[16] = "-";
+        if (op.fans_out) {
+          std::snprintf(fan, sizeof(fan), "%.2f", sm_copy_fraction(rep, m, op, true));
+        }
+        std::printf(" %11.2f %11s", sm_copy_fraction(rep, m, op, false), fan);
+      }
       if (links) {  // rows that came from other ranks crossed a link once
         const double link = gbps(m.peer_rows_per_rank * op.row_bytes, op.ms);
         std::printf(" %14.1f %9.2f %8.2f", link, link / kNvlinkGbpsPerDirection,
@@ -84,8 +109,16 @@ void print_table(const Report& rep) {
   std::printf(
       "time: median over iterations of the slowest rank; GB/s/rank: received rows x row "
       "bytes / time;\nroofline: least bytes moved / time / copy bandwidth; flat/ring: "
-      "ring time / flat time.\nexpert_major: one row per (token, local expert) pair, "
-      "groups aligned to %d rows; its combine applies the weights.\n",
+      "ring time / flat time.\n");
+  if (sm_bound) {
+    std::printf(
+        "of SM copy: least bytes moved / time / copy bandwidth of a kernel on as many SMs as "
+        "the call's ranks on one GPU use;\nof fan-out: the same against that kernel writing "
+        "each byte it reads as many times as a token has destinations.\n");
+  }
+  std::printf(
+      "expert_major: one row per (token, local expert) pair, groups aligned to %d rows; its "
+      "combine applies the weights.\n",
       o.expert_alignment);
   if (links) {
     std::printf(
@@ -103,7 +136,15 @@ void write_json(const Report& rep, const std::string& path) {
     << ", \"hidden\": " << o.hidden << ", \"topk\": " << o.topk << ", \"experts\": " << o.experts
     << ", \"dtype\": \"" << to_string(o.dtype) << "\", \"iters\": " << o.iters
     << ", \"expert_alignment\": " << o.expert_alignment << ",\n  \"copy_gbps\": " << rep.copy_gbps
-    << ", \"p2p_gbps\": " << rep.p2p_gbps << ",\n  \"results\": [\n";
+    << ", \"p2p_gbps\": " << rep.p2p_gbps << ",\n  \"sm_copy\": [";
+  bool first = true;
+  for (const auto& [sms, probe] : rep.sm_copy) {
+    f << (first ? "" : ", ") << "{\"sms\": " << sms << ", \"sms_used\": " << probe.sms_used
+      << ", \"gbps\": " << probe.gbps << ", \"fanout\": " << rep.fanout
+      << ", \"fanout_gbps\": " << probe.fanout_gbps << "}";
+    first = false;
+  }
+  f << "],\n  \"results\": [\n";
   for (size_t i = 0; i < rep.rows.size(); ++i) {
     const Measurement& m = rep.rows[i];
     f << "    {\"algorithm\": \"" << to_string(m.setup.algorithm) << "\", \"layout\": \""
@@ -112,7 +153,8 @@ void write_json(const Report& rep, const std::string& path) {
       const double logical = gbps(m.recv_rows_per_rank * op.row_bytes, op.ms);
       const double roof = rep.copy_gbps > 0 ? gbps(op.min_bytes, op.ms) / rep.copy_gbps : 0;
       f << ", \"" << op.name << "\": {\"ms\": " << op.ms << ", \"gbps_per_rank\": " << logical
-        << ", \"roofline\": " << roof << "}";
+        << ", \"roofline\": " << roof << ", \"of_sm_copy\": " << sm_copy_fraction(rep, m, op, false)
+        << ", \"of_fan_out\": " << (op.fans_out ? sm_copy_fraction(rep, m, op, true) : 0.0) << "}";
     }
     f << ", \"recv_rows_per_rank\": " << m.recv_rows_per_rank
       << ", \"peer_rows_per_rank\": " << m.peer_rows_per_rank << "}"

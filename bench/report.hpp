@@ -1,6 +1,7 @@
 // The bench's table and JSON.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,17 @@ struct Report {
   std::string device;
   double copy_gbps = 0;  // 0 on the host backend
   double p2p_gbps = 0;   // with several GPUs: measured peer copy bandwidth per GPU and direction
+  // Per SM count of the sweep: copy bandwidth with that many SMs for every rank on one GPU
+  // (ranks per GPU x SMs, at most the device's), the bound of a call limited to those SMs;
+  // and the same kernel writing each byte it reads `fanout` times, dispatch's pattern
+  // (`fanout`: the first row's received rows per token, rounded).
+  struct SmCopy {
+    int sms_used = 0;
+    double gbps = 0;
+    double fanout_gbps = 0;
+  };
+  std::map<int, SmCopy> sm_copy;
+  int fanout = 0;
   std::vector<Measurement> rows;
 };
 
