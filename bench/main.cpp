@@ -1,6 +1,5 @@
 // epcomm-bench: checks each configuration against the reference, then times it.
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -134,12 +133,13 @@ int run(bench::BenchOptions& o) {
       }
     }
     if (!o.prints) return 0;
-    if (!rep.sm_copy.empty() && !rep.rows.empty() && o.tokens > 0) {  // dispatch's fan-out
-      rep.fanout =
-          std::max(1, static_cast<int>(std::lround(rep.rows[0].recv_rows_per_rank / o.tokens)));
-      for (auto& [sms, probe] : rep.sm_copy) {
-        probe.fanout_gbps = bench::measure_sm_copy_gbps(o.device, probe.sms_used, rep.fanout);
-      }
+    for (const auto& m : rep.rows) {  // dispatch's pattern, once per fan-out the rows have
+      auto probe = rep.sm_copy.find(m.setup.sms);
+      if (probe == rep.sm_copy.end()) continue;
+      const int fanout = bench::fanout_of(rep, m);
+      if (probe->second.fanout_gbps.count(fanout)) continue;
+      probe->second.fanout_gbps[fanout] =
+          bench::measure_sm_copy_gbps(o.device, probe->second.sms_used, fanout);
     }
     bench::print_table(rep);
     if (!o.json_path.empty()) bench::write_json(rep, o.json_path);

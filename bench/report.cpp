@@ -1,6 +1,8 @@
 // Table and JSON output of epcomm-bench.
 #include "report.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 
@@ -32,7 +34,11 @@ double gbps(double bytes, double ms) { return ms > 0 ? bytes / (ms * 1e-3) / 1e9
 double sm_copy_fraction(const Report& rep, const Measurement& m, const OpView& op, bool fan_out) {
   const auto it = rep.sm_copy.find(m.setup.sms);
   if (it == rep.sm_copy.end()) return 0;
-  const double bound = fan_out ? it->second.fanout_gbps : it->second.gbps;
+  double bound = it->second.gbps;
+  if (fan_out) {
+    const auto f = it->second.fanout_gbps.find(fanout_of(rep, m));
+    bound = f == it->second.fanout_gbps.end() ? 0 : f->second;
+  }
   return bound > 0 ? gbps(op.min_bytes, op.ms) / bound : 0;
 }
 
@@ -46,6 +52,11 @@ const Measurement* ring_row(const Report& rep, int sms) {
 
 }  // namespace
 
+int fanout_of(const Report& rep, const Measurement& m) {
+  const int tokens = rep.options.tokens;
+  return tokens > 0 ? std::max(1, static_cast<int>(std::lround(m.recv_rows_per_rank / tokens))) : 1;
+}
+
 void print_table(const Report& rep) {
   const BenchOptions& o = rep.options;
   std::printf("\nepcomm-bench  backend=%s  launcher=%s  transport=%s  device: %s\n",
@@ -57,10 +68,12 @@ void print_table(const Report& rep) {
     std::printf("device copy bandwidth (read+write): %.0f GB/s\n", rep.copy_gbps);
   }
   for (const auto& [sms, probe] : rep.sm_copy) {
-    std::printf(
-        "copy bandwidth of a kernel on %d SMs of a GPU (its ranks x %d SMs): %.0f GB/s; "
-        "writing each byte %d times: %.0f GB/s\n",
-        probe.sms_used, sms, probe.gbps, rep.fanout, probe.fanout_gbps);
+    std::printf("copy bandwidth of a kernel on %d SMs of a GPU (its ranks x %d SMs): %.0f GB/s",
+                probe.sms_used, sms, probe.gbps);
+    for (const auto& [fanout, fan_gbps] : probe.fanout_gbps) {
+      std::printf("; writing each byte %d times: %.0f GB/s", fanout, fan_gbps);
+    }
+    std::printf("\n");
   }
   const bool links = rep.p2p_gbps > 0;
   if (links) {
@@ -140,8 +153,13 @@ void write_json(const Report& rep, const std::string& path) {
   bool first = true;
   for (const auto& [sms, probe] : rep.sm_copy) {
     f << (first ? "" : ", ") << "{\"sms\": " << sms << ", \"sms_used\": " << probe.sms_used
-      << ", \"gbps\": " << probe.gbps << ", \"fanout\": " << rep.fanout
-      << ", \"fanout_gbps\": " << probe.fanout_gbps << "}";
+      << ", \"gbps\": " << probe.gbps << ", \"fanout_gbps\": {";
+    bool first_fanout = true;
+    for (const auto& [fanout, fan_gbps] : probe.fanout_gbps) {
+      f << (first_fanout ? "" : ", ") << "\"" << fanout << "\": " << fan_gbps;
+      first_fanout = false;
+    }
+    f << "}}";
     first = false;
   }
   f << "],\n  \"results\": [\n";

@@ -17,18 +17,19 @@ struct Report {
   double p2p_gbps = 0;   // with several GPUs: measured peer copy bandwidth per GPU and direction
   // Per SM count of the sweep: copy bandwidth with that many SMs for every rank on one GPU
   // (ranks per GPU x SMs, at most the device's), the bound of a call limited to those SMs;
-  // and the same kernel writing each byte it reads `fanout` times, dispatch's pattern
-  // (`fanout`: the first row's received rows per token, rounded).
+  // and by fan-out f, the same kernel writing each byte it reads f times: dispatch's pattern,
+  // f being a row's received rows per token, rounded (fanout_of).
   struct SmCopy {
     int sms_used = 0;
     double gbps = 0;
-    double fanout_gbps = 0;
+    std::map<int, double> fanout_gbps;
   };
   std::map<int, SmCopy> sm_copy;
-  int fanout = 0;
   std::vector<Measurement> rows;
 };
 
+// A row's dispatch fan-out: received rows per token, rounded, at least 1.
+int fanout_of(const Report& report, const Measurement& m);
 void print_table(const Report& report);
 void write_json(const Report& report, const std::string& path);
 
