@@ -23,12 +23,4 @@ IpcRegions ipc_regions() {
               std::string("EPCOMM_IPC=") + v + ": expected cumem (the default) or legacy");
 }
 
-GatherLoads gather_loads() {
-  const char* v = std::getenv("EPCOMM_GATHER");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "bulk") == 0) return GatherLoads::kBulk;
-  if (std::strcmp(v, "vectors") == 0) return GatherLoads::kVectors;
-  throw Error(ErrorCode::kInvalidArgument,
-              std::string("EPCOMM_GATHER=") + v + ": expected bulk (the default) or vectors");
-}
-
 }  // namespace epcomm::env

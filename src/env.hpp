@@ -15,10 +15,4 @@ int cuda_device_max_connections();
 enum class IpcRegions { kCuMem, kLegacy };
 IpcRegions ipc_regions();
 
-// EPCOMM_GATHER: how the flat combine loads rows where bulk copies may read peer memory. Unset
-// or "bulk": through the TMA engine into shared memory; "vectors": 16-byte loads into
-// registers (the path of every other memory). Any other value throws kInvalidArgument naming it.
-enum class GatherLoads { kBulk, kVectors };
-GatherLoads gather_loads();
-
 }  // namespace epcomm::env

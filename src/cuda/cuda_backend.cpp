@@ -11,7 +11,6 @@
 #include "creation_checks.hpp"
 #include "cuda_check.hpp"
 #include "device_errors.hpp"
-#include "env.hpp"
 #include "kernels/launch.hpp"
 
 namespace epcomm::cuda {
@@ -108,11 +107,11 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
   domain_ =
       std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes, config_.transport);
+  int shared_optin = 0;
   EPCOMM_CUDA_CHECK(
-      cudaDeviceGetAttribute(&shared_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
-  bulk_send_ = domain_->bulk_copies() && kernels::flat_send_shared_bytes(num_ranks_, true) <=
-                                             static_cast<size_t>(shared_optin_);
-  bulk_gather_ = domain_->bulk_copies() && env::gather_loads() == env::GatherLoads::kBulk;
+      cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
+  bulk_send_ = domain_->bulk_copies() &&
+               kernels::flat_send_shared_bytes(num_ranks_, true) <= static_cast<size_t>(shared_optin);
   start_sequences();
   if (config_.ll_max_tokens_per_rank > 0) {
     ll_ =
@@ -578,9 +577,6 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
   gp.apply_weights = options.apply_weights;
   gp.num_topk = handle.num_topk;
   gp.routing = routing;
-  gp.bulk =
-      bulk_gather_ && kernels::gather_bulk_shared_bytes(num_ranks_, gp.expert_major, gp.num_topk) <=
-                          static_cast<size_t>(shared_optin_);
   kernels::launch_gather(gp, config_.combine_sms, stream_);
   EPCOMM_LAUNCH_CHECK("gather_kernel");
 }

@@ -97,9 +97,7 @@ class CudaBackend final : public detail::CommBackend {
   uint64_t timeout_ns_;
   RegionLayout layout_;
   std::unique_ptr<MemoryDomain> domain_;
-  bool bulk_send_ = false;    // flat send rows by bulk copies (SendParams::bulk)
-  bool bulk_gather_ = false;  // flat combine loads rows by bulk copies where they fit
-  int shared_optin_ = 0;      // the device's opt-in shared memory per block
+  bool bulk_send_ = false;  // flat send rows by bulk copies (SendParams::bulk)
   std::shared_ptr<RoutingPool> routing_pool_;
   cudaStream_t own_stream_ = nullptr;
   cudaStream_t stream_ = nullptr;

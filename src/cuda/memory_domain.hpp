@@ -16,11 +16,11 @@ class CuMemRegions;
 // Collective. Transport::kIpc: ranks in one process share device pointers (enabling peer
 // access between distinct GPUs); ranks in separate processes share cuMem allocations whose file
 // descriptors pass over Unix-domain sockets (CuMemRegions), or legacy CUDA IPC handles through
-// the bootstrap where a rank sets EPCOMM_IPC=legacy or cannot export. Transport::kNvshmem: the
-// region is symmetric memory of NVSHMEM's heap and each peer's base is nvshmem_ptr's (one rank per
-// process; every peer must be reachable by loads and stores: one domain). Several ranks may share
-// one GPU either way. The region is zeroed and every rank has passed a barrier before the
-// constructor returns, so no peer signal can be lost.
+// the bootstrap where a rank sets EPCOMM_IPC=legacy or cannot export. Transport::kNvshmem: the region is symmetric memory of NVSHMEM's heap and each
+// peer's base is nvshmem_ptr's (one rank per process; every peer must be reachable by loads
+// and stores: one domain). Several ranks may share one GPU either way. The region is zeroed
+// and every rank has passed a barrier before the constructor returns, so no peer signal can be
+// lost.
 class MemoryDomain {
  public:
   MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes,
@@ -33,9 +33,9 @@ class MemoryDomain {
   size_t bytes() const { return bytes_; }                 // of each rank's region
   char* const* device_peers() const { return d_peers_; }  // [R] in device memory
   const std::vector<char*>& peers() const { return peers_; }
-  // Whether every peer's region is memory this GPU's bulk-copy (TMA) engine may read and write:
-  // cuMem regions, or ranks of one process on this GPU. Not legacy IPC mappings (the engine faults
-  // on them on some systems), peer GPUs' cudaMalloc memory or NVSHMEM's heap (not verified here).
+  // Whether every peer's region is memory this GPU's bulk-copy (TMA) engine may write: cuMem
+  // regions, or ranks of one process on this GPU. Not legacy IPC mappings (the engine faults on
+  // them on some systems), peer GPUs' cudaMalloc memory or NVSHMEM's heap (not verified here).
   bool bulk_copies() const { return bulk_copies_; }
 
  private:
@@ -52,7 +52,7 @@ class MemoryDomain {
   std::vector<char*> peers_;
   std::vector<bool> opened_;  // peers_[i] came from cudaIpcOpenMemHandle
   char** d_peers_ = nullptr;
-  std::shared_ptr<NvshmemHeap> heap_;    // kNvshmem: region_ is symmetric memory of it
+  std::shared_ptr<NvshmemHeap> heap_;  // kNvshmem: region_ is symmetric memory of it
   std::unique_ptr<CuMemRegions> cumem_;  // kIpc across processes: every region is mapped here
   bool bulk_copies_ = false;
 };

@@ -3,11 +3,7 @@
 // local token, the expert outputs from the ranks it was sent to, in ascending rank order,
 // accumulates in fp32, adds the optional biases (bias, then bias2) and rounds once to bf16.
 // Expert-major handles gather each token's pairs instead, in ascending slot order, weighted by
-// fmaf when asked (docs/design.md section 24). Where bulk copies may read peer memory
-// (GatherParams::bulk), the rows come into shared memory through the TMA engine instead of
-// registers, so that an SM keeps more bytes in flight (docs/design.md section 26); the sum is
-// the same, term for term.
-#include "common/bulk_copy.cuh"
+// fmaf when asked (docs/design.md section 24).
 #include "common/wait.cuh"
 #include "common/warp_copy.cuh"
 #include "launch.hpp"
@@ -18,14 +14,6 @@ namespace {
 constexpr int kGatherThreads = 1024;
 constexpr int kGatherUnroll = 2;  // 16-byte vectors per lane per pass
 constexpr int kGatherBatch = 4;   // source ranks whose loads are in flight together
-// Bulk gather: 8 warps a block, each with kGatherSlots chunk buffers (and an mbarrier each) that
-// its next pieces (kGatherChunk bytes of one row) load into ahead of the sums.
-constexpr int kBulkGatherThreads = 256;
-constexpr int kBulkGatherWarps = kBulkGatherThreads / 32;
-constexpr uint32_t kGatherChunk = 2048;  // 4 vectors a lane
-constexpr int kGatherChunkVectors = static_cast<int>(kGatherChunk / 16 / 32);
-constexpr int kGatherSlots = 12;
-constexpr size_t kGatherBulkAlign = 128;
 
 // One ready round: this rank's y is in its pool, and every peer has finished the work before
 // its own round (its previous gather included, which a repeated combine relies on).
@@ -53,16 +41,6 @@ __global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyPa
 // Rows one warp lists per token: one per rank, or (expert-major) one per top-k slot.
 EPCOMM_HD int gather_width(const cuda::GatherParams& p) {
   return p.expert_major && p.num_topk > p.num_ranks ? p.num_topk : p.num_ranks;
-}
-
-// Adds the biases (bias, then bias2) to the sum of output vector `vec` (of all [T][H / 8]) and
-// stores it rounded once to bf16.
-template <bool kBias>
-__device__ __forceinline__ void finish_vector(const cuda::GatherParams& p, float (&acc)[8],
-                                              size_t vec, uint4* out) {
-  if (kBias && p.bias) accumulate_bf16x8(acc, reinterpret_cast<const uint4*>(p.bias)[vec]);
-  if (kBias && p.bias2) accumulate_bf16x8(acc, reinterpret_cast<const uint4*>(p.bias2)[vec]);
-  st_na(out, to_bf16x8(acc));
 }
 
 // One warp gathers token t from the `n` rows listed in `rows`, in list order. kBias: add the
@@ -107,7 +85,14 @@ __device__ __forceinline__ void gather_token(const cuda::GatherParams& p, const 
 #pragma unroll
     for (int u = 0; u < kGatherUnroll; ++u) {
       const int v = v0 + 32 * u;
-      if (v < num_vec) finish_vector<kBias>(p, acc[u], token_vec + v, out + v);
+      if (v >= num_vec) continue;
+      if (kBias && p.bias) {
+        accumulate_bf16x8(acc[u], reinterpret_cast<const uint4*>(p.bias)[token_vec + v]);
+      }
+      if (kBias && p.bias2) {
+        accumulate_bf16x8(acc[u], reinterpret_cast<const uint4*>(p.bias2)[token_vec + v]);
+      }
+      st_na(out + v, to_bf16x8(acc[u]));
     }
   }
 }
@@ -160,174 +145,11 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(cuda::GatherPara
   }
 }
 
-// Shared memory of a bulk gather block: [warps][2][width] row lists, then their weights, then
-// (128-byte aligned) mbarriers [warps][slots] and chunk buffers [warps][slots][kGatherChunk].
-EPCOMM_HD size_t bulk_lists_bytes(int width) {
-  return (sizeof(const uint4*) + sizeof(float)) * kBulkGatherWarps * 2 * width;
-}
-size_t bulk_gather_shared_bytes(int width) {
-  const size_t lists =
-      (bulk_lists_bytes(width) + kGatherBulkAlign - 1) / kGatherBulkAlign * kGatherBulkAlign;
-  return lists + kBulkGatherWarps * kGatherSlots * (sizeof(uint64_t) + kGatherChunk);
-}
-
-// A warp's pieces in the order it sums them: for each of its tokens, for each chunk of the
-// row, each listed row. Piece k uses slot k % kGatherSlots at phase parity k / kGatherSlots.
-struct PieceCursor {
-  int list = 0;   // which of the two row lists (the token's)
-  int chunk = 0;  // chunk of the row
-  int row = 0;    // index in the list
-};
-
-// Lane 0 starts loading the piece `at` of the token whose rows are `rows` into `buf`, whose
-// mbarrier `bar` counts its bytes.
-__device__ __forceinline__ void load_piece(const uint4* const* rows, const PieceCursor& at,
-                                           uint32_t row_bytes, char* buf, uint64_t* bar, int lane) {
-  if (lane != 0) return;
-  const uint32_t offset = static_cast<uint32_t>(at.chunk) * kGatherChunk;
-  // The lanes read this buffer's previous piece through the generic proxy (ordered before this
-  // point by the warp barrier); the engine's write comes after them.
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-  bulk_load(buf, reinterpret_cast<const char*>(rows[at.row]) + offset,
-            min(kGatherChunk, row_bytes - offset), bar);
-}
-
-template <bool kBias, bool kWeighted>
-__global__ void __launch_bounds__(kBulkGatherThreads, 1) gather_bulk_kernel(cuda::GatherParams p) {
-  if (rank_failed(p.state) || !p.state->dispatch_ok) return;
-  extern __shared__ __align__(128) char s_area[];  // bulk_gather_shared_bytes
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int width = gather_width(p);
-  // List l of this warp (l = 0, 1: by turns the current token's and the next one's) is
-  // lists + l * width, its weights weights + l * width (no arrays: a runtime index would put
-  // them in local memory).
-  const uint4** lists = reinterpret_cast<const uint4**>(s_area) + warp * 2 * width;
-  float* weights = reinterpret_cast<float*>(reinterpret_cast<const uint4**>(s_area) +
-                                            kBulkGatherWarps * 2 * width) +
-                   warp * 2 * width;
-  char* area = s_area + (bulk_lists_bytes(width) + kGatherBulkAlign - 1) / kGatherBulkAlign *
-                            kGatherBulkAlign;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(area) + warp * kGatherSlots;
-  char* bufs = area + kBulkGatherWarps * kGatherSlots * sizeof(uint64_t) +
-               static_cast<size_t>(warp) * kGatherSlots * kGatherChunk;
-  if (lane < kGatherSlots) mbarrier_init(bars + lane);
-  fence_mbarrier_init();
-  // Peers published their rows before the ready round this kernel follows; the engine reads
-  // them after this thread's generic accesses.
-  fence_generic_to_bulk();
-  __syncthreads();
-
-  const auto row_bytes = static_cast<uint32_t>(p.hidden) * 2u;
-  const int num_chunks = static_cast<int>((row_bytes + kGatherChunk - 1) / kGatherChunk);
-  const int stride = gridDim.x * kBulkGatherWarps;
-  int t = blockIdx.x * kBulkGatherWarps + warp;
-  if (t >= p.num_tokens) return;  // warp-uniform; no piece of this warp is in flight
-  int n0 = list_rows(p, t, lists, weights, lane);
-  int n1 = t + stride < p.num_tokens
-               ? list_rows(p, t + stride, lists + width, weights + width, lane)
-               : 0;
-  __syncwarp();
-
-  // The loader runs at most kGatherSlots pieces ahead of the sums, never past the next token.
-  PieceCursor next{0, 0, 0};
-  uint32_t issued = 0, summed = 0;
-  auto load_ahead = [&](int current) {
-    while (issued < summed + kGatherSlots) {
-      const int l = next.list, n = l ? n1 : n0;
-      if (next.chunk >= num_chunks || n == 0) {  // that token is all loaded (or has no rows)
-        if (l != current) return;                // the next token: wait for it to be current
-        next = PieceCursor{l ^ 1, 0, 0};
-        continue;
-      }
-      const int slot = static_cast<int>(issued % kGatherSlots);
-      load_piece(lists + l * width, next, row_bytes, bufs + slot * kGatherChunk, bars + slot, lane);
-      ++issued;
-      if (++next.row == n) next = PieceCursor{l, next.chunk + 1, 0};
-    }
-  };
-
-  const int num_vec = p.hidden / 8;
-  for (int cur = 0;; cur ^= 1) {
-    const int n = cur ? n1 : n0;
-    const float* w = weights + cur * width;
-    for (int c = 0; c < num_chunks; ++c) {
-      float acc[kGatherChunkVectors][8];
-#pragma unroll
-      for (int u = 0; u < kGatherChunkVectors; ++u) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[u][i] = 0.f;
-      }
-      for (int j = 0; j < n; ++j) {
-        load_ahead(cur);
-        const int slot = static_cast<int>(summed % kGatherSlots);
-        mbarrier_wait(bars + slot, (summed / kGatherSlots) & 1u);
-        const auto* piece = reinterpret_cast<const uint4*>(bufs + slot * kGatherChunk);
-#pragma unroll
-        for (int u = 0; u < kGatherChunkVectors; ++u) {
-          const int v = c * kGatherChunkVectors * 32 + u * 32 + lane;
-          if (v >= num_vec) continue;
-          if (kWeighted) {
-            fma_bf16x8(acc[u], w[j], piece[u * 32 + lane]);
-          } else {
-            accumulate_bf16x8(acc[u], piece[u * 32 + lane]);
-          }
-        }
-        __syncwarp();  // every lane has read the slot before it is loaded again
-        ++summed;
-      }
-      const size_t token_vec = static_cast<size_t>(t) * num_vec;
-      auto* out = reinterpret_cast<uint4*>(p.out) + token_vec;
-#pragma unroll
-      for (int u = 0; u < kGatherChunkVectors; ++u) {
-        const int v = c * kGatherChunkVectors * 32 + u * 32 + lane;
-        if (v < num_vec) finish_vector<kBias>(p, acc[u], token_vec + v, out + v);
-      }
-    }
-    // The token after the next one takes this token's list, once every piece of it is summed
-    // (the loader may already be in the next token's pieces, never past them). A loader still
-    // on this list (all its pieces loaded, or none to load) moves to the next token's first.
-    if (next.list == cur) next = PieceCursor{cur ^ 1, 0, 0};
-    t += stride;
-    if (t >= p.num_tokens) break;
-    const int after = t + stride < p.num_tokens ? list_rows(p, t + stride, lists + cur * width,
-                                                            weights + cur * width, lane)
-                                                : 0;
-    (cur ? n1 : n0) = after;
-    __syncwarp();
-  }
-}
-
 }  // namespace
 
 cudaError_t load_gather_combine_kernels() {
-  // The bulk kernels take more than the default 48 KB of dynamic shared memory: allow what a
-  // block of this device may opt in to (the backend uses them only where their size fits).
-  int device = 0, optin = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) {
-    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  }
-  for (const void* k : {reinterpret_cast<const void*>(gather_bulk_kernel<false, false>),
-                        reinterpret_cast<const void*>(gather_bulk_kernel<true, false>),
-                        reinterpret_cast<const void*>(gather_bulk_kernel<false, true>),
-                        reinterpret_cast<const void*>(gather_bulk_kernel<true, true>)}) {
-    if (err == cudaSuccess) {
-      err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
-    }
-  }
-  if (err != cudaSuccess) return err;
   return load_kernels(combine_ready_kernel, gather_kernel<false, false>, gather_kernel<true, false>,
-                      gather_kernel<false, true>, gather_kernel<true, true>,
-                      gather_bulk_kernel<false, false>, gather_bulk_kernel<true, false>,
-                      gather_bulk_kernel<false, true>, gather_bulk_kernel<true, true>);
-}
-
-size_t gather_bulk_shared_bytes(int num_ranks, bool expert_major, int num_topk) {
-  cuda::GatherParams p{};
-  p.num_ranks = num_ranks;
-  p.expert_major = expert_major;
-  p.num_topk = num_topk;
-  return bulk_gather_shared_bytes(gather_width(p));
+                      gather_kernel<false, true>, gather_kernel<true, true>);
 }
 
 void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream) {
@@ -336,18 +158,10 @@ void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream
 
 void launch_gather(const cuda::GatherParams& p, int num_blocks, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
-  const bool bias = p.bias != nullptr || p.bias2 != nullptr;
-  const bool weighted = p.expert_major && p.apply_weights;
-  if (p.bulk) {
-    auto kernel =
-        bias ? (weighted ? gather_bulk_kernel<true, true> : gather_bulk_kernel<true, false>)
-             : (weighted ? gather_bulk_kernel<false, true> : gather_bulk_kernel<false, false>);
-    kernel<<<num_blocks, kBulkGatherThreads, bulk_gather_shared_bytes(gather_width(p)), stream>>>(
-        p);
-    return;
-  }
   const size_t shared =
       (sizeof(const uint4*) + sizeof(float)) * (kGatherThreads / 32) * gather_width(p);
+  const bool bias = p.bias != nullptr || p.bias2 != nullptr;
+  const bool weighted = p.expert_major && p.apply_weights;
   auto kernel = bias ? (weighted ? gather_kernel<true, true> : gather_kernel<true, false>)
                      : (weighted ? gather_kernel<false, true> : gather_kernel<false, false>);
   kernel<<<num_blocks, kGatherThreads, shared, stream>>>(p);

@@ -51,9 +51,6 @@ void launch_wait_arrivals(const cuda::ArrivalWaitParams& p, cudaStream_t stream)
 void launch_drain(const cuda::DrainParams& p, int num_blocks, cudaStream_t stream);
 void launch_copy_rows(const cuda::RowCopyParams& p, int num_blocks, cudaStream_t stream);
 void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream);
-// Dynamic shared memory of a bulk gather block (GatherParams::bulk); it fits where this is at
-// most the device's opt-in limit per block.
-size_t gather_bulk_shared_bytes(int num_ranks, bool expert_major, int num_topk);
 void launch_gather(const cuda::GatherParams& p, int num_blocks, cudaStream_t stream);
 // Ring path: 2 x channels blocks of kRingThreads.
 constexpr int kRingThreads = 1024;

@@ -177,9 +177,6 @@ struct GatherParams {
   bool apply_weights;
   int num_topk;
   Routing routing;
-  // Rows come in by bulk copies (peer memory the TMA engine may read; the shared memory of
-  // gather_bulk_shared_bytes fits a block).
-  bool bulk;
 };
 
 // Ring dispatch and combine (DESIGN section 7): blocks [0, C) send, blocks [C, 2C) receive,
