@@ -27,6 +27,40 @@ __device__ __forceinline__ void write_index(void* base, bool is_int64, size_t i,
   }
 }
 
+// Loads a thread keeps in flight in the drain loops: a thread's elements are independent, but
+// the compiler cannot hoist a load above the previous element's store (the pointers may alias),
+// so without batching every element would wait a full memory round trip.
+constexpr int kDrainBatch = 8;
+
+// For i = first, first + stride, ... < n: store(i, load(i)), the loads of kDrainBatch elements
+// issued before their stores.
+template <typename Load, typename Store>
+__device__ __forceinline__ void drain_elements(size_t n, size_t first, size_t stride, Load load,
+                                               Store store) {
+  for (size_t base = first; base < n; base += stride * kDrainBatch) {
+    decltype(load(size_t{0})) v[kDrainBatch];
+#pragma unroll
+    for (int u = 0; u < kDrainBatch; ++u) {
+      const size_t i = base + u * stride;
+      if (i < n) v[u] = load(i);
+    }
+#pragma unroll
+    for (int u = 0; u < kDrainBatch; ++u) {
+      const size_t i = base + u * stride;
+      if (i < n) store(i, v[u]);
+    }
+  }
+}
+
+struct SlotMeta {
+  int32_t id;
+  float weight;
+};
+struct PairMeta {
+  int2 src;
+  SlotMeta slot;
+};
+
 __global__ void __launch_bounds__(512) drain_kernel(cuda::DrainParams p) {
   if (rank_failed(p.state) || !p.state->dispatch_ok) return;
   const cuda::MetaLayout& meta = p.layout.meta;
@@ -34,24 +68,33 @@ __global__ void __launch_bounds__(512) drain_kernel(cuda::DrainParams p) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   const size_t first = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (!p.cached) {
-    for (size_t i = first; i < static_cast<size_t>(num_recv) * K; i += stride) {
-      const int row = static_cast<int>(i / K), k = static_cast<int>(i % K);
-      const char* m = p.layout.meta_row(p.local, row);
-      write_index(p.recv_topk_idx, p.idx_int64, i,
-                  reinterpret_cast<const int32_t*>(m + meta.ids_offset())[k]);
-      p.recv_topk_weights[i] = reinterpret_cast<const float*>(m + meta.weights_offset())[k];
-    }
-    for (size_t row = first; row < static_cast<size_t>(num_recv); row += stride) {
-      const int2 src = *reinterpret_cast<const int2*>(p.layout.meta_row(p.local, row));
-      reinterpret_cast<int2*>(p.recv_src)[row] = src;
-    }
+    drain_elements(
+        static_cast<size_t>(num_recv) * K, first, stride,
+        [&](size_t i) {
+          const char* m = p.layout.meta_row(p.local, static_cast<int>(i / K));
+          const size_t k = i % K;
+          return SlotMeta{reinterpret_cast<const int32_t*>(m + meta.ids_offset())[k],
+                          reinterpret_cast<const float*>(m + meta.weights_offset())[k]};
+        },
+        [&](size_t i, SlotMeta v) {
+          write_index(p.recv_topk_idx, p.idx_int64, i, v.id);
+          p.recv_topk_weights[i] = v.weight;
+        });
+    drain_elements(
+        static_cast<size_t>(num_recv), first, stride,
+        [&](size_t row) {
+          return *reinterpret_cast<const int2*>(p.layout.meta_row(p.local, static_cast<int>(row)));
+        },
+        [&](size_t row, int2 src) { reinterpret_cast<int2*>(p.recv_src)[row] = src; });
   }
   if (p.recv_scales) {
-    for (size_t i = first; i < static_cast<size_t>(num_recv) * S; i += stride) {
-      const size_t row = i / S, j = i % S;
-      p.recv_scales[i] =
-          reinterpret_cast<const float*>(p.layout.meta_row(p.local, row) + meta.scales_offset())[j];
-    }
+    drain_elements(
+        static_cast<size_t>(num_recv) * S, first, stride,
+        [&](size_t i) {
+          const char* m = p.layout.meta_row(p.local, static_cast<int>(i / S));
+          return reinterpret_cast<const float*>(m + meta.scales_offset())[i % S];
+        },
+        [&](size_t i, float v) { p.recv_scales[i] = v; });
   }
 }
 
@@ -88,21 +131,37 @@ __global__ void __launch_bounds__(512) pair_drain_kernel(cuda::DrainParams p) {
       row[i % vec_per_row] = make_uint4(0, 0, 0, 0);
     }
   }
-  for (size_t r = first; r < static_cast<size_t>(num_recv); r += stride) {
-    const int row = static_cast<int>(r);
-    const int le = group_of(p.expert_offsets, Le, row);
-    const bool pad = row >= p.expert_offsets[le] + p.group_pairs[le];
-    const char* m = p.layout.meta_row(p.local, row);
-    if (!p.cached) {
-      reinterpret_cast<int2*>(p.recv_src)[row] =
-          pad ? make_int2(-1, -1) : *reinterpret_cast<const int2*>(m);
-      p.recv_topk_slot[row] = pad ? -1 : reinterpret_cast<const int32_t*>(m + meta.ids_offset())[0];
-      p.recv_weight[row] = pad ? 0.f : reinterpret_cast<const float*>(m + meta.weights_offset())[0];
-    }
-    if (p.recv_scales) {
-      const auto* scales = reinterpret_cast<const float*>(m + meta.scales_offset());
-      for (int j = 0; j < S; ++j) p.recv_scales[r * S + j] = pad ? 0.f : scales[j];
-    }
+  if (!p.cached) {
+    drain_elements(
+        static_cast<size_t>(num_recv), first, stride,
+        [&](size_t r) {
+          const int row = static_cast<int>(r);
+          const int le = group_of(p.expert_offsets, Le, row);
+          if (row >= p.expert_offsets[le] + p.group_pairs[le]) {  // padding
+            return PairMeta{make_int2(-1, -1), SlotMeta{-1, 0.f}};
+          }
+          const char* m = p.layout.meta_row(p.local, row);
+          return PairMeta{*reinterpret_cast<const int2*>(m),
+                          SlotMeta{reinterpret_cast<const int32_t*>(m + meta.ids_offset())[0],
+                                   reinterpret_cast<const float*>(m + meta.weights_offset())[0]}};
+        },
+        [&](size_t row, PairMeta v) {
+          reinterpret_cast<int2*>(p.recv_src)[row] = v.src;
+          p.recv_topk_slot[row] = v.slot.id;
+          p.recv_weight[row] = v.slot.weight;
+        });
+  }
+  if (p.recv_scales) {
+    drain_elements(
+        static_cast<size_t>(num_recv) * S, first, stride,
+        [&](size_t i) {
+          const int row = static_cast<int>(i / S);
+          const int le = group_of(p.expert_offsets, Le, row);
+          if (row >= p.expert_offsets[le] + p.group_pairs[le]) return 0.f;  // padding
+          return reinterpret_cast<const float*>(p.layout.meta_row(p.local, row) +
+                                                meta.scales_offset())[i % S];
+        },
+        [&](size_t i, float v) { p.recv_scales[i] = v; });
   }
 }
 
