@@ -87,6 +87,12 @@ int ranks_per_gpu(int ranks) {
   return gpus > 0 ? (ranks + gpus - 1) / gpus : 1;
 }
 
+int gpus_used(int ranks) {
+  int gpus = 0;
+  check(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount");
+  return std::max(1, std::min(ranks, gpus));
+}
+
 int device_sms(int device) {
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");

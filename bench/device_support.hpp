@@ -27,6 +27,8 @@ double measure_copy_gbps(int device);
 double measure_sm_copy_gbps(int device, int sms, int fanout);
 // Ranks that share one GPU: ceil(ranks / visible GPUs); 1 without CUDA.
 int ranks_per_gpu(int ranks);
+// GPUs the ranks spread over: min(ranks, visible GPUs); 1 without CUDA.
+int gpus_used(int ranks);
 // The device's SM count; 0 without CUDA.
 int device_sms(int device);
 std::string device_description();

@@ -97,6 +97,7 @@ int run(bench::BenchOptions& o) {
     if (o.world) rep.device += ", " + std::to_string(o.ranks) + " processes (mpirun)";
     if (o.backend == Backend::kCuda && o.prints) {
       rep.copy_gbps = bench::measure_copy_gbps(o.device);
+      rep.gpus = bench::gpus_used(o.ranks);
       if (!o.world) rep.p2p_gbps = bench::measure_p2p_gbps();  // several GPUs in this process
       for (int sms : o.sms) {
         auto& probe = rep.sm_copy[sms];

@@ -29,6 +29,11 @@ std::vector<OpView> ops_of(const Report& rep, const Measurement& m) {
 
 double gbps(double bytes, double ms) { return ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0; }
 
+// The op's least bytes a second on one GPU (the ranks spread evenly over rep.gpus).
+double gbps_per_gpu(const Report& rep, const OpView& op) {
+  return gbps(op.min_bytes / rep.gpus, op.ms);
+}
+
 // The op's least bytes over its time, against a copy on the SMs the sweep row gives its ranks
 // (`fan_out`: against the fan-out copy there); 0 where not measured.
 double sm_copy_fraction(const Report& rep, const Measurement& m, const OpView& op, bool fan_out) {
@@ -39,7 +44,7 @@ double sm_copy_fraction(const Report& rep, const Measurement& m, const OpView& o
     const auto f = it->second.fanout_gbps.find(fanout_of(rep, m));
     bound = f == it->second.fanout_gbps.end() ? 0 : f->second;
   }
-  return bound > 0 ? gbps(op.min_bytes, op.ms) / bound : 0;
+  return bound > 0 ? gbps_per_gpu(rep, op) / bound : 0;
 }
 
 // The ring row the flat token-major row of `sms` is compared with.
@@ -96,8 +101,7 @@ void print_table(const Report& rep) {
       const double logical = gbps(m.recv_rows_per_rank * op.row_bytes, op.ms);
       char roofline[16] = "-", ratio[16] = "-";
       if (rep.copy_gbps > 0)
-        std::snprintf(roofline, sizeof(roofline), "%.2f",
-                      gbps(op.min_bytes, op.ms) / rep.copy_gbps);
+        std::snprintf(roofline, sizeof(roofline), "%.2f", gbps_per_gpu(rep, op) / rep.copy_gbps);
       if (m.setup.algorithm == Algorithm::kFlat && ring) {
         std::snprintf(ratio, sizeof(ratio), "%.2fx", ring_ops[i].ms / op.ms);
       }
@@ -121,11 +125,12 @@ void print_table(const Report& rep) {
   }
   std::printf(
       "time: median over iterations of the slowest rank; GB/s/rank: received rows x row "
-      "bytes / time;\nroofline: least bytes moved / time / copy bandwidth; flat/ring: "
+      "bytes / time;\nroofline: least bytes moved per GPU / time / copy bandwidth; flat/ring: "
       "ring time / flat time.\n");
   if (sm_bound) {
     std::printf(
-        "of SM copy: least bytes moved / time / copy bandwidth of a kernel on as many SMs as "
+        "of SM copy: least bytes moved per GPU / time / copy bandwidth of a kernel on as many SMs "
+        "as "
         "the call's ranks on one GPU use;\nof fan-out: the same against that kernel writing "
         "each byte it reads as many times as a token has destinations.\n");
   }
@@ -149,7 +154,7 @@ void write_json(const Report& rep, const std::string& path) {
     << ", \"hidden\": " << o.hidden << ", \"topk\": " << o.topk << ", \"experts\": " << o.experts
     << ", \"dtype\": \"" << to_string(o.dtype) << "\", \"iters\": " << o.iters
     << ", \"expert_alignment\": " << o.expert_alignment << ",\n  \"copy_gbps\": " << rep.copy_gbps
-    << ", \"p2p_gbps\": " << rep.p2p_gbps << ",\n  \"sm_copy\": [";
+    << ", \"p2p_gbps\": " << rep.p2p_gbps << ", \"gpus\": " << rep.gpus << ",\n  \"sm_copy\": [";
   bool first = true;
   for (const auto& [sms, probe] : rep.sm_copy) {
     f << (first ? "" : ", ") << "{\"sms\": " << sms << ", \"sms_used\": " << probe.sms_used
@@ -169,7 +174,7 @@ void write_json(const Report& rep, const std::string& path) {
       << to_string(m.setup.layout) << "\", \"sms\": " << m.setup.sms;
     for (const auto& op : ops_of(rep, m)) {
       const double logical = gbps(m.recv_rows_per_rank * op.row_bytes, op.ms);
-      const double roof = rep.copy_gbps > 0 ? gbps(op.min_bytes, op.ms) / rep.copy_gbps : 0;
+      const double roof = rep.copy_gbps > 0 ? gbps_per_gpu(rep, op) / rep.copy_gbps : 0;
       f << ", \"" << op.name << "\": {\"ms\": " << op.ms << ", \"gbps_per_rank\": " << logical
         << ", \"roofline\": " << roof << ", \"of_sm_copy\": " << sm_copy_fraction(rep, m, op, false)
         << ", \"of_fan_out\": " << (op.fans_out ? sm_copy_fraction(rep, m, op, true) : 0.0) << "}";

@@ -13,7 +13,8 @@ namespace epcomm::bench {
 struct Report {
   BenchOptions options;
   std::string device;
-  double copy_gbps = 0;  // 0 on the host backend
+  double copy_gbps = 0;  // 0 on the host backend, else of one GPU
+  int gpus = 1;          // GPUs the ranks spread over: the least bytes are shared among them
   double p2p_gbps = 0;   // with several GPUs: measured peer copy bandwidth per GPU and direction
   // Per SM count of the sweep: copy bandwidth with that many SMs for every rank on one GPU
   // (ranks per GPU x SMs, at most the device's), the bound of a call limited to those SMs;
