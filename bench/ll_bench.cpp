@@ -427,7 +427,10 @@ int run_ll_bench(const BenchOptions& o) {
     rep.device = o.backend == Backend::kCuda ? device_description() : "host (threads)";
     if (o.world) rep.device += ", " + std::to_string(o.ranks) + " processes (mpirun)";
     rep.max_tokens = max_tokens(o);
-    if (o.backend == Backend::kCuda && o.prints) rep.copy_gbps = measure_copy_gbps(o.device);
+    if (o.backend == Backend::kCuda && o.prints) {
+      rep.copy_gbps = measure_copy_gbps(o.device);
+      rep.gpus = gpus_used(o.ranks);
+    }
     if (o.prints) {
       std::printf(
           "low-latency mode: %d ranks, M = %d, H = %d, K = %d, E = %d; %d warm-up + %d "

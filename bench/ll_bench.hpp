@@ -31,7 +31,8 @@ struct LlCase {
 struct LlReport {
   BenchOptions options;
   std::string device;
-  double copy_gbps = 0;  // 0 on the host backend
+  double copy_gbps = 0;  // 0 on the host backend, else of one GPU
+  int gpus = 1;          // GPUs the ranks spread over: the least bytes are shared among them
   int max_tokens = 0;    // M
   std::vector<LlCase> cases;
 };

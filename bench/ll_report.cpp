@@ -31,7 +31,7 @@ double roofline(const LlReport& rep, double min_bytes, const LatencyStat& loop,
                 const LatencyStat& graph, const LatencyStat& eager) {
   const LatencyStat& t = loop.measured ? loop : graph.measured ? graph : eager;
   if (rep.copy_gbps <= 0 || !t.measured || t.median_us <= 0) return 0;
-  return min_bytes / (t.median_us * 1e-6) / 1e9 / rep.copy_gbps;
+  return min_bytes / rep.gpus / (t.median_us * 1e-6) / 1e9 / rep.copy_gbps;
 }
 
 double dispatch_roofline(const LlReport& rep, const LlCase& c) {
@@ -145,7 +145,7 @@ void print_ll_tables(const LlReport& rep) {
       "low_latency_receive (medians). msg/rank: (token, expert) messages received per rank.\n"
       "roof.d/c: least bytes moved (dispatch: per token x row read, per message row written to\n"
       "staging, read, written to recv_x; combine: per message y row read, written to staging,\n"
-      "read, plus outputs written) / loop (else graph) median / device copy bandwidth.\n"
+      "read, plus outputs written) per GPU / loop (else graph) median / device copy bandwidth.\n"
       "Workload: the LL harness (uniform top-k; the last rank sends T/2 tokens).\n");
 }
 
