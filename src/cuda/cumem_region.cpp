@@ -15,6 +15,7 @@
 #include <string>
 
 #include "cuda_check.hpp"
+#include "driver_entry.hpp"
 #include "env.hpp"
 
 namespace epcomm::cuda {
@@ -37,32 +38,20 @@ struct Driver {
   bool ok = false;
 };
 
-template <typename F>
-bool resolve(const char* name, F* out) {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult status{};
-  if (cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &status) !=
-          cudaSuccess ||
-      status != cudaDriverEntryPointSuccess || fn == nullptr) {
-    cudaGetLastError();
-    return false;
-  }
-  *out = reinterpret_cast<F>(fn);
-  return true;
-}
-
 const Driver& driver() {
   static const Driver d = [] {
     Driver r;
-    r.ok = resolve("cuDeviceGet", &r.device_get) &&
-           resolve("cuDeviceGetAttribute", &r.device_attribute) &&
-           resolve("cuMemGetAllocationGranularity", &r.granularity) &&
-           resolve("cuMemCreate", &r.create) && resolve("cuMemRelease", &r.release) &&
-           resolve("cuMemExportToShareableHandle", &r.export_handle) &&
-           resolve("cuMemImportFromShareableHandle", &r.import_handle) &&
-           resolve("cuMemAddressReserve", &r.reserve) &&
-           resolve("cuMemAddressFree", &r.address_free) && resolve("cuMemMap", &r.map) &&
-           resolve("cuMemUnmap", &r.unmap) && resolve("cuMemSetAccess", &r.set_access);
+    r.ok = resolve_driver_call("cuDeviceGet", &r.device_get) &&
+           resolve_driver_call("cuDeviceGetAttribute", &r.device_attribute) &&
+           resolve_driver_call("cuMemGetAllocationGranularity", &r.granularity) &&
+           resolve_driver_call("cuMemCreate", &r.create) &&
+           resolve_driver_call("cuMemRelease", &r.release) &&
+           resolve_driver_call("cuMemExportToShareableHandle", &r.export_handle) &&
+           resolve_driver_call("cuMemImportFromShareableHandle", &r.import_handle) &&
+           resolve_driver_call("cuMemAddressReserve", &r.reserve) &&
+           resolve_driver_call("cuMemAddressFree", &r.address_free) &&
+           resolve_driver_call("cuMemMap", &r.map) && resolve_driver_call("cuMemUnmap", &r.unmap) &&
+           resolve_driver_call("cuMemSetAccess", &r.set_access);
     return r;
   }();
   return d;

@@ -1,6 +1,7 @@
 // NvshmemHeap: NVSHMEM's host library through dlopen (EPCOMM_NVSHMEM_HEAP builds only).
 #include "nvshmem_heap.hpp"
 
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include <mutex>
@@ -28,6 +29,8 @@ struct NvshmemHeap::Api {
   void* (*calloc)(size_t, size_t);
   void (*free)(void*);
   void* (*ptr)(const void*, int);
+  int (*cumodule_init)(CUmodule);      // null where the library lacks it
+  int (*cumodule_finalize)(CUmodule);  // likewise
 };
 
 namespace {
@@ -67,6 +70,10 @@ const NvshmemHeap::Api& load_api() {
       resolve(library, "nvshmem_calloc", &api.calloc);
       resolve(library, "nvshmem_free", &api.free);
       resolve(library, "nvshmem_ptr", &api.ptr);
+      api.cumodule_init =
+          reinterpret_cast<int (*)(CUmodule)>(dlsym(library, "nvshmemx_cumodule_init"));
+      api.cumodule_finalize =
+          reinterpret_cast<int (*)(CUmodule)>(dlsym(library, "nvshmemx_cumodule_finalize"));
     } catch (const Error& e) {
       failure = e.what();
     }
@@ -138,6 +145,20 @@ void NvshmemHeap::release(void* symmetric) { api_->free(symmetric); }
 
 void* NvshmemHeap::peer(void* symmetric, int pe) const { return api_->ptr(symmetric, pe); }
 
+void NvshmemHeap::bind_module(void* cu_module) const {
+  if (api_->cumodule_init == nullptr) {
+    throw Error(ErrorCode::kUnsupported,
+                "NVSHMEM: nvshmemx_cumodule_init is missing from libnvshmem_host.so.3");
+  }
+  check(api_->cumodule_init(static_cast<CUmodule>(cu_module)), "nvshmemx_cumodule_init");
+}
+
+void NvshmemHeap::unbind_module(void* cu_module) const noexcept {
+  if (api_->cumodule_finalize != nullptr) {
+    api_->cumodule_finalize(static_cast<CUmodule>(cu_module));
+  }
+}
+
 #else  // no NVSHMEM in this build
 
 struct NvshmemHeap::Api {};
@@ -151,6 +172,8 @@ std::shared_ptr<NvshmemHeap> NvshmemHeap::join(Bootstrap&) {
 void* NvshmemHeap::allocate(size_t) { return nullptr; }
 void NvshmemHeap::release(void*) {}
 void* NvshmemHeap::peer(void*, int) const { return nullptr; }
+void NvshmemHeap::bind_module(void*) const {}
+void NvshmemHeap::unbind_module(void*) const noexcept {}
 
 #endif
 

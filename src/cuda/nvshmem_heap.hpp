@@ -29,6 +29,14 @@ class NvshmemHeap {
   // reachable only through puts.
   void* peer(void* symmetric, int pe) const;
   int num_pes() const { return num_pes_; }
+  int pe() const { return pe_; }
+  // Binds a loaded CUDA module (a CUmodule) holding NVSHMEM device code to this job
+  // (nvshmemx_cumodule_init), so that its kernels may call NVSHMEM. Throws kUnsupported when the
+  // library lacks the call, kCuda when it fails.
+  void bind_module(void* cu_module) const;
+  // Releases what bind_module set up for the module (nvshmemx_cumodule_finalize), before the
+  // module is unloaded. Never throws.
+  void unbind_module(void* cu_module) const noexcept;
 
   struct Api;  // the NVSHMEM calls, resolved from the library (nvshmem_heap.cpp)
 

@@ -74,6 +74,31 @@ inline int pick_gpu(const char* program) {
   return -1;
 }
 
+// The main() of a program of checks on this rank's GPU: MPI started, `before_gpu(checks)` (the
+// checks that need no GPU), then, when every rank has a GPU, run(checks, rank, size, device)
+// with this rank's (an exception counts as a failed check). Returns the exit code every rank
+// agrees on.
+template <typename BeforeGpu, typename Run>
+int run_gpu_program(int argc, char** argv, const char* program, BeforeGpu before_gpu, Run run) {
+  MPI_Init(&argc, &argv);
+  int world_rank = 0, world_size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  Checks checks(world_rank);
+  before_gpu(checks);
+  const int device = pick_gpu(program);
+  if (device >= 0) {
+    try {
+      run(checks, world_rank, world_size, device);
+    } catch (const std::exception& e) {
+      checks.expect(false, std::string("threw: ") + e.what());
+    }
+  }
+  const int rc = checks.agreed_exit_code(program);
+  MPI_Finalize();
+  return rc;
+}
+
 // The transport every communicator of a case-list program uses (--transport=nvshmem).
 inline Transport& program_transport() {
   static Transport transport = Transport::kIpc;

@@ -16,25 +16,15 @@
 #include "mpi_check.hpp"
 #include "nvshmem/nvshmem_session.hpp"
 #include "nvshmem/nvshmem_transport.cuh"
+#include "nvshmem_rounds.hpp"
 
 namespace epcomm {
 namespace {
 
 using testing::Checks;
 
-constexpr int kWords = 4096;  // one 16 KB block per (source, round)
-constexpr int kRounds = 20;
-constexpr uint32_t kPoison = 0xA5A5A5A5u;
+constexpr int kWords = testing::kRoundWords;
 constexpr uint64_t kWaitNs = 10ull * 1000 * 1000 * 1000;
-
-__host__ __device__ uint32_t word_of(int source, int round, int i) {
-  uint32_t h = 0x9E3779B9u * static_cast<uint32_t>(source + 1) ^
-               0x85EBCA6Bu * static_cast<uint32_t>(round + 7) ^ static_cast<uint32_t>(i);
-  h ^= h >> 16;
-  h *= 0x7FEB352Du;
-  h ^= h >> 15;
-  return h == kPoison ? h + 1 : h;
-}
 
 struct WaitReport {
   int timed_out;
@@ -66,8 +56,7 @@ void check_cuda(cudaError_t status, const char* what) {
 }
 
 void run(Checks& checks, int world_rank, int world_size) {
-  auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD,
-                                                  testing::kMpiBootstrapTimeoutMs);
+  auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, testing::kMpiBootstrapTimeoutMs);
   detail::NvshmemSession session(*bootstrap);
   const int pe = session.pe(), num_pes = session.num_pes();
   checks.expect(pe == world_rank && num_pes == world_size, "PE numbering follows the ranks");
@@ -84,8 +73,8 @@ void run(Checks& checks, int world_rank, int world_size) {
     int got = 0;
     check_cuda(cudaMemcpy(&got, word, sizeof(int), cudaMemcpyDeviceToHost), "read word");
     const int from = (pe + num_pes - 1) % num_pes;
-    checks.expect(got == 1000 + from, "load/store from PE " + std::to_string(from) + ": got " +
-                                          std::to_string(got));
+    checks.expect(got == 1000 + from,
+                  "load/store from PE " + std::to_string(from) + ": got " + std::to_string(got));
   }
 
   const size_t pool_words = static_cast<size_t>(num_pes) * kWords;
@@ -96,29 +85,18 @@ void run(Checks& checks, int world_rank, int world_size) {
   check_cuda(cudaMalloc(&mine, kWords * sizeof(uint32_t)), "cudaMalloc");
   check_cuda(cudaMallocManaged(&report, sizeof(WaitReport)), "cudaMallocManaged");
   std::vector<uint32_t> host(pool_words);
-  for (int round = 0; round < kRounds; ++round) {
-    std::vector<uint32_t> poison(pool_words, kPoison), block(kWords);
-    for (int i = 0; i < kWords; ++i) block[i] = word_of(pe, round, i);
-    check_cuda(cudaMemcpy(pool, poison.data(), pool_words * 4, cudaMemcpyHostToDevice), "poison");
-    check_cuda(cudaMemcpy(mine, block.data(), kWords * 4, cudaMemcpyHostToDevice), "block");
-    MPI_Barrier(MPI_COMM_WORLD);  // every pool poisoned before any put of this round
+  for (int round = 0; round < testing::kNumRounds; ++round) {
+    testing::start_round(pool, num_pes, mine, pe, round);
     const uint64_t expected = static_cast<uint64_t>(round + 1) * (num_pes - 1);
     if (num_pes > 1) {
       exchange<<<num_pes - 1, 256>>>(pool, mine, signal, pe, num_pes, expected, report);
       check_cuda(cudaDeviceSynchronize(), "exchange");
-      checks.expect(report->timed_out == 0,
-                    "round " + std::to_string(round) + ": signal wait for " +
-                        std::to_string(expected) + " timed out at " +
-                        std::to_string(report->seen));
+      checks.expect(report->timed_out == 0, "round " + std::to_string(round) +
+                                                ": signal wait for " + std::to_string(expected) +
+                                                " timed out at " + std::to_string(report->seen));
     }
     check_cuda(cudaMemcpy(host.data(), pool, pool_words * 4, cudaMemcpyDeviceToHost), "read");
-    int wrong = 0;
-    for (int s = 0; s < num_pes; ++s) {
-      for (int i = 0; i < kWords; ++i) {
-        const uint32_t want = s == pe ? kPoison : word_of(s, round, i);
-        wrong += host[static_cast<size_t>(s) * kWords + i] != want;
-      }
-    }
+    const int wrong = testing::wrong_round_words(host, num_pes, pe, round);
     checks.expect(wrong == 0, "round " + std::to_string(round) + ": " + std::to_string(wrong) +
                                   " words differ from the sources' blocks");
     MPI_Barrier(MPI_COMM_WORLD);  // every pool read before the next round poisons it
@@ -135,31 +113,21 @@ void run(Checks& checks, int world_rank, int world_size) {
 
 int main(int argc, char** argv) {
   using namespace epcomm;
-  MPI_Init(&argc, &argv);
-  int world_rank = 0, world_size = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-  Checks checks(world_rank);
   // Needs no GPU: ranks that are threads of one process are refused before NVSHMEM is touched.
-  try {
-    auto threads = make_in_process_bootstraps(1);
-    detail::NvshmemSession refused(*threads[0]);
-    checks.expect(false, "an in-process bootstrap was accepted");
-  } catch (const Error& e) {
-    checks.expect(e.code() == ErrorCode::kInvalidArgument &&
-                      std::string(e.what()).find("one PE per process") != std::string::npos,
-                  std::string("in-process bootstrap refused by name: ") + e.what());
-  }
-  const int device = testing::pick_gpu("mpi_nvshmem_test");
-  if (device >= 0) {
-    cudaSetDevice(device);
+  const auto in_process_refused = [](Checks& checks) {
     try {
-      run(checks, world_rank, world_size);
-    } catch (const std::exception& e) {
-      checks.expect(false, std::string("threw: ") + e.what());
+      auto threads = make_in_process_bootstraps(1);
+      detail::NvshmemSession refused(*threads[0]);
+      checks.expect(false, "an in-process bootstrap was accepted");
+    } catch (const Error& e) {
+      checks.expect(e.code() == ErrorCode::kInvalidArgument &&
+                        std::string(e.what()).find("one PE per process") != std::string::npos,
+                    std::string("in-process bootstrap refused by name: ") + e.what());
     }
-  }
-  const int rc = checks.agreed_exit_code("mpi_nvshmem_test");
-  MPI_Finalize();
-  return rc;
+  };
+  return testing::run_gpu_program(argc, argv, "mpi_nvshmem_test", in_process_refused,
+                                  [](Checks& checks, int rank, int size, int device) {
+                                    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+                                    run(checks, rank, size);
+                                  });
 }

@@ -1,0 +1,41 @@
+// NvshmemModule: epcomm's kernels that call NVSHMEM on the device (src/nvshmem/module_kernels.cu),
+// loaded from the image embedded in libepcomm into the current CUDA context and bound to the
+// process's NVSHMEM job. libepcomm starts NVSHMEM through its host library (NvshmemHeap), so
+// these kernels live in a module of their own, device-linked with NVSHMEM's device library at
+// build time (src/nvshmem/CMakeLists.txt).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+
+#include "nvshmem/module_abi.hpp"
+
+namespace epcomm::cuda {
+
+class NvshmemHeap;
+
+class NvshmemModule {
+ public:
+  // Loads the module into the current context and binds it to `heap`'s job. Throws
+  // kUnsupported when this build has no module (no NVSHMEM), kCuda when loading or binding fails.
+  static std::unique_ptr<NvshmemModule> load(const NvshmemHeap& heap);
+  ~NvshmemModule();
+  NvshmemModule(const NvshmemModule&) = delete;
+  NvshmemModule& operator=(const NvshmemModule&) = delete;
+
+  // Enqueues the puts `ops[0, n)` (device memory) on `stream`, one block of 256 threads each, up
+  // to `blocks` blocks; they have completed at the source when the kernel ends.
+  void put_signal(const nvshmem::PutSignalOp* ops, int n, int blocks, cudaStream_t stream) const;
+  // Enqueues the bounded waits `waits[0, n)` (device memory) on `stream`, one thread each.
+  void wait_signals(nvshmem::SignalWait* waits, int n, unsigned long long timeout_ns,
+                    cudaStream_t stream) const;
+
+  struct Handles;  // the module and its functions (nvshmem_module.cpp)
+
+ private:
+  explicit NvshmemModule(std::unique_ptr<Handles> handles);
+  std::unique_ptr<Handles> handles_;
+};
+
+}  // namespace epcomm::cuda
