@@ -5,17 +5,19 @@
 #include <string>
 #include <vector>
 
+#include "cuda_timing.hpp"
 #include "device_support.hpp"
 #include "epcomm/error.hpp"
 
 namespace epcomm::bench {
-namespace {
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
     throw Error(ErrorCode::kCuda, std::string(what) + ": " + cudaGetErrorString(err));
   }
 }
+
+namespace {
 
 class CudaTimeline final : public Timeline {
  public:
@@ -54,37 +56,40 @@ std::unique_ptr<Timeline> make_cuda_timeline(Stream stream, int device, int capa
   return std::make_unique<CudaTimeline>(stream, device, capacity);
 }
 
-double measure_copy_gbps(int device) {
+double median_copy_ms(int device, size_t src_bytes, size_t dst_bytes, int warmup, int timed,
+                      const std::function<void(const void*, void*, cudaStream_t)>& copy) {
   check(cudaSetDevice(device), "cudaSetDevice");
-  const size_t bytes = size_t{1} << 30;
   void *src = nullptr, *dst = nullptr;
-  check(cudaMalloc(&src, bytes), "cudaMalloc");
-  check(cudaMalloc(&dst, bytes), "cudaMalloc");
-  check(cudaMemset(src, 0x3c, bytes), "cudaMemset");
+  check(cudaMalloc(&src, src_bytes), "cudaMalloc");
+  check(cudaMalloc(&dst, dst_bytes), "cudaMalloc");
+  check(cudaMemset(src, 0x3c, src_bytes), "cudaMemset");
   cudaStream_t stream;
   check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
   std::vector<double> ms;
   {
-    CudaTimeline timeline(reinterpret_cast<Stream>(stream), device, 14);
+    CudaTimeline timeline(reinterpret_cast<Stream>(stream), device, warmup + timed + 1);
     timeline.mark();
-    for (int i = 0; i < 13; ++i) {
-      check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream), "cudaMemcpyAsync");
+    for (int i = 0; i < warmup + timed; ++i) {
+      copy(src, dst, stream);
       timeline.mark();
     }
     timeline.finish();
-    for (int i = 3; i < 13; ++i) ms.push_back(timeline.ms_between(i, i + 1));
+    for (int i = warmup; i < warmup + timed; ++i) ms.push_back(timeline.ms_between(i, i + 1));
   }
   std::sort(ms.begin(), ms.end());
   cudaStreamDestroy(stream);
   cudaFree(src);
   cudaFree(dst);
-  return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
+  return ms[ms.size() / 2];
 }
 
-int ranks_per_gpu(int ranks) {
-  int gpus = 0;
-  check(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount");
-  return gpus > 0 ? (ranks + gpus - 1) / gpus : 1;
+double measure_copy_gbps(int device) {
+  const size_t bytes = size_t{1} << 30;
+  const double ms =
+      median_copy_ms(device, bytes, bytes, 3, 10, [&](const void* src, void* dst, cudaStream_t s) {
+        check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
+      });
+  return 2.0 * bytes / (ms * 1e-3) / 1e9;
 }
 
 int gpus_used(int ranks) {

@@ -25,8 +25,6 @@ double measure_copy_gbps(int device);
 // The same, by a copy kernel running one block on each of `sms` SMs (at most the device's),
 // storing each byte it reads `fanout` times (bytes read plus bytes written).
 double measure_sm_copy_gbps(int device, int sms, int fanout);
-// Ranks that share one GPU: ceil(ranks / visible GPUs); 1 without CUDA.
-int ranks_per_gpu(int ranks);
 // GPUs the ranks spread over: min(ranks, visible GPUs); 1 without CUDA.
 int gpus_used(int ranks);
 // The device's SM count; 0 without CUDA.

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_timing.hpp"
 #include "epcomm/error.hpp"
 #include "ll_device.hpp"
 
@@ -16,12 +17,6 @@ cudaError_t load_gate_kernel();                                          // ll_g
 cudaError_t launch_stamp(cudaStream_t stream, uint64_t* slot);           // ll_gate.cu
 
 namespace {
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw Error(ErrorCode::kCuda, std::string(what) + ": " + cudaGetErrorString(err));
-  }
-}
 
 cudaStream_t native(Stream s) { return reinterpret_cast<cudaStream_t>(s); }
 

@@ -99,9 +99,10 @@ int run(bench::BenchOptions& o) {
       rep.copy_gbps = bench::measure_copy_gbps(o.device);
       rep.gpus = bench::gpus_used(o.ranks);
       if (!o.world) rep.p2p_gbps = bench::measure_p2p_gbps();  // several GPUs in this process
+      const int ranks_per_gpu = (o.ranks + rep.gpus - 1) / rep.gpus;
       for (int sms : o.sms) {
         auto& probe = rep.sm_copy[sms];
-        probe.sms_used = std::min(bench::ranks_per_gpu(o.ranks) * sms, bench::device_sms(o.device));
+        probe.sms_used = std::min(ranks_per_gpu * sms, bench::device_sms(o.device));
         probe.gbps = bench::measure_sm_copy_gbps(o.device, probe.sms_used, 1);
       }
     }

@@ -9,7 +9,6 @@ std::unique_ptr<Timeline> make_cuda_timeline(Stream, int, int) {
 }
 double measure_copy_gbps(int) { return 0.0; }
 double measure_sm_copy_gbps(int, int, int) { return 0.0; }
-int ranks_per_gpu(int) { return 1; }
 int gpus_used(int) { return 1; }
 int device_sms(int) { return 0; }
 std::string device_description() { return "no GPU (host backend)"; }

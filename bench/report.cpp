@@ -129,10 +129,9 @@ void print_table(const Report& rep) {
       "ring time / flat time.\n");
   if (sm_bound) {
     std::printf(
-        "of SM copy: least bytes moved per GPU / time / copy bandwidth of a kernel on as many SMs "
-        "as "
-        "the call's ranks on one GPU use;\nof fan-out: the same against that kernel writing "
-        "each byte it reads as many times as a token has destinations.\n");
+        "of SM copy: least bytes moved per GPU / time / copy bandwidth of a kernel on as many\n"
+        "SMs as the call's ranks on one GPU use; of fan-out: the same against that kernel\n"
+        "writing each byte it reads as many times as a token has destinations.\n");
   }
   std::printf(
       "expert_major: one row per (token, local expert) pair, groups aligned to %d rows; its "

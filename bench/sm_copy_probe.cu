@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_timing.hpp"
 #include "device_support.hpp"
 #include "epcomm/error.hpp"
 
@@ -18,12 +19,6 @@ namespace {
 constexpr int kThreads = 1024;
 constexpr int kInFlight = 8;
 constexpr int kPinSharedBytes = 150 * 1024;  // over half an SM's shared memory
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw Error(ErrorCode::kCuda, std::string(what) + ": " + cudaGetErrorString(err));
-  }
-}
 
 __global__ void __launch_bounds__(kThreads, 1)
     sm_copy_kernel(const int4* __restrict__ src, int4* __restrict__ dst, size_t vectors,
@@ -60,34 +55,13 @@ double measure_sm_copy_gbps(int device, int sms, int fanout) {
         "cudaFuncSetAttribute");
   if (fanout < 1) throw Error(ErrorCode::kInvalidArgument, "measure_sm_copy_gbps: fanout < 1");
   const size_t bytes = (size_t{1} << 30) / fanout / 16 * 16;  // read once
-  void *src = nullptr, *dst = nullptr;
-  check(cudaMalloc(&src, bytes), "cudaMalloc");
-  check(cudaMalloc(&dst, bytes * fanout), "cudaMalloc");
-  check(cudaMemset(src, 0x3c, bytes), "cudaMemset");
-  cudaStream_t stream;
-  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  std::vector<cudaEvent_t> events(9);
-  for (auto& e : events) check(cudaEventCreate(&e), "cudaEventCreate");
-  check(cudaEventRecord(events[0], stream), "cudaEventRecord");
-  for (size_t i = 1; i < events.size(); ++i) {
-    sm_copy_kernel<<<blocks, kThreads, kPinSharedBytes, stream>>>(
-        static_cast<const int4*>(src), static_cast<int4*>(dst), bytes / sizeof(int4), fanout);
-    check(cudaGetLastError(), "sm_copy_kernel launch");
-    check(cudaEventRecord(events[i], stream), "cudaEventRecord");
-  }
-  check(cudaEventSynchronize(events.back()), "cudaEventSynchronize");
-  std::vector<double> ms;
-  for (size_t i = 2; i < events.size(); ++i) {  // the first copy warms up
-    float t = 0;
-    check(cudaEventElapsedTime(&t, events[i - 1], events[i]), "cudaEventElapsedTime");
-    ms.push_back(t);
-  }
-  for (auto& e : events) cudaEventDestroy(e);
-  cudaStreamDestroy(stream);
-  cudaFree(src);
-  cudaFree(dst);
-  std::sort(ms.begin(), ms.end());
-  return (1.0 + fanout) * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
+  const double ms = median_copy_ms(
+      device, bytes, bytes * fanout, 1, 7, [&](const void* src, void* dst, cudaStream_t stream) {
+        sm_copy_kernel<<<blocks, kThreads, kPinSharedBytes, stream>>>(
+            static_cast<const int4*>(src), static_cast<int4*>(dst), bytes / sizeof(int4), fanout);
+        check(cudaGetLastError(), "sm_copy_kernel launch");
+      });
+  return (1.0 + fanout) * bytes / (ms * 1e-3) / 1e9;
 }
 
 }  // namespace epcomm::bench
