@@ -4,6 +4,7 @@
 
 #include <cuda.h>
 
+#include <algorithm>
 #include <string>
 
 #include "driver_entry.hpp"
@@ -12,8 +13,7 @@
 
 #if EPCOMM_NVSHMEM_MODULE
 namespace epcomm::embedded {
-extern const unsigned char nvshmem_module[];
-extern const unsigned long long nvshmem_module_size;
+extern const unsigned char nvshmem_module[];  // cmake/EmbedBytes.cmake
 }  // namespace epcomm::embedded
 #endif
 
@@ -82,7 +82,7 @@ std::unique_ptr<NvshmemModule> NvshmemModule::load(const NvshmemHeap& heap) {
 void NvshmemModule::put_signal(const nvshmem::PutSignalOp* ops, int n, int blocks,
                                cudaStream_t stream) const {
   if (n <= 0) return;
-  const unsigned grid = static_cast<unsigned>(blocks < n ? (blocks > 0 ? blocks : 1) : n);
+  const auto grid = static_cast<unsigned>(std::clamp(blocks, 1, n));
   void* args[] = {&ops, &n};
   launch(*handles_, handles_->put_signal, grid, 256, args, stream, nvshmem::kPutSignalKernel);
 }
