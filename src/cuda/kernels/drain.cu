@@ -113,6 +113,12 @@ __device__ __forceinline__ int group_of(const int* offsets, int num_groups, int 
   return lo;
 }
 
+// Whether expert-major row `row` is padding: past its group's pairs.
+__device__ __forceinline__ bool padding_row(const cuda::DrainParams& p, int row) {
+  const int le = group_of(p.expert_offsets, p.experts_per_rank, row);
+  return row >= p.expert_offsets[le] + p.group_pairs[le];
+}
+
 // Expert-major receive side: pair rows get their source, slot, weight and scales from the meta
 // row; padding rows (after each group's pairs) get zero x and scales and the marks {-1, -1},
 // -1, 0. A cached dispatch rewrites x and scales only (its meta outputs are the handle's).
@@ -136,10 +142,7 @@ __global__ void __launch_bounds__(512) pair_drain_kernel(cuda::DrainParams p) {
         static_cast<size_t>(num_recv), first, stride,
         [&](size_t r) {
           const int row = static_cast<int>(r);
-          const int le = group_of(p.expert_offsets, Le, row);
-          if (row >= p.expert_offsets[le] + p.group_pairs[le]) {  // padding
-            return PairMeta{make_int2(-1, -1), SlotMeta{-1, 0.f}};
-          }
+          if (padding_row(p, row)) return PairMeta{make_int2(-1, -1), SlotMeta{-1, 0.f}};
           const char* m = p.layout.meta_row(p.local, row);
           return PairMeta{*reinterpret_cast<const int2*>(m),
                           SlotMeta{reinterpret_cast<const int32_t*>(m + meta.ids_offset())[0],
@@ -156,8 +159,7 @@ __global__ void __launch_bounds__(512) pair_drain_kernel(cuda::DrainParams p) {
         static_cast<size_t>(num_recv) * S, first, stride,
         [&](size_t i) {
           const int row = static_cast<int>(i / S);
-          const int le = group_of(p.expert_offsets, Le, row);
-          if (row >= p.expert_offsets[le] + p.group_pairs[le]) return 0.f;  // padding
+          if (padding_row(p, row)) return 0.f;
           return reinterpret_cast<const float*>(p.layout.meta_row(p.local, row) +
                                                 meta.scales_offset())[i % S];
         },
