@@ -48,7 +48,9 @@ void usage() {
       "  --seconds N             run batches for N seconds (300)\n"
       "  --batch-rounds N        rounds per batch, the host synchronising between batches (100)\n"
       "domains mode (--mode domains; shape, dtype, layouts and seed as above; no device):\n"
-      "  --ranks-per-domain N    ranks per NVLink domain, dividing --ranks\n");
+      "  --ranks-per-domain N    ranks per NVLink domain, dividing --ranks (--mode domains;\n"
+      "                          --mode ll with --transport nvshmem: peers outside a rank's\n"
+      "                          domain reached through NVSHMEM puts only)\n");
 }
 
 std::vector<std::string> split(const std::string& s) {
@@ -238,10 +240,18 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
           "--ranks-per-domain = " + std::to_string(o->ranks_per_domain) +
               ": --mode domains needs a positive divisor of --ranks = " + std::to_string(o->ranks));
     }
-    if (o->mode != BenchMode::kDomains && o->ranks_per_domain != 0) {
+    if (o->mode == BenchMode::kLowLatency && o->ranks_per_domain != 0 &&
+        (o->transport != Transport::kNvshmem || o->ranks_per_domain < 1)) {
       throw Error(ErrorCode::kInvalidArgument,
-                  "--ranks-per-domain is for --mode domains (the paths across domains are not "
-                  "built yet)");
+                  "--ranks-per-domain = " + std::to_string(o->ranks_per_domain) +
+                      ": --mode ll crosses domains over --transport nvshmem only, with a "
+                      "positive divisor of the ranks");
+    }
+    if (o->mode != BenchMode::kDomains && o->mode != BenchMode::kLowLatency &&
+        o->ranks_per_domain != 0) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--ranks-per-domain is for --mode domains and --mode ll (the high-throughput "
+                  "paths across domains are not built yet)");
     }
     if (o->iters < 1) throw Error(ErrorCode::kInvalidArgument, "--iters must be at least 1");
     if (o->algorithms.empty() || o->sms.empty() || o->layouts.empty()) {

@@ -147,6 +147,7 @@ LlRankSession::LlRankSession(const BenchOptions& o, std::shared_ptr<Bootstrap> b
   cfg.dispatch_sms = o.sms.front();
   cfg.combine_sms = o.sms.front();
   cfg.transport = o.transport;
+  cfg.ranks_per_domain = o.ranks_per_domain;
   stream_ = create_bench_stream(o.backend, device);
   memory_ = testing::make_memory(o.backend, device, stream_);  // no stream of its own
   comm_ = Communicator::create(bs_, cfg, o.backend, device);

@@ -120,6 +120,10 @@ void print_ll_tables(const LlReport& rep) {
       "ranks=%d M=%d hidden=%d topk=%d experts=%d sms=%d warmup=%d replays=%d loop-calls=%d\n",
       o.ranks, rep.max_tokens, o.hidden, o.topk, o.experts, o.sms.front(), o.warmup, o.replays,
       o.loop_calls);
+  if (o.ranks_per_domain > 0 && o.ranks_per_domain < o.ranks) {
+    std::printf("domains: %d of %d ranks (peers outside a rank's domain through NVSHMEM puts)\n",
+                o.ranks / o.ranks_per_domain, o.ranks_per_domain);
+  }
   if (rep.copy_gbps > 0) {
     std::printf("device copy bandwidth (read+write): %.0f GB/s\n", rep.copy_gbps);
   }

@@ -143,21 +143,27 @@ if has nvshmem; then  # NVSHMEM runs several PEs on one GPU only under MPS
   # PEs on one GPU need the shares to sum to at most 100): 8 processes, flat path.
   lib=$(sed -n 's/^EPCOMM_NVSHMEM_HOST:FILEPATH=\(.*\)\/[^/]*$/\1/p' "$BUILD/CMakeCache.txt")
   root=""; [ "$(id -u)" -eq 0 ] && root="--allow-run-as-root"
+  # run_bench TRANSPORT MODE [RANKS_PER_DOMAIN]: one bench under mpirun, logged and summarized.
+  run_bench() {
+    local transport=$1 mode=$2 domain=${3:-} args tag
+    args=${NVSHMEM_BENCH_ARGS:---sms 4,8,14 --layouts token_major}
+    [ "$mode" = ll ] && args=${NVSHMEM_LL_BENCH_ARGS:---sms 8 --tokens 1,128}
+    tag=${transport}_${mode}${domain:+_rpd$domain}
+    start=$SECONDS
+    CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=12 NVSHMEM_REMOTE_TRANSPORT=none NVSHMEM_DISABLE_NVLS=1 \
+      NVSHMEM_SYMMETRIC_SIZE=${NVSHMEM_BENCH_HEAP:-4294967296} LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}" \
+      timeout 150 mpirun -np 8 --oversubscribe $root -x CUDA_MPS_ACTIVE_THREAD_PERCENTAGE \
+      -x NVSHMEM_REMOTE_TRANSPORT -x NVSHMEM_DISABLE_NVLS -x NVSHMEM_SYMMETRIC_SIZE -x LD_LIBRARY_PATH \
+      "$BUILD/bench/epcomm-bench" --launcher mpi --backend cuda --mode "$mode" --transport "$transport" \
+      ${domain:+--ranks-per-domain $domain} $args >"$OUT/bench_mpi_${tag}.log" 2>&1
+    note "bench $mode under mpirun, transport $transport${domain:+, $domain ranks per domain} (8 processes, MPS 12 %): rc=$? ($((SECONDS - start)) s)"
+    sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_${tag}.log" | grep -vE '^\s*$' | head -24 | tee -a "$summary"
+  }
   for transport in ipc nvshmem; do
-    for mode in ht ll; do
-      args=${NVSHMEM_BENCH_ARGS:---sms 4,8,14 --layouts token_major}
-      [ $mode = ll ] && args=${NVSHMEM_LL_BENCH_ARGS:---sms 8 --tokens 1,128}
-      start=$SECONDS
-      CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=12 NVSHMEM_REMOTE_TRANSPORT=none NVSHMEM_DISABLE_NVLS=1 \
-        NVSHMEM_SYMMETRIC_SIZE=${NVSHMEM_BENCH_HEAP:-4294967296} LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}" \
-        timeout 150 mpirun -np 8 --oversubscribe $root -x CUDA_MPS_ACTIVE_THREAD_PERCENTAGE \
-        -x NVSHMEM_REMOTE_TRANSPORT -x NVSHMEM_DISABLE_NVLS -x NVSHMEM_SYMMETRIC_SIZE -x LD_LIBRARY_PATH \
-        "$BUILD/bench/epcomm-bench" --launcher mpi --backend cuda --mode $mode --transport $transport \
-        $args >"$OUT/bench_mpi_${transport}_${mode}.log" 2>&1
-      note "bench $mode under mpirun, transport $transport (8 processes, MPS 12 %): rc=$? ($((SECONDS - start)) s)"
-      sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_${transport}_${mode}.log" | grep -vE '^\s*$' | head -24 | tee -a "$summary"
-    done
+    for mode in ht ll; do run_bench $transport $mode; done
   done
+  # The low-latency mode across domains (NVSHMEM_LL_DOMAINS: ranks per domain, space-separated).
+  for domain in ${NVSHMEM_LL_DOMAINS-4 1}; do run_bench nvshmem ll "$domain"; done
   mps_stop
 fi
 

@@ -38,9 +38,11 @@ struct Config {
   // same results for every transport and ignores it.
   Transport transport = Transport::kIpc;
   // Ranks per NVLink domain, in rank order: 0 = all ranks one domain (ipc), or as NVSHMEM's
-  // nvshmem_ptr finds them (nvshmem); > 0 must divide the number of ranks. Only one domain
-  // holding every rank is built so far: a smaller one (given, or found) is refused with
-  // kUnsupported (the paths across domains are issue 17's next step).
+  // nvshmem_ptr finds them (nvshmem); > 0 must divide the number of ranks, and smaller than
+  // the job needs transport = nvshmem: ranks outside a rank's domain are then reached through
+  // NVSHMEM puts only, even where nvshmem_ptr could map them. Across domains the low-latency
+  // mode is built (outputs identical to one domain); the high-throughput dispatch refuses
+  // smaller domains with kUnsupported.
   int ranks_per_domain = 0;
   // Test hook for counter wrap: dispatch epochs, combine rounds and low-latency rounds start
   // here instead of 0 (every sequence is 64-bit; tests start just below 2^32). Leave it at 0.

@@ -82,19 +82,10 @@ void check_hardware_queues(int sharing, int device) {
 }
 
 void check_transport(const Config& config, const Bootstrap& bootstrap) {
-  const int R = bootstrap.size();
   if (config.transport == Transport::kNvshmem && bootstrap.in_process()) {
     throw Error(ErrorCode::kInvalidArgument,
                 "Config.transport = nvshmem: the bootstrap's ranks are threads of one process, "
                 "but NVSHMEM has one PE per process (use one rank per process, e.g. MpiBootstrap)");
-  }
-  if (config.ranks_per_domain > 0 && config.ranks_per_domain < R) {
-    throw Error(ErrorCode::kUnsupported,
-                "Config.ranks_per_domain = " + std::to_string(config.ranks_per_domain) + " with " +
-                    std::to_string(R) +
-                    " ranks: the paths across NVLink domains are not built yet; every domain "
-                    "must hold all ranks (0 or " +
-                    std::to_string(R) + ")");
   }
 }
 

@@ -21,8 +21,8 @@ void check_sms(const char* field, int value, int device_sms, int device);
 // The ring path's limits (ranks, equal SM knobs, resident grids); nothing on the flat path.
 void check_ring(const Config& config, int num_ranks, int sharing, int device, int device_sms);
 
-// Config::transport and ranks_per_domain: nvshmem needs one rank per process
-// (kInvalidArgument), and only one domain of every rank is built (kUnsupported otherwise).
+// Config::transport: nvshmem needs one rank per process (kInvalidArgument). Domains smaller
+// than the job are checked where the region is mapped (MemoryDomain).
 void check_transport(const Config& config, const Bootstrap& bootstrap);
 
 // Ranks of this process on `device`, this one included. Collective among in-process ranks.

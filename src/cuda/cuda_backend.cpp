@@ -105,17 +105,17 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   // kernel waits yet (kernels/stream_prime.cu; the routing pool primes its own stream).
   prime_stream(own_stream_);
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
-  domain_ =
-      std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes, config_.transport);
+  domain_ = std::make_unique<MemoryDomain>(*bootstrap_, device_, layout_.total_bytes,
+                                           config_.transport, config_.ranks_per_domain);
   int shared_optin = 0;
   EPCOMM_CUDA_CHECK(
       cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
-  bulk_send_ = domain_->bulk_copies() &&
-               kernels::flat_send_shared_bytes(num_ranks_, true) <= static_cast<size_t>(shared_optin);
+  bulk_send_ = domain_->bulk_copies() && kernels::flat_send_shared_bytes(num_ranks_, true) <=
+                                             static_cast<size_t>(shared_optin);
   start_sequences();
   if (config_.ll_max_tokens_per_rank > 0) {
-    ll_ =
-        std::make_unique<LowLatencyEngine>(*bootstrap_, config_, device_, sharing, wait_context());
+    ll_ = std::make_unique<LowLatencyEngine>(*bootstrap_, config_, device_, sharing, wait_context(),
+                                             domain_->ranks_per_domain());
   }
 }
 
@@ -140,6 +140,16 @@ std::vector<detail::MemoryRange> CudaBackend::shared_memory() const {
 }
 
 void CudaBackend::check_dispatch_issuable(const DispatchOptions& options, bool cached) {
+  if (domain_->ranks_per_domain() < num_ranks_) {
+    throw Error(ErrorCode::kUnsupported,
+                std::string(cached ? "dispatch_cached" : "dispatch") +
+                    ": the high-throughput paths across NVLink domains are not built yet "
+                    "(domains of " +
+                    std::to_string(domain_->ranks_per_domain()) +
+                    " ranks, Config.ranks_per_domain = " +
+                    std::to_string(config_.ranks_per_domain) + ", with " +
+                    std::to_string(num_ranks_) + " ranks); the low-latency mode crosses domains");
+  }
   if (options.layout == RecvLayout::kExpertMajor && config_.algorithm == Algorithm::kRing) {
     throw Error(ErrorCode::kUnsupported,
                 std::string(cached ? "dispatch_cached" : "dispatch") +

@@ -50,12 +50,13 @@ void check_residency(const Config& config, int sharing, int device) {
 }  // namespace
 
 LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, int device,
-                                   int sharing, const WaitContext& wait)
+                                   int sharing, const WaitContext& wait, int ranks_per_domain)
     : config_(config),
       rank_(bootstrap.rank()),
       num_ranks_(bootstrap.size()),
       experts_per_rank_(config.experts_per_rank(num_ranks_)),
-      wait_(wait) {
+      wait_(wait),
+      ranks_per_domain_(ranks_per_domain) {
   check_residency(config_, sharing, device);
   if (kernels::ll_send_shared_bytes(config_.num_experts, num_ranks_) > kDefaultSharedLimit ||
       kernels::ll_recv_shared_bytes(experts_per_rank_, num_ranks_) > kDefaultSharedLimit) {
@@ -65,8 +66,9 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
                     " ranks needs more than 48 KB of shared memory per block");
   }
   const int M = config_.ll_max_tokens_per_rank;
-  layout_ =
-      LowLatencyLayout::make(num_ranks_, experts_per_rank_, M, config_.max_topk, config_.hidden);
+  const bool across = ranks_per_domain_ < num_ranks_;
+  layout_ = LowLatencyLayout::make(num_ranks_, experts_per_rank_, M, config_.max_topk,
+                                   config_.hidden, across);
   d_counters_ = device_alloc<LowLatencyCounters>(1);
   d_mask_ = device_alloc<int32_t>(num_ranks_);
   d_verdicts_ = device_alloc<uint32_t>(4 * static_cast<size_t>(num_ranks_));
@@ -87,13 +89,21 @@ LowLatencyEngine::LowLatencyEngine(Bootstrap& bootstrap, const Config& config, i
     call.rows_from = device_alloc<uint32_t>(num_ranks_);
     call.dispatch_topk = device_alloc<int64_t>(static_cast<size_t>(M) * config_.max_topk);
     EPCOMM_CUDA_CHECK(cudaMemset(call.rows_from, 0, sizeof(uint32_t) * num_ranks_));
+    if (across) {
+      call.remote_messages =
+          device_alloc<nvshmem::LlRemoteMessage>(static_cast<size_t>(M) * config_.max_topk);
+      call.remote_words =
+          device_alloc<uint64_t>(static_cast<size_t>(config_.num_experts) + num_ranks_);
+    }
   }
   EPCOMM_CUDA_CHECK(cudaDeviceSynchronize());
-  domain_ =
-      std::make_unique<MemoryDomain>(bootstrap, device, layout_.total_bytes(), config_.transport);
+  domain_ = std::make_unique<MemoryDomain>(bootstrap, device, layout_.total_bytes(),
+                                           config_.transport, ranks_per_domain_);
+  if (across) module_ = NvshmemModule::load(*domain_->heap());
 }
 
 LowLatencyEngine::~LowLatencyEngine() {
+  module_.reset();
   domain_.reset();  // the backend has synchronized and passed a barrier with every peer
   for (BufferCall& call : calls_) {
     cudaFree(call.outputs.recv_x);
@@ -103,6 +113,8 @@ LowLatencyEngine::~LowLatencyEngine() {
     cudaFree(call.outputs.layout_range);
     cudaFree(call.rows_from);
     cudaFree(call.dispatch_topk);
+    cudaFree(call.remote_messages);
+    cudaFree(call.remote_words);
   }
   cudaFree(d_counters_);
   cudaFree(d_mask_);
@@ -144,7 +156,32 @@ LowLatencyParams LowLatencyEngine::params(int buffer, bool combine) const {
   p.shrink = config_.ll_enable_shrink;
   p.verdicts = d_verdicts_ + (static_cast<size_t>(buffer) * 2 + (combine ? 1 : 0)) * num_ranks_;
   p.wait_cost_stats = combine ? call.combine.wait_cost_stats : call.in.wait_cost_stats;
+  p.ranks_per_domain = ranks_per_domain_;
+  p.remote_messages = call.remote_messages;
+  p.remote_words = call.remote_words == nullptr
+                       ? nullptr
+                       : call.remote_words + (combine ? config_.num_experts : 0);
   return p;
+}
+
+nvshmem::LlPuts LowLatencyEngine::puts(const LowLatencyParams& p, bool combine) const {
+  nvshmem::LlPuts a{};
+  a.layout = layout_;
+  a.region = domain_->local();
+  a.rank = rank_;
+  a.buffer = p.buffer;
+  a.experts_per_rank = experts_per_rank_;
+  a.fp8 = p.use_fp8;
+  a.messages = p.remote_messages;
+  a.num_messages = combine ? 0 : p.num_tokens * p.num_topk;
+  a.recv_count = p.recv.recv_count;
+  a.recv_src = p.recv.recv_src;
+  a.layout_range = p.recv.layout_range;
+  a.words = p.remote_words;
+  a.num_words = combine ? num_ranks_ : config_.num_experts;
+  a.blocks_done = &d_counters_->blocks_done[p.buffer][combine ? kLlCombinePuts : kLlDispatchPuts];
+  a.failed = &wait_.state->failed;
+  return a;
 }
 
 LowLatencyDispatchResult LowLatencyEngine::dispatch_send(const LowLatencyDispatchInputs& in,
@@ -152,9 +189,10 @@ LowLatencyDispatchResult LowLatencyEngine::dispatch_send(const LowLatencyDispatc
   BufferCall& call = calls_[buffer];
   call.in = in;
   call.combine = {};
-  kernels::launch_ll_dispatch_send(params(buffer, false),
-                                   ll_blocks(config_.dispatch_sms, in.num_tokens), stream);
+  const LowLatencyParams p = params(buffer, false);
+  kernels::launch_ll_dispatch_send(p, ll_blocks(config_.dispatch_sms, in.num_tokens), stream);
   EPCOMM_LAUNCH_CHECK("ll_dispatch_send_kernel");
+  if (module_) module_->ll_puts(puts(p, false), false, ll_blocks(config_.dispatch_sms), stream);
   LowLatencyDispatchResult r;
   r.recv_x = call.outputs.recv_x;
   r.recv_scales = in.use_fp8 && !in.use_ue8m0 ? call.outputs.recv_scales : nullptr;
@@ -174,8 +212,10 @@ void LowLatencyEngine::dispatch_receive(int buffer, cudaStream_t stream) {
 void LowLatencyEngine::combine_send(const detail::LowLatencyCombineArgs& args, int buffer,
                                     cudaStream_t stream) {
   calls_[buffer].combine = args;
-  kernels::launch_ll_combine_send(params(buffer, true), ll_blocks(config_.combine_sms), stream);
+  const LowLatencyParams p = params(buffer, true);
+  kernels::launch_ll_combine_send(p, ll_blocks(config_.combine_sms), stream);
   EPCOMM_LAUNCH_CHECK("ll_combine_send_kernel");
+  if (module_) module_->ll_puts(puts(p, true), true, ll_blocks(config_.combine_sms), stream);
 }
 
 void LowLatencyEngine::combine_receive(int buffer, cudaStream_t stream) {

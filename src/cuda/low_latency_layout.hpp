@@ -2,7 +2,9 @@
 // offsets into it. Every rank allocates the same layout; two buffers alternate by call parity.
 //
 // Per buffer: dispatch counts [Le][R] | combine signals [R] |
-//             dispatch messages [Le][R][M] | combine rows [M][K][H] bf16.
+//             dispatch messages [Le][R][M] | combine rows [M][K][H] bf16 |
+//             outbox [M][K] messages (only across domains: the messages this rank puts to
+//             ranks outside its domain, staged where NVSHMEM may put from them).
 // A message = row (room for H bf16; an fp8 row uses the first H bytes) | H / 128 fp32 scales |
 // 16-byte header (int32 token, int32 top-k slot), padded to 128 bytes: every row starts on a
 // 128-byte line, so a warp's 512-byte store or load touches 4 lines, not 5.
@@ -23,10 +25,12 @@ struct LowLatencyLayout {
   int hidden = 0;
   size_t message_bytes = 0;
   size_t counts_offset = 0, delivered_offset = 0, messages_offset = 0, combine_offset = 0;
+  size_t outbox_offset = 0;
   size_t buffer_bytes = 0;
 
+  // `outbox`: whether the buffers hold an outbox (ranks outside this rank's domain exist).
   static LowLatencyLayout make(int num_ranks, int experts_per_rank, int max_tokens, int max_topk,
-                               int hidden) {
+                               int hidden, bool outbox = false) {
     LowLatencyLayout l;
     l.num_ranks = num_ranks;
     l.experts_per_rank = experts_per_rank;
@@ -43,6 +47,8 @@ struct LowLatencyLayout {
     off = align_up(off + l.message_bytes * experts_per_rank * num_ranks * max_tokens, 128);
     l.combine_offset = off;
     off = align_up(off + 2 * static_cast<size_t>(hidden) * max_topk * max_tokens, 128);
+    l.outbox_offset = off;
+    if (outbox) off += l.message_bytes * max_tokens * max_topk;
     l.buffer_bytes = off;
     return l;
   }
@@ -70,6 +76,10 @@ struct LowLatencyLayout {
   }
   EPCOMM_HD size_t message_header_offset() const {
     return message_scales_offset() + align_up(4 * static_cast<size_t>(hidden / 128), 16);
+  }
+  // Outbox message i = token * K + top-k slot (K = the dispatch's num_topk <= max_topk).
+  EPCOMM_HD char* outbox(char* base, int buffer, size_t i) const {
+    return base + buffer * buffer_bytes + outbox_offset + i * message_bytes;
   }
   EPCOMM_HD char* combine_row(char* base, int buffer, int token, int k) const {
     const size_t index = static_cast<size_t>(token) * max_topk + k;

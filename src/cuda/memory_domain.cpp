@@ -56,8 +56,11 @@ void check_native_atomics(int device, int peer_device, int peer_rank) {
 }  // namespace
 
 MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes,
-                           Transport transport)
-    : device_(device), rank_(bootstrap.rank()), bytes_(region_bytes) {
+                           Transport transport, int ranks_per_domain)
+    : device_(device),
+      rank_(bootstrap.rank()),
+      ranks_per_domain_(bootstrap.size()),
+      bytes_(region_bytes) {
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   peers_.assign(bootstrap.size(), nullptr);
   opened_.assign(bootstrap.size(), false);
@@ -79,14 +82,14 @@ MemoryDomain::MemoryDomain(Bootstrap& bootstrap, int device, size_t region_bytes
     const auto bad = std::find(all.begin(), all.end(), -1);
     if (bad != all.end()) {
       if (bad_setting) throw *bad_setting;
-      throw Error(ErrorCode::kInvalidArgument,
-                  "EPCOMM_IPC on rank " + std::to_string(bad - all.begin()) +
-                      ": expected cumem (the default) or legacy");
+      throw Error(ErrorCode::kInvalidArgument, "EPCOMM_IPC on rank " +
+                                                   std::to_string(bad - all.begin()) +
+                                                   ": expected cumem (the default) or legacy");
     }
     cumem = std::count(all.begin(), all.end(), 1) == static_cast<long>(all.size());
   }
   if (transport == Transport::kNvshmem) {
-    map_through_nvshmem(bootstrap);
+    map_through_nvshmem(bootstrap, ranks_per_domain);
   } else if (cumem) {
     check_peer_processes(bootstrap);
     cumem_ = std::make_unique<CuMemRegions>(bootstrap, device_, region_bytes);
@@ -183,29 +186,54 @@ void MemoryDomain::check_peer_processes(Bootstrap& bootstrap) {
 
 // The heap's memory is zeroed (nvshmem_calloc) and the same size on every PE. A peer that
 // nvshmem_ptr cannot map is in another NVLink domain, which the kernels cannot reach yet.
-void MemoryDomain::map_through_nvshmem(Bootstrap& bootstrap) {
+void MemoryDomain::map_through_nvshmem(Bootstrap& bootstrap, int ranks_per_domain) {
   heap_ = NvshmemHeap::join(bootstrap);
   region_ = static_cast<char*>(heap_->allocate(bytes_));
-  for (int i = 0; i < static_cast<int>(peers_.size()); ++i) {
-    peers_[i] = static_cast<char*>(heap_->peer(region_, i));
+  const int R = static_cast<int>(peers_.size());
+  for (int i = 0; i < R; ++i) peers_[i] = static_cast<char*>(heap_->peer(region_, i));
+  // This rank's verdict: L > 0 when its domain is the L consecutive ranks from (rank / L) * L,
+  // all mapped (given L; or found: the mapped ranks, when they form such a block); else
+  // -1 - the first rank of its domain it cannot map, or -1 - R when the mapped ranks form no
+  // block. Gathered, so that every rank throws alike.
+  int L = ranks_per_domain;
+  if (L == 0) {
+    L = static_cast<int>(std::count_if(peers_.begin(), peers_.end(), [](char* p) { return p; }));
   }
-  // Collective, so that every rank throws alike when any rank lacks a peer.
-  int32_t mine = -1;
-  for (int i = 0; i < static_cast<int>(peers_.size()) && mine < 0; ++i) {
-    if (peers_[i] == nullptr) mine = i;
+  int32_t mine = L;
+  const int first = rank_ / L * L;
+  for (int i = 0; i < R && mine > 0; ++i) {
+    const bool inside = i >= first && i < first + L;
+    if (inside && peers_[i] == nullptr) mine = -1 - i;
+    if (!inside && peers_[i] != nullptr && ranks_per_domain == 0) mine = -1 - R;
   }
-  std::vector<int32_t> all(peers_.size());
+  if (R % L != 0 && mine > 0) mine = -1 - R;
+  std::vector<int32_t> all(R);
   bootstrap.allGather(&mine, all.data(), sizeof(mine));
-  for (size_t r = 0; r < all.size(); ++r) {
-    if (all[r] < 0) continue;
+  for (int r = 0; r < R; ++r) {
+    if (all[r] == all[0] && all[r] > 0) continue;
     heap_->release(region_);
     region_ = nullptr;
+    const std::string given = "Config.ranks_per_domain = " + std::to_string(ranks_per_domain);
+    if (all[r] == -1 - R || all[r] > 0) {
+      throw Error(ErrorCode::kUnsupported,
+                  given +
+                      ", transport = nvshmem: the peers nvshmem_ptr maps do not form equal "
+                      "domains of consecutive ranks (rank " +
+                      std::to_string(r) + " maps " + std::to_string(all[r] > 0 ? all[r] : 0) +
+                      " ranks as its domain, rank 0 " + std::to_string(std::max(all[0], 0)) +
+                      "); give Config.ranks_per_domain");
+    }
     throw Error(ErrorCode::kUnsupported,
-                "Config.transport = nvshmem: rank " + std::to_string(r) + " reaches rank " +
-                    std::to_string(all[r]) +
-                    " only through NVSHMEM puts (nvshmem_ptr is null: another NVLink domain); "
-                    "the paths across domains are not built yet, so every rank must reach "
-                    "every other by load and store");
+                given + ", transport = nvshmem: rank " + std::to_string(r) + " cannot reach rank " +
+                    std::to_string(-1 - all[r]) +
+                    " of its domain by load and store (nvshmem_ptr is null: another NVLink "
+                    "domain); give a Config.ranks_per_domain whose domains it can map");
+  }
+  ranks_per_domain_ = L;
+  // Ranks outside the domain are reached through the NVSHMEM module's puts only: no kernel
+  // gets a pointer it could store through.
+  for (int i = 0; i < R; ++i) {
+    if (i / L != rank_ / L) peers_[i] = nullptr;
   }
 }
 

@@ -23,6 +23,8 @@ struct NvshmemModule::Handles {
   CUmodule module = nullptr;
   CUfunction put_signal = nullptr;
   CUfunction wait_signals = nullptr;
+  CUfunction ll_dispatch_puts = nullptr;
+  CUfunction ll_combine_puts = nullptr;
   decltype(&cuModuleUnload) unload = nullptr;
   decltype(&cuLaunchKernel) launch = nullptr;
   const NvshmemHeap* bound = nullptr;  // the job the module is bound to
@@ -74,6 +76,10 @@ std::unique_ptr<NvshmemModule> NvshmemModule::load(const NvshmemHeap& heap) {
   check(get_function(&m.put_signal, m.module, nvshmem::kPutSignalKernel), "cuModuleGetFunction");
   check(get_function(&m.wait_signals, m.module, nvshmem::kWaitSignalsKernel),
         "cuModuleGetFunction");
+  check(get_function(&m.ll_dispatch_puts, m.module, nvshmem::kLlDispatchPutsKernel),
+        "cuModuleGetFunction");
+  check(get_function(&m.ll_combine_puts, m.module, nvshmem::kLlCombinePutsKernel),
+        "cuModuleGetFunction");
   heap.bind_module(m.module);
   m.bound = &heap;
   return module;
@@ -97,6 +103,15 @@ void NvshmemModule::wait_signals(nvshmem::SignalWait* waits, int n, unsigned lon
          nvshmem::kWaitSignalsKernel);
 }
 
+void NvshmemModule::ll_puts(const nvshmem::LlPuts& puts, bool combine, int blocks,
+                            cudaStream_t stream) const {
+  nvshmem::LlPuts copy = puts;
+  void* args[] = {&copy};
+  launch(*handles_, combine ? handles_->ll_combine_puts : handles_->ll_dispatch_puts,
+         static_cast<unsigned>(std::max(blocks, 1)), 512, args, stream,
+         combine ? nvshmem::kLlCombinePutsKernel : nvshmem::kLlDispatchPutsKernel);
+}
+
 #else  // no NVSHMEM in this build
 
 std::unique_ptr<NvshmemModule> NvshmemModule::load(const NvshmemHeap&) {
@@ -107,6 +122,7 @@ std::unique_ptr<NvshmemModule> NvshmemModule::load(const NvshmemHeap&) {
 void NvshmemModule::put_signal(const nvshmem::PutSignalOp*, int, int, cudaStream_t) const {}
 void NvshmemModule::wait_signals(nvshmem::SignalWait*, int, unsigned long long,
                                  cudaStream_t) const {}
+void NvshmemModule::ll_puts(const nvshmem::LlPuts&, bool, int, cudaStream_t) const {}
 
 #endif
 

@@ -30,6 +30,9 @@ class NvshmemModule {
   // Enqueues the bounded waits `waits[0, n)` (device memory) on `stream`, one thread each.
   void wait_signals(nvshmem::SignalWait* waits, int n, unsigned long long timeout_ns,
                     cudaStream_t stream) const;
+  // Enqueues the low-latency puts across domains of a dispatch (combine = false) or combine
+  // send on `stream`, after its send kernel: `blocks` blocks of 512 threads.
+  void ll_puts(const nvshmem::LlPuts& puts, bool combine, int blocks, cudaStream_t stream) const;
 
   struct Handles;  // the module and its functions (nvshmem_module.cpp)
 

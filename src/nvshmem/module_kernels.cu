@@ -29,3 +29,82 @@ extern "C" __global__ void epcomm_nvshmem_wait_signals(SignalWait* waits, int n,
     waits[i].timed_out = arrived ? 0 : 1;
   }
 }
+
+namespace {
+
+using epcomm::nvshmem::LlPuts;
+
+// Called by every thread once its block's puts are issued: the block's puts complete
+// (nvshmem_quiet), then the last block to get here posts every nonzero word with a signal
+// set, so each word reaches its PE after all the data of this launch.
+template <typename PeOf, typename SignalOf>
+__device__ void post_words_after_puts(const LlPuts& a, PeOf pe_of, SignalOf signal_of) {
+  __shared__ bool s_last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    nvshmem_quiet();
+    __threadfence_system();
+    s_last = atomicAdd(a.blocks_done, 1u) == gridDim.x - 1;
+    if (s_last) *a.blocks_done = 0;
+    __threadfence();
+  }
+  __syncthreads();
+  if (!s_last) return;
+  for (int i = threadIdx.x; i < a.num_words; i += blockDim.x) {
+    const uint64_t word = a.words[i];
+    if (word != 0) nvshmemx_signal_op(signal_of(i), word, NVSHMEM_SIGNAL_SET, pe_of(i));
+  }
+}
+
+// Warp w puts messages w, w + W, ... (W warps in all) from the outbox to their slots: a bf16
+// message whole, an fp8 one as its H row bytes and then its scales and header.
+__device__ bool rank_failed(const LlPuts& a) {
+  return *reinterpret_cast<const volatile int32_t*>(a.failed) != 0;
+}
+
+}  // namespace
+
+extern "C" __global__ void epcomm_nvshmem_ll_dispatch_puts(LlPuts a) {
+  if (rank_failed(a)) return;
+  const int warps = blockDim.x / 32;
+  const size_t bytes = a.layout.message_bytes, row = static_cast<size_t>(a.layout.hidden);
+  const size_t scales = a.layout.message_scales_offset();
+  for (int i = blockIdx.x * warps + threadIdx.x / 32; i < a.num_messages; i += gridDim.x * warps) {
+    const epcomm::nvshmem::LlRemoteMessage m = a.messages[i];
+    if (m.rank < 0) continue;  // warp-uniform: the put is collective over the warp
+    char* src = a.layout.outbox(a.region, a.buffer, static_cast<size_t>(i));
+    char* dst = a.layout.message(a.region, a.buffer, m.local_expert, a.rank, m.slot);
+    if (a.fp8) {
+      nvshmemx_putmem_nbi_warp(dst, src, row, m.rank);
+      nvshmemx_putmem_nbi_warp(dst + scales, src + scales, bytes - scales, m.rank);
+    } else {
+      nvshmemx_putmem_nbi_warp(dst, src, bytes, m.rank);
+    }
+  }
+  post_words_after_puts(
+      a, [&](int e) { return e / a.experts_per_rank; },
+      [&](int e) { return a.layout.count(a.region, a.buffer, e % a.experts_per_rank, a.rank); });
+}
+
+// Warp w takes rows w, w + W, ... of each local expert; a row whose source is outside this
+// rank's domain (a nonzero word) goes from its staging slot, the message slot it arrived in,
+// to combine_rows[token][top-k slot] at the source.
+extern "C" __global__ void epcomm_nvshmem_ll_combine_puts(LlPuts a) {
+  if (rank_failed(a)) return;
+  const int warps = blockDim.x / 32, R = a.layout.num_ranks;
+  const size_t row_bytes = 2 * static_cast<size_t>(a.layout.hidden);
+  for (int le = 0; le < a.experts_per_rank; ++le) {
+    const int rows = a.recv_count[le];
+    for (int j = blockIdx.x * warps + threadIdx.x / 32; j < rows; j += gridDim.x * warps) {
+      const int32_t* src = a.recv_src + (le * a.layout.rows_per_expert() + j) * 3;
+      const int s = src[0];
+      if (a.words[s] == 0) continue;  // warp-uniform
+      const int i = j - a.layout_range[(le * R + s) * 2];
+      nvshmemx_putmem_nbi_warp(a.layout.combine_row(a.region, a.buffer, src[1], src[2]),
+                               a.layout.message(a.region, a.buffer, le, s, i), row_bytes, s);
+    }
+  }
+  post_words_after_puts(
+      a, [](int s) { return s; },
+      [&](int) { return a.layout.delivered(a.region, a.buffer, a.rank); });
+}

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -105,29 +106,51 @@ inline Transport& program_transport() {
   return transport;
 }
 
-// Collective: with the nvshmem transport, a domain smaller than the job (Config::
-// ranks_per_domain = R / 2) is refused on every rank by name, before anything is allocated.
-inline void check_smaller_domain_refused(Checks& checks,
-                                         const std::shared_ptr<Bootstrap>& bootstrap, int device,
-                                         Config config) {
+// The domains every communicator of a case-list program is built with
+// (--ranks-per-domain=L: Config::ranks_per_domain, nvshmem only; 0: as found).
+inline int& program_ranks_per_domain() {
+  static int ranks_per_domain = 0;
+  return ranks_per_domain;
+}
+
+// Collective: with the nvshmem transport and domains of R / 2 ranks, the communicator is built
+// (the low-latency mode crosses domains), and a high-throughput dispatch is refused on every
+// rank by name (kUnsupported) before anything is issued.
+inline void check_smaller_domain_dispatch_refused(Checks& checks,
+                                                  const std::shared_ptr<Bootstrap>& bootstrap,
+                                                  Memory& memory, int device, Config config) {
   const int R = bootstrap->size();
   if (R < 2 || R % 2 != 0) return;
   config.transport = Transport::kNvshmem;
   config.ranks_per_domain = R / 2;
   try {
-    Communicator::create(bootstrap, config, Backend::kCuda, device);
-    checks.expect(false, "ranks_per_domain = R / 2 was accepted");
+    auto comm = Communicator::create(bootstrap, config, Backend::kCuda, device);
+    Buffer x(memory, config.row_bytes()), topk(memory, sizeof(int64_t));
+    const int64_t expert = 0;
+    memory.upload(topk.get(), &expert, sizeof(expert));
+    DispatchInputs in;
+    in.x = x.get();
+    in.topk_idx = topk.get();
+    in.num_tokens = 1;
+    in.num_topk = 1;
+    try {
+      comm->dispatch(in);
+      checks.expect(false, "a dispatch with ranks_per_domain = R / 2 was issued");
+    } catch (const Error& e) {
+      checks.expect(e.code() == ErrorCode::kUnsupported &&
+                        std::string(e.what()).find("across NVLink domains") != std::string::npos,
+                    std::string("a dispatch with ranks_per_domain = R / 2 threw ") + e.what());
+    }
+    bootstrap->barrier();
   } catch (const Error& e) {
-    checks.expect(e.code() == ErrorCode::kUnsupported &&
-                      std::string(e.what()).find("Config.ranks_per_domain = " +
-                                                 std::to_string(R / 2)) != std::string::npos,
-                  std::string("ranks_per_domain = R / 2 threw ") + e.what());
+    checks.expect(false, std::string("ranks_per_domain = R / 2: creation threw ") + e.what());
   }
 }
 
-// The main() of a case-list program. Usage: <program> [--first N] [--transport=nvshmem] (N:
-// run only the first N cases, e.g. under compute-sanitizer; nvshmem: every communicator's
-// regions come from NVSHMEM's symmetric heap, see program_transport). run_case(checks,
+// The main() of a case-list program. Usage: <program> [--first N] [--transport=nvshmem]
+// [--ranks-per-domain=L] (N: run only the first N cases, e.g. under compute-sanitizer; nvshmem:
+// every communicator's regions come from NVSHMEM's symmetric heap, see program_transport; L:
+// program_ranks_per_domain). run_case(checks,
 // bootstrap, memory, device, case) returns false to stop (a rank failed in a way that leaves
 // the job unusable). Returns the exit code every rank agrees on.
 template <typename MakeCases, typename RunCase>
@@ -141,6 +164,8 @@ int run_case_program(int argc, char** argv, const char* program, MakeCases make_
       first_cases = std::stoul(argv[++i]);
     } else if (arg == "--transport=nvshmem") {
       program_transport() = Transport::kNvshmem;
+    } else if (arg.rfind("--ranks-per-domain=", 0) == 0) {
+      program_ranks_per_domain() = std::stoi(arg.substr(std::strlen("--ranks-per-domain=")));
     } else if (arg != "--transport=ipc") {
       std::fprintf(stderr, "%s: unknown argument '%s'\n", program, arg.c_str());
       MPI_Finalize();
@@ -166,7 +191,8 @@ int run_case_program(int argc, char** argv, const char* program, MakeCases make_
       config.num_experts = 2 * world_size;
       config.hidden = 128;
       config.max_tokens_per_rank = 4;
-      check_smaller_domain_refused(checks, bootstrap, device, config);
+      check_smaller_domain_dispatch_refused(checks, bootstrap, *memory, device, config);
+      if (world_rank == 0) std::printf("ranks per domain: %d\n", program_ranks_per_domain());
     }
     for (size_t i = 0; i < cases.size() && i < first_cases; ++i) {
       if (!run_case(checks, bootstrap, *memory, device, cases[i])) break;

@@ -1,5 +1,6 @@
-// Low-latency conformance with one rank per process (mpirun, CUDA IPC): every rank's outputs
-// against the host reference, which each process computes for all ranks on threads of its own.
+// Low-latency conformance with one rank per process (mpirun; CUDA IPC, or NVSHMEM with any
+// domain split): every rank's outputs against the host reference, which each process computes
+// for all ranks on threads of its own (the same for every split).
 #include <mpi.h>
 
 #include <algorithm>
@@ -107,6 +108,7 @@ bool run_case(Checks& checks, const std::shared_ptr<MpiBootstrap>& bootstrap,
     want = testing::run_ll_cluster(Backend::kHost, c.shape, c.routing, c.seed, c.options, c.rounds);
     Config config = testing::ll_config_for(c.shape);
     config.transport = testing::program_transport();
+    config.ranks_per_domain = testing::program_ranks_per_domain();
     // Under an MPS share (the nvshmem runs) the device shows fewer SMs than the default 16.
     config.dispatch_sms = config.combine_sms =
         std::min(config.dispatch_sms, testing::cuda_sm_count(device));

@@ -91,7 +91,7 @@ TEST(Config, TransportAndDomains) {
   c.ranks_per_domain = 3;
   expect_invalid(c, 8, "Config.ranks_per_domain = 3: must divide the number of ranks, 8");
   c.ranks_per_domain = 4;
-  EXPECT_NO_THROW(c.validate(8));  // accepted here; creation refuses domains not built yet
+  EXPECT_NO_THROW(c.validate(8));  // nvshmem: peers outside the domain are reached by puts
   c.transport = Transport::kIpc;
   expect_invalid(c, 8, "Config.ranks_per_domain = 4: needs transport = nvshmem");
   for (int whole : {0, 8}) {

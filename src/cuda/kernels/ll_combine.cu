@@ -39,23 +39,43 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_combine_send_kernel(LowLaten
       r_end - r_begin, 2 * static_cast<size_t>(H),
       [&](int i) { return p.y + packed_row(r_begin + i) * H; },
       [&](int i) -> char* {
-        const int32_t* src = p.recv.recv_src + packed_row(r_begin + i) * 3;  // rank, token, slot
-        if (s_masked[src[0]]) return nullptr;  // masked since the dispatch: not returned
-        return p.layout.combine_row(p.peers[src[0]], p.buffer, src[1], src[2]);
+        const size_t row = packed_row(r_begin + i);
+        const int32_t* src = p.recv.recv_src + row * 3;  // rank, token, slot
+        const int s = src[0];
+        if (s_masked[s]) return nullptr;  // masked since the dispatch: not returned
+        if (same_domain(p, s)) return p.layout.combine_row(p.peers[s], p.buffer, src[1], src[2]);
+        // Another domain: staged in the message slot the row arrived in (read by the dispatch
+        // receive already; no peer writes it again before this rank's combine signal), from
+        // where the module's puts take it to the source.
+        const int le = static_cast<int>(row / rows_per_expert);
+        const int j = static_cast<int>(row % rows_per_expert);
+        return p.layout.message(p.peers[p.rank], p.buffer, le, s,
+                                j - p.recv.layout_range[(le * R + s) * 2]);
       });
   // As in the dispatch send, the last block to finish posts each source's signal, also when
   // it returns no rows: every rank's combine receive waits for every peer, which orders this
   // rank's dispatch receive (and its resets) before any peer's next round on this buffer.
   if (!last_block_done<true>(&p.counters->blocks_done[p.buffer][cuda::kLlCombineSend])) return;
+  auto word = [&](int s) {
+    const uint32_t rows = p.rows_from[s];  // summed by the dispatch receive
+    return (static_cast<uint64_t>(tag) << 32) | rows;
+  };
+  if (p.remote_words != nullptr) {  // the module's puts post these after the staged rows
+    for (int s = threadIdx.x; s < R; s += blockDim.x) {
+      p.remote_words[s] = same_domain(p, s) || s_masked[s] ? 0 : word(s);
+    }
+    __syncthreads();  // rows_from is reset below
+  }
   post_signals(
       R,
       [&](int s) {
-        return s_masked[s] ? nullptr : p.layout.delivered(p.peers[s], p.buffer, p.rank);
+        return s_masked[s] || !same_domain(p, s) ? nullptr
+                                                 : p.layout.delivered(p.peers[s], p.buffer, p.rank);
       },
       [&](int s) {
-        const uint32_t rows = p.rows_from[s];  // summed by the dispatch receive
+        const uint64_t w = word(s);
         p.rows_from[s] = 0;
-        return (static_cast<uint64_t>(tag) << 32) | rows;
+        return w;
       });
 }
 

@@ -143,10 +143,23 @@ __device__ int plan_batch(const LowLatencyParams& p, char* const* peers, const i
   for (int b = 0; b < n; ++b) {
     const int e = lane < p.num_topk ? s_expert[b * p.num_topk + lane] : -1;
     const uint32_t mask = __ballot_sync(0xffffffffu, e >= 0);
+    const int t = t_first + b;
+    bool remote = false;
     if (e >= 0) {  // the experts of one token are distinct: no two lanes share s_next[e]
-      const int d = e / p.experts_per_rank, le = e % p.experts_per_rank;
-      char* dst = p.layout.message(peers[d], p.buffer, le, p.rank, s_next[e]++);
-      s_batch[messages + __popc(mask & lanemask_lt())] = Message{dst, t_first + b, lane};
+      const int d = e / p.experts_per_rank, le = e % p.experts_per_rank, slot = s_next[e]++;
+      remote = !same_domain(p, d);
+      char* dst = nullptr;
+      if (remote) {  // staged; the module's puts take it to its slot
+        const size_t i = static_cast<size_t>(t) * p.num_topk + lane;
+        dst = p.layout.outbox(peers[p.rank], p.buffer, i);
+        p.remote_messages[i] = nvshmem::LlRemoteMessage{d, le, slot, 0};
+      } else {
+        dst = p.layout.message(peers[d], p.buffer, le, p.rank, slot);
+      }
+      s_batch[messages + __popc(mask & lanemask_lt())] = Message{dst, t, lane};
+    }
+    if (p.remote_messages != nullptr && lane < p.num_topk && !remote) {
+      p.remote_messages[static_cast<size_t>(t) * p.num_topk + lane].rank = -1;
     }
     if (mask != 0) {
       if (lane == 0) s_first[tokens] = messages;
@@ -215,16 +228,24 @@ __global__ void __launch_bounds__(kLlThreads, 1) ll_dispatch_send_kernel(LowLate
   if (!last_block_done<true>(&p.counters->blocks_done[p.buffer][cuda::kLlDispatchSend])) return;
   const uint32_t flags =
       (p.use_fp8 ? kFp8CountFlag : 0u) | (p.round_scale ? kRoundScaleCountFlag : 0u);
+  auto word = [&](int e) {
+    return (static_cast<uint64_t>(tag) << 32) | flags | static_cast<uint32_t>(s_total[e]);
+  };
+  if (p.remote_words != nullptr) {  // the module's puts post these after the staged messages
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+      const int d = e / p.experts_per_rank;
+      p.remote_words[e] = same_domain(p, d) || s_masked[d] ? 0 : word(e);
+    }
+  }
   post_signals(
       E,
       [&](int e) {
         const int d = e / p.experts_per_rank;
-        return s_masked[d] ? nullptr
-                           : p.layout.count(s_peers[d], p.buffer, e % p.experts_per_rank, p.rank);
+        return s_masked[d] || !same_domain(p, d)
+                   ? nullptr
+                   : p.layout.count(s_peers[d], p.buffer, e % p.experts_per_rank, p.rank);
       },
-      [&](int e) {
-        return (static_cast<uint64_t>(tag) << 32) | flags | static_cast<uint32_t>(s_total[e]);
-      });
+      word);
 }
 
 // The message count in a posted word. A count with another round's tag, another cast mode

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "../low_latency_layout.hpp"
+#include "nvshmem/module_abi.hpp"
 #include "params.hpp"
 
 namespace epcomm::cuda {
@@ -15,11 +16,19 @@ namespace epcomm::cuda {
 // writes it, after every block of that kernel has read it.
 struct LowLatencyCounters {
   uint64_t round[2];
-  uint32_t blocks_done[2][4];  // [buffer][LowLatencyKernel]
+  uint32_t blocks_done[2][6];  // [buffer][LowLatencyKernel]
 };
 
-// The kernels of a round, indexing LowLatencyCounters::blocks_done.
-enum LowLatencyKernel { kLlDispatchSend, kLlDispatchReceive, kLlCombineSend, kLlCombineReceive };
+// The kernels of a round, indexing LowLatencyCounters::blocks_done (the two puts kernels run
+// only across domains, from the NVSHMEM module).
+enum LowLatencyKernel {
+  kLlDispatchSend,
+  kLlDispatchReceive,
+  kLlCombineSend,
+  kLlCombineReceive,
+  kLlDispatchPuts,
+  kLlCombinePuts
+};
 
 // The outputs of one buffer, in the rank's own memory.
 struct LowLatencyOutputs {
@@ -62,7 +71,19 @@ struct LowLatencyParams {
   // agreed about each peer (PeerVerdict); reset by the kernel's last block.
   uint32_t* verdicts;
   int64_t* wait_cost_stats;  // [R] or null: nanoseconds waited per peer, added
+  // Domains (DESIGN section 11): ranks r and d share one when r / L == d / L. peers[d] is null
+  // for a rank outside this rank's domain: the send kernels stage what goes there (dispatch:
+  // the outbox and remote_messages [M][K]; combine: this rank's own message slots) and leave
+  // the signal words they would post in remote_words (dispatch [E], combine [R]; 0: none),
+  // which the NVSHMEM module's put kernels send after the data.
+  int ranks_per_domain;
+  nvshmem::LlRemoteMessage* remote_messages;
+  uint64_t* remote_words;
 };
+
+__host__ __device__ inline bool same_domain(const LowLatencyParams& p, int d) {
+  return d / p.ranks_per_domain == p.rank / p.ranks_per_domain;
+}
 
 // What the blocks of one receive kernel agreed about a peer (first writer wins, by CAS).
 enum PeerVerdict : uint32_t { kPeerUndecided = 0, kPeerArrived = 1, kPeerMasked = 2 };
