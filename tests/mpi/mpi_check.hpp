@@ -3,6 +3,7 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -123,6 +124,8 @@ inline void check_smaller_domain_dispatch_refused(Checks& checks,
   if (R < 2 || R % 2 != 0) return;
   config.transport = Transport::kNvshmem;
   config.ranks_per_domain = R / 2;
+  // Under an MPS share (the nvshmem runs) the device shows fewer SMs than the default 16.
+  config.dispatch_sms = config.combine_sms = std::min(16, cuda_sm_count(device));
   try {
     auto comm = Communicator::create(bootstrap, config, Backend::kCuda, device);
     Buffer x(memory, config.row_bytes()), topk(memory, sizeof(int64_t));

@@ -3,11 +3,16 @@
 // names it, within the configured wait, and every process must still reach MPI_Finalize.
 // --mode=bad-ipc: the last rank alone sets EPCOMM_IPC to a value epcomm does not know; every
 // rank's Communicator::create must throw kInvalidArgument naming the variable (none waits).
+// --mode=ll-exit [--transport=nvshmem --ranks-per-domain=L]: as exit, for a low-latency
+// dispatch (across NVLink domains of L ranks with nvshmem): every other rank's receive must
+// time out naming the last rank.
 #include <mpi.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "epcomm/epcomm.hpp"
 #include "epcomm/mpi_bootstrap.hpp"
@@ -27,6 +32,25 @@ constexpr double kMaxFailSeconds = 10.0 * kWaitTimeoutMs / 1000.0;
 constexpr int kBootstrapTimeoutMs = 60000;
 
 enum class Mode { kExit, kSleep };
+
+// Runs `call`, which must end within kMaxFailSeconds in a kTimeout naming rank `absent`.
+template <typename Call>
+void expect_timeout_naming(Checks& checks, const std::string& name, int absent, Call call) {
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    call();
+    checks.expect(false, name + " returned without rank " + std::to_string(absent));
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    checks.expect(e.code() == ErrorCode::kTimeout, name + " threw " + what);
+    checks.expect(what.find("peer rank " + std::to_string(absent)) != std::string::npos,
+                  "the timeout does not name rank " + std::to_string(absent) + ": " + what);
+  }
+  const double seconds = testing::seconds_since(start);
+  checks.expect(seconds < kMaxFailSeconds, "failed after " + std::to_string(seconds) +
+                                               " s; the wait timeout is " +
+                                               std::to_string(kWaitTimeoutMs) + " ms");
+}
 
 void run_fault(Checks& checks, Mode mode, int device) {
   auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, kBootstrapTimeoutMs);
@@ -63,27 +87,52 @@ void run_fault(Checks& checks, Mode mode, int device) {
   in.num_tokens = shape.num_tokens;
   in.num_topk = shape.num_topk;
 
-  const auto start = std::chrono::steady_clock::now();
-  try {
+  expect_timeout_naming(checks, "dispatch", absent, [&] {
     comm->dispatch(in);
     comm->synchronize();
-    checks.expect(false, "dispatch returned without rank " + std::to_string(absent));
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    checks.expect(e.code() == ErrorCode::kTimeout, "dispatch threw " + what);
-    checks.expect(what.find("peer rank " + std::to_string(absent)) != std::string::npos,
-                  "the timeout does not name rank " + std::to_string(absent) + ": " + what);
-  }
-  const double seconds = testing::seconds_since(start);
-  checks.expect(seconds < kMaxFailSeconds, "failed after " + std::to_string(seconds) +
-                                               " s; the wait timeout is " +
-                                               std::to_string(kWaitTimeoutMs) + " ms");
+  });
   try {
     comm->dispatch(in);
     checks.expect(false, "a timed-out communicator accepted more work");
   } catch (const Error& e) {
     checks.expect(e.code() == ErrorCode::kBroken, std::string("second dispatch threw ") + e.what());
   }
+}
+
+void run_ll_fault(Checks& checks, int device, Transport transport, int ranks_per_domain) {
+  auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, kBootstrapTimeoutMs);
+  const int rank = bootstrap->rank(), R = bootstrap->size(), absent = R - 1;
+  constexpr int kTokens = 8, kTopk = 2, kHidden = 128;
+  Config cfg;
+  cfg.num_experts = 2 * R;
+  cfg.hidden = kHidden;
+  cfg.max_tokens_per_rank = kTokens;
+  cfg.max_topk = kTopk;
+  cfg.ll_max_tokens_per_rank = kTokens;
+  cfg.dispatch_sms = cfg.combine_sms = 2;
+  cfg.wait_timeout_ms = kWaitTimeoutMs;
+  cfg.transport = transport;
+  cfg.ranks_per_domain = ranks_per_domain;
+  auto memory = testing::make_memory(Backend::kCuda, device);
+  auto comm = Communicator::create(bootstrap, cfg, Backend::kCuda, device);
+  if (rank == absent) return;  // leaves at once; its teardown barrier waits for the others
+  // Token t names experts 2t and 2t + 1 (mod E): every rank, the absent one included, gets
+  // messages, and every rank waits for every peer's counts.
+  std::vector<uint16_t> x(kTokens * kHidden, 0x3f80);  // bf16 1.0
+  std::vector<int64_t> topk(kTokens * kTopk);
+  for (int i = 0; i < kTokens * kTopk; ++i) topk[i] = i % cfg.num_experts;
+  Buffer d_x(*memory, x.size() * sizeof(uint16_t)), d_topk(*memory, topk.size() * sizeof(int64_t));
+  memory->upload(d_x.get(), x.data(), x.size() * sizeof(uint16_t));
+  memory->upload(d_topk.get(), topk.data(), topk.size() * sizeof(int64_t));
+  LowLatencyDispatchInputs in;
+  in.x = d_x.get();
+  in.topk_idx = d_topk.get();
+  in.num_tokens = kTokens;
+  in.num_topk = kTopk;
+  expect_timeout_naming(checks, "low_latency_dispatch", absent, [&] {
+    comm->low_latency_dispatch(in);
+    comm->synchronize();
+  });
 }
 
 void run_bad_ipc_setting(Checks& checks, int device) {
@@ -122,8 +171,21 @@ int main(int argc, char** argv) {
   const bool exit_mode = std::strcmp(mode_arg, "--mode=exit") == 0;
   const bool sleep_mode = std::strcmp(mode_arg, "--mode=sleep") == 0;
   const bool bad_ipc_mode = std::strcmp(mode_arg, "--mode=bad-ipc") == 0;
-  checks.expect(exit_mode || sleep_mode || bad_ipc_mode,
-                std::string("usage: --mode=exit|sleep|bad-ipc, not '") + mode_arg + "'");
+  const bool ll_exit_mode = std::strcmp(mode_arg, "--mode=ll-exit") == 0;
+  Transport transport = Transport::kIpc;
+  int ranks_per_domain = 0;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--transport=nvshmem") {
+      transport = Transport::kNvshmem;
+    } else if (arg.rfind("--ranks-per-domain=", 0) == 0) {
+      ranks_per_domain = std::stoi(arg.substr(std::strlen("--ranks-per-domain=")));
+    } else {
+      checks.expect(false, "unknown argument '" + arg + "'");
+    }
+  }
+  checks.expect(exit_mode || sleep_mode || bad_ipc_mode || ll_exit_mode,
+                std::string("usage: --mode=exit|sleep|bad-ipc|ll-exit, not '") + mode_arg + "'");
   checks.expect(world_size >= 2, "needs 2 or more ranks, not " + std::to_string(world_size));
   // Every rank has the same arguments, so all or none call the collective pick_gpu.
   const int device = checks.num_failures() == 0 ? testing::pick_gpu("mpi_faults_test") : -1;
@@ -131,6 +193,8 @@ int main(int argc, char** argv) {
     try {
       if (bad_ipc_mode) {
         run_bad_ipc_setting(checks, device);
+      } else if (ll_exit_mode) {
+        run_ll_fault(checks, device, transport, ranks_per_domain);
       } else {
         run_fault(checks, exit_mode ? Mode::kExit : Mode::kSleep, device);
       }
