@@ -57,8 +57,9 @@ struct LlShared {
 struct RankCase {
   std::string problem;  // agreed by all ranks
   Samples eager, hook, graph, loop;
-  double messages = 0;  // received by this rank
-  double tokens = 0;    // sent by this rank
+  double messages = 0;         // received by this rank
+  double remote_messages = 0;  // of those, from ranks outside its NVLink domain
+  double tokens = 0;           // sent by this rank
 };
 
 // Under mpirun no process holds the others' outputs: they compare 64-bit digests per field.
@@ -333,6 +334,11 @@ RankCase LlRankSession::time_case(const testing::LowLatencyShape& shape,
                                   const testing::LowLatencyRankOutputs& got) {
   RankCase rc;
   rc.messages = std::accumulate(got.recv_count.begin(), got.recv_count.end(), 0.0);
+  const int R = bs_->size(), L = o_.ranks_per_domain > 0 ? o_.ranks_per_domain : R;
+  for (size_t i = 0; i < got.layout_range.size() / 2; ++i) {  // [Le][R][2]: (first row, rows)
+    const int s = static_cast<int>(i % R);
+    if (s / L != rank_ / L) rc.remote_messages += got.layout_range[2 * i + 1];
+  }
   LlRoundInputs in;
   collective_step(*bs_, [&] { in = upload_inputs(shape); });
   rc.tokens = in.dispatch.num_tokens;
@@ -355,7 +361,7 @@ RankCase LlRankSession::time_case(const testing::LowLatencyShape& shape,
 
 // Collective: every rank's samples to every rank; rank 0 fills `c`.
 void LlRankSession::summarize(const RankCase& mine, LlCase* c) {
-  const size_t n = o_.replays, per_rank = kAllSpans * n + 2;
+  const size_t n = o_.replays, per_rank = kAllSpans * n + 3;
   std::vector<double> packed(per_rank, 0.0);
   auto put = [&](const Samples& s, size_t first_span) {
     for (size_t k = 0; k < s.size(); ++k) {
@@ -368,6 +374,7 @@ void LlRankSession::summarize(const RankCase& mine, LlCase* c) {
   put(mine.loop, kEagerSpans + kHookSpans + kGraphSpans);
   packed[kAllSpans * n] = mine.messages;
   packed[kAllSpans * n + 1] = mine.tokens;
+  packed[kAllSpans * n + 2] = mine.remote_messages;
   std::vector<double> all(per_rank * bs_->size());
   bs_->allGather(packed.data(), all.data(), per_rank * sizeof(double));
   if (rank_ != 0) return;
@@ -400,6 +407,7 @@ void LlRankSession::summarize(const RankCase& mine, LlCase* c) {
   for (int r = 0; r < bs_->size(); ++r) {
     c->num_messages += all[r * per_rank + kAllSpans * n];
     tokens += all[r * per_rank + kAllSpans * n + 1];
+    c->num_remote_messages += all[r * per_rank + kAllSpans * n + 2];
   }
   set_min_bytes(tokens, o_.hidden, c);
 }

@@ -24,7 +24,8 @@ struct LlCase {
   LatencyStat graph_dispatch, graph_combine, graph_dispatch_combine;  // inside one CUDA graph
   LatencyStat loop_dispatch, loop_combine, loop_dispatch_combine;     // per call, graph of a loop
   LatencyStat dispatch_send, dispatch_recv, combine_send, combine_recv;  // send_only + receive
-  double num_messages = 0;                               // (token, expert) messages, all ranks
+  double num_messages = 0;         // (token, expert) messages, all ranks
+  double num_remote_messages = 0;  // of those, between ranks of different NVLink domains
   double dispatch_min_bytes = 0, combine_min_bytes = 0;  // all ranks; see set_min_bytes()
 };
 

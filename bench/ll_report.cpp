@@ -66,6 +66,23 @@ void print_row(const LlReport& rep, const LlCase& c) {
               fraction(combine_roofline(rep, c)).c_str());
 }
 
+// Bytes the NVSHMEM module puts across domains per rank (mean): a message as put (bf16: the
+// whole 128-byte-aligned message; fp8: its H row bytes, then scales and header), a combine row
+// 2H bf16 back.
+void print_domain_bytes(const LlReport& rep, const LlCase& c) {
+  const auto align = [](size_t n, size_t a) { return (n + a - 1) / a * a; };
+  const size_t H = static_cast<size_t>(rep.options.hidden);
+  const size_t scales_at = align(2 * H, 16);
+  const size_t message = align(scales_at + align(4 * (H / kFp8ScaleBlock), 16) + 16, 128);
+  const double put = static_cast<double>(c.use_fp8 ? H + (message - scales_at) : message);
+  const double per_rank = c.num_remote_messages / rep.options.ranks;
+  std::printf(
+      "  T=%d across domains, per rank: %.0f of %.0f messages; dispatch puts %.2f MB, "
+      "combine puts %.2f MB\n",
+      c.tokens, per_rank, c.num_messages / rep.options.ranks, per_rank * put / 1e6,
+      per_rank * 2.0 * H / 1e6);
+}
+
 std::string json_string(const std::string& s) {
   std::string out = "\"";
   for (char ch : s) {
@@ -89,8 +106,9 @@ void write_case(std::ofstream& f, const LlReport& rep, const LlCase& c) {
   f << "    {\"tokens\": " << c.tokens << ", \"dtype\": \"" << dtype_name(c.use_fp8)
     << "\", \"problem\": " << (c.problem.empty() ? "null" : json_string(c.problem));
   if (c.problem.empty()) {
-    f << ", \"messages\": " << c.num_messages << ",\n     \"eager\": {"
-      << json_stat("dispatch", c.dispatch) << ", " << json_stat("combine", c.combine) << ", "
+    f << ", \"messages\": " << c.num_messages << ", \"remote_messages\": " << c.num_remote_messages
+      << ",\n     \"eager\": {" << json_stat("dispatch", c.dispatch) << ", "
+      << json_stat("combine", c.combine) << ", "
       << json_stat("dispatch_combine", c.dispatch_combine) << "},\n     \"graph\": {"
       << json_stat("dispatch", c.graph_dispatch) << ", " << json_stat("combine", c.graph_combine)
       << ", " << json_stat("dispatch_combine", c.graph_dispatch_combine)
@@ -136,6 +154,11 @@ void print_ll_tables(const LlReport& rep) {
                 "c.recv", "roof.d", "roof.c");
     for (const LlCase& c : rep.cases) {
       if (c.use_fp8 == fp8) print_row(rep, c);
+    }
+    if (o.ranks_per_domain > 0 && o.ranks_per_domain < o.ranks) {
+      for (const LlCase& c : rep.cases) {
+        if (c.use_fp8 == fp8 && c.problem.empty()) print_domain_bytes(rep, c);
+      }
     }
   }
   std::printf(

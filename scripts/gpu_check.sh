@@ -159,7 +159,7 @@ if has nvshmem; then  # NVSHMEM runs several PEs on one GPU only under MPS
     note "bench $mode under mpirun, transport $transport${domain:+, $domain ranks per domain} (8 processes, MPS 12 %): rc=$? ($((SECONDS - start)) s)"
     sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_${tag}.log" | grep -vE '^\s*$' | head -24 | tee -a "$summary"
   }
-  for transport in ipc nvshmem; do
+  for transport in ${NVSHMEM_BENCH_TRANSPORTS-ipc nvshmem}; do  # e.g. "" to skip these
     for mode in ht ll; do run_bench $transport $mode; done
   done
   # The low-latency mode across domains (NVSHMEM_LL_DOMAINS: ranks per domain, space-separated).
