@@ -113,10 +113,11 @@ __device__ __forceinline__ int group_of(const int* offsets, int num_groups, int 
   return lo;
 }
 
-// Whether expert-major row `row` is padding: past its group's pairs.
-__device__ __forceinline__ bool padding_row(const cuda::DrainParams& p, int row) {
-  const int le = group_of(p.expert_offsets, p.experts_per_rank, row);
-  return row >= p.expert_offsets[le] + p.group_pairs[le];
+// Whether expert-major row `row` is padding: past its group's pairs. `offsets` [Le + 1] and
+// `pairs` [Le] are the block's shared-memory copies of the group table.
+__device__ __forceinline__ bool padding_row(const int* offsets, const int* pairs, int Le, int row) {
+  const int le = group_of(offsets, Le, row);
+  return row >= offsets[le] + pairs[le];
 }
 
 // Expert-major receive side: pair rows get their source, slot, weight and scales from the meta
@@ -129,6 +130,16 @@ __global__ void __launch_bounds__(512) pair_drain_kernel(cuda::DrainParams p) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   const size_t first = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const size_t vec_per_row = p.layout.row_bytes / 16;
+  // The group table in shared memory: every pair element asks it for its row's group.
+  extern __shared__ int s_groups[];
+  int* s_offsets = s_groups;         // [Le + 1]
+  int* s_pairs = s_groups + Le + 1;  // [Le]
+  for (int i = threadIdx.x; i <= Le; i += blockDim.x) {
+    s_offsets[i] = p.expert_offsets[i];
+    if (i < Le) s_pairs[i] = p.group_pairs[i];
+  }
+  __syncthreads();
+  auto padding = [&](int row) { return padding_row(s_offsets, s_pairs, Le, row); };
   for (int le = 0; le < Le; ++le) {
     const int pad_begin = p.expert_offsets[le] + p.group_pairs[le];
     const size_t pad_vecs = static_cast<size_t>(p.expert_offsets[le + 1] - pad_begin) * vec_per_row;
@@ -142,7 +153,7 @@ __global__ void __launch_bounds__(512) pair_drain_kernel(cuda::DrainParams p) {
         static_cast<size_t>(num_recv), first, stride,
         [&](size_t r) {
           const int row = static_cast<int>(r);
-          if (padding_row(p, row)) return PairMeta{make_int2(-1, -1), SlotMeta{-1, 0.f}};
+          if (padding(row)) return PairMeta{make_int2(-1, -1), SlotMeta{-1, 0.f}};
           const char* m = p.layout.meta_row(p.local, row);
           return PairMeta{*reinterpret_cast<const int2*>(m),
                           SlotMeta{reinterpret_cast<const int32_t*>(m + meta.ids_offset())[0],
@@ -159,7 +170,7 @@ __global__ void __launch_bounds__(512) pair_drain_kernel(cuda::DrainParams p) {
         static_cast<size_t>(num_recv) * S, first, stride,
         [&](size_t i) {
           const int row = static_cast<int>(i / S);
-          if (padding_row(p, row)) return 0.f;
+          if (padding(row)) return 0.f;
           return reinterpret_cast<const float*>(p.layout.meta_row(p.local, row) +
                                                 meta.scales_offset())[i % S];
         },
@@ -193,7 +204,8 @@ void launch_wait_arrivals(const cuda::ArrivalWaitParams& p, cudaStream_t stream)
 
 void launch_drain(const cuda::DrainParams& p, int num_blocks, cudaStream_t stream) {
   if (p.expert_major) {
-    pair_drain_kernel<<<num_blocks, 512, 0, stream>>>(p);
+    const size_t group_table = sizeof(int) * (2 * static_cast<size_t>(p.experts_per_rank) + 1);
+    pair_drain_kernel<<<num_blocks, 512, group_table, stream>>>(p);
   } else {
     drain_kernel<<<num_blocks, 512, 0, stream>>>(p);
   }
