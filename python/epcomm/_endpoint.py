@@ -31,6 +31,11 @@ class PoolSizing:
     max_topk: Optional[int]
     algorithm: _epcomm.Algorithm
     timeout_ms: int
+    # How the regions are shared (Buffer's transport / ranks_per_domain); the transport is
+    # decided on the first communicator's creation, which sets it on every Config
+    # (Buffer._resolve_transport, Buffer._create_endpoint).
+    transport: Optional[_epcomm.Transport] = None
+    ranks_per_domain: int = 0
 
 
 @dataclass
@@ -67,6 +72,7 @@ def _base_config(kind: EndpointKind, sizing: PoolSizing, num_topk: int, dispatch
     config.combine_sms = combine_sms
     config.algorithm = sizing.algorithm
     config.wait_timeout_ms = sizing.timeout_ms
+    config.ranks_per_domain = sizing.ranks_per_domain
     # epcomm rounds per-expert counts itself; the Buffer applies each call's expert_alignment.
     config.expert_alignment = 1
     return config

@@ -2,6 +2,7 @@
 its lifetime and the communicators and streams it keeps; the calls themselves are mixed in from
 _high_throughput.py (get_dispatch_layout, dispatch, combine, internode_*) and
 _low_latency_calls.py (low_latency_*)."""
+import dataclasses
 import sys
 from typing import Dict, Optional, Tuple
 
@@ -20,7 +21,7 @@ from ._unsupported import unsupported
 from .config import (COMBINE_CHUNKS, DISPATCH_CHUNKS, Config, low_latency_region_bytes,
                      recommended_config)
 from .event import EventHandle, EventOverlap
-from .groups import bootstrap_for
+from .groups import bootstrap_for, spans_hosts
 from .handle import DispatchHandle
 
 
@@ -44,10 +45,15 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         (ranks are threads), where CPU tensors run the host reference backend. comm: an mpi4py
         communicator, used (as in DeepEP) only when group is None. Both None: the default
         torch.distributed group (where DeepEP raises).
+    num_rdma_bytes > 0 with ranks on more than one host (where DeepEP uses RDMA) selects the
+        nvshmem transport (NVSHMEM's symmetric heap; peers outside a rank's NVLink domain
+        reached through NVSHMEM puts); otherwise, and always on one host, regions are shared
+        by CUDA IPC (the ipc transport). Its size is not read. The low-latency calls work
+        across domains; the high-throughput ones raise EpcommError (unsupported) when the
+        ranks form more than one domain.
     The keywords DeepEP gives no effect on results are accepted and do nothing here:
-        num_rdma_bytes, num_qps_per_rank (checked positive in low-latency mode, as DeepEP
-        asserts), allow_nvlink_for_low_latency_mode and allow_mnnvl (NVSHMEM transport choices;
-        epcomm's one NVLink domain needs no RDMA).
+        num_qps_per_rank (checked positive in low-latency mode, as DeepEP asserts),
+        allow_nvlink_for_low_latency_mode and allow_mnnvl (NVSHMEM transport choices).
     use_fabric=True raises EpcommError (ErrorCode.unsupported) naming the feature: fabric
         memory is not built. enable_shrink=True turns on the elastic low-latency mode: a
         low-latency wait on a rank that times out (timeout_ms) masks that rank instead of
@@ -80,7 +86,12 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
 
     epcomm keywords: max_tokens_per_rank, max_topk (default: max(8, the first dispatch's
     top-k)), algorithm ("flat", or "ring": the two-stage baseline), timeout_ms (every wait on
-    a peer gives up after it with EpcommError).
+    a peer gives up after it with EpcommError), transport ("ipc" or "nvshmem": overrides the
+    choice above; nvshmem needs one rank per process and an epcomm built with NVSHMEM) and
+    ranks_per_domain (Config.ranks_per_domain: 0 = one domain with ipc, as NVSHMEM finds them
+    with nvshmem; L > 0, nvshmem only: domains of L consecutive ranks, the others reached
+    through puts even where they could be mapped). The chosen transport is the attribute
+    `transport` once the first communicator exists.
     """
 
     num_sms: int = 20
@@ -91,7 +102,8 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
                  use_fabric: bool = False, explicitly_destroy: bool = False,
                  enable_shrink: bool = False, comm=None, *,
                  max_tokens_per_rank: Optional[int] = None, max_topk: Optional[int] = None,
-                 algorithm: str = "flat", timeout_ms: int = 5000) -> None:
+                 algorithm: str = "flat", timeout_ms: int = 5000,
+                 transport: Optional[str] = None, ranks_per_domain: int = 0) -> None:
         if use_fabric:
             raise unsupported("use_fabric")
         if low_latency_mode:
@@ -107,6 +119,11 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         algorithms = {"flat": _epcomm.Algorithm.flat, "ring": _epcomm.Algorithm.ring}
         if algorithm not in algorithms:
             raise ValueError(f"algorithm = {algorithm!r}: must be 'flat' or 'ring'")
+        if transport not in (None, "ipc", "nvshmem"):
+            raise ValueError(f"transport = {transport!r}: must be None, 'ipc' or 'nvshmem'")
+        if not isinstance(ranks_per_domain, int) or ranks_per_domain < 0:
+            raise ValueError(f"ranks_per_domain = {ranks_per_domain!r}: must be 0 (one domain, "
+                             f"or as NVSHMEM finds them) or a positive int")
         if not max_tokens_per_rank and num_nvl_bytes == 0 and not low_latency_mode:
             raise ValueError("num_nvl_bytes = 0 and no max_tokens_per_rank: epcomm sizes its "
                              "receive pool from one of them")
@@ -123,7 +140,12 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         # The rank masks (enable_shrink), kept here until the low-latency communicator exists.
         self._ll_mask = [0] * self.group_size
         self._sizing = PoolSizing(num_nvl_bytes, max_tokens_per_rank, max_topk,
-                                  algorithms[algorithm], timeout_ms)
+                                  algorithms[algorithm], timeout_ms,
+                                  ranks_per_domain=ranks_per_domain)
+        # None until the first communicator: then what `transport` says, else nvshmem where
+        # DeepEP would use RDMA (num_rdma_bytes > 0 and ranks on several hosts), else ipc.
+        self._transport_choice = transport
+        self.transport: Optional[str] = transport
         # Both modes, in creation order; key (kind, pool): a high-throughput kind has up to two
         # pools (Buffer._endpoint), the low-latency communicator is pool 0 of its kind.
         self._endpoints: Dict[Tuple[EndpointKind, int], Endpoint] = {}
@@ -355,8 +377,22 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
                 self._low_latency.comm.low_latency_update_mask(rank, True)
         return self._low_latency
 
+    def _resolve_transport(self) -> None:
+        """Collective (the first communicator's creation is): fixes self.transport."""
+        if self._sizing.transport is not None:
+            return
+        transport = self._transport_choice
+        if transport is None:
+            several_hosts = self.num_rdma_bytes > 0 and spans_hosts(self._bootstrap)
+            transport = "nvshmem" if several_hosts else "ipc"
+        self.transport = transport
+        self._sizing = dataclasses.replace(self._sizing,
+                                           transport=getattr(_epcomm.Transport, transport))
+
     def _create_endpoint(self, kind: EndpointKind, config: _epcomm.Config,
                          device: torch.device, pool: int = 0) -> Endpoint:
+        self._resolve_transport()
+        config.transport = self._sizing.transport
         stream = self._comm_stream.cuda_stream if device.type == "cuda" else 0
         device_index = device.index if device.type == "cuda" else -1
         endpoint = create_endpoint(self._bootstrap, kind, config, device_index, stream)

@@ -1,6 +1,7 @@
 """Where a Buffer's ranks come from: a torch.distributed group (one rank per process), an
 mpi4py communicator (DeepEP's `comm`, one rank per process), or epcomm's in-process groups
 (ranks are threads; CPU tensors then run the host reference)."""
+import socket
 from typing import List, Optional
 
 import torch
@@ -88,6 +89,21 @@ class ThreadGroup:
 def make_thread_groups(num_ranks: int, timeout_ms: int = 30000) -> List[ThreadGroup]:
     """num_ranks ThreadGroups of one group; every collective wait gives up after timeout_ms."""
     return [ThreadGroup(b) for b in _epcomm.make_in_process_bootstraps(num_ranks, timeout_ms)]
+
+
+_HOST_NAME_BYTES = 64
+
+
+def spans_hosts(bootstrap: _epcomm.Bootstrap) -> bool:
+    """Collective unless the ranks are threads of one process: whether the ranks run on more
+    than one host (by socket.gethostname())."""
+    if bootstrap.in_process():
+        return False
+    name = socket.gethostname().encode()[:_HOST_NAME_BYTES].ljust(_HOST_NAME_BYTES, b"\0")
+    names = bootstrap.gather_bytes(name)
+    hosts = {names[i:i + _HOST_NAME_BYTES] for i in range(0, len(names), _HOST_NAME_BYTES)}
+    return len(hosts) > 1
+
 
 
 def bootstrap_for(group, comm=None) -> _epcomm.Bootstrap:

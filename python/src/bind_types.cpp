@@ -44,18 +44,17 @@ void bind_error(py::module_& m) {
 }
 
 void bind_enums(py::module_& m) {
-  py::enum_<DType>(m, "DType")
-      .value("bf16", DType::kBF16)
-      .value("fp8_e4m3", DType::kFP8E4M3);
+  py::enum_<DType>(m, "DType").value("bf16", DType::kBF16).value("fp8_e4m3", DType::kFP8E4M3);
   py::enum_<IndexType>(m, "IndexType")
       .value("int32", IndexType::kInt32)
       .value("int64", IndexType::kInt64);
   py::enum_<Algorithm>(m, "Algorithm")
       .value("flat", Algorithm::kFlat)
       .value("ring", Algorithm::kRing);
-  py::enum_<Backend>(m, "Backend")
-      .value("host", Backend::kHost)
-      .value("cuda", Backend::kCuda);
+  py::enum_<Transport>(m, "Transport")
+      .value("ipc", Transport::kIpc)
+      .value("nvshmem", Transport::kNvshmem);
+  py::enum_<Backend>(m, "Backend").value("host", Backend::kHost).value("cuda", Backend::kCuda);
   py::enum_<RecvLayout>(m, "RecvLayout")
       .value("token_major", RecvLayout::kTokenMajor)
       .value("expert_major", RecvLayout::kExpertMajor);
@@ -81,6 +80,8 @@ void bind_config(py::module_& m) {
       .def_readwrite("ring_chunk", &Config::ring_chunk)
       .def_readwrite("ll_max_tokens_per_rank", &Config::ll_max_tokens_per_rank)
       .def_readwrite("ll_enable_shrink", &Config::ll_enable_shrink)
+      .def_readwrite("transport", &Config::transport)
+      .def_readwrite("ranks_per_domain", &Config::ranks_per_domain)
       .def("validate", &Config::validate, py::arg("num_ranks"))
       .def("recv_capacity", &Config::recv_capacity, py::arg("num_ranks"))
       .def("num_scales", &Config::num_scales);

@@ -16,6 +16,12 @@ from helpers.ll_runner import host_ll_reference, run_ll_case
 from helpers.ll_workload import PROBE_BITS, LLCase, rounding_probe
 
 WORLD = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "2")))
+# The Buffers' transport and domains (Buffer's transport / ranks_per_domain), from
+# EPCOMM_TEST_TRANSPORT and EPCOMM_TEST_RANKS_PER_DOMAIN: scripts/python_gpu_check.sh also runs
+# this file across NVSHMEM domains.
+TRANSPORT = {key: kind(os.environ[name]) for key, kind, name in (
+    ("transport", str, "EPCOMM_TEST_TRANSPORT"),
+    ("ranks_per_domain", int, "EPCOMM_TEST_RANKS_PER_DOMAIN")) if name in os.environ}
 M = 32
 SMS = 8  # 8 processes sharing one GPU still leave room for each other's blocks
 
@@ -66,7 +72,7 @@ class Buffers:
         if key not in self.made:
             self.made[key] = epcomm.Buffer(None, low_latency_mode=True,
                                            num_qps_per_rank=case.experts_per_rank,
-                                           enable_shrink=case.masked != 0)
+                                           enable_shrink=case.masked != 0, **TRANSPORT)
         return self.made[key]
 
 
