@@ -89,4 +89,15 @@ void check_transport(const Config& config, const Bootstrap& bootstrap) {
   }
 }
 
+void check_one_domain(const char* call, const Config& config, int ranks_per_domain, int R) {
+  if (ranks_per_domain >= R) return;
+  throw Error(ErrorCode::kUnsupported,
+              std::string(call) +
+                  ": the high-throughput paths across NVLink domains are not built yet (domains "
+                  "of " +
+                  std::to_string(ranks_per_domain) +
+                  " ranks, Config.ranks_per_domain = " + std::to_string(config.ranks_per_domain) +
+                  ", with " + std::to_string(R) + " ranks); the low-latency mode crosses domains");
+}
+
 }  // namespace epcomm::cuda

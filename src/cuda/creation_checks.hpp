@@ -25,6 +25,10 @@ void check_ring(const Config& config, int num_ranks, int sharing, int device, in
 // than the job are checked where the region is mapped (MemoryDomain).
 void check_transport(const Config& config, const Bootstrap& bootstrap);
 
+// A high-throughput call (`call`) needs one domain of all R ranks: those paths are not built
+// across domains (kUnsupported naming the domains found and Config::ranks_per_domain).
+void check_one_domain(const char* call, const Config& config, int ranks_per_domain, int R);
+
 // Ranks of this process on `device`, this one included. Collective among in-process ranks.
 int ranks_sharing_device(Bootstrap& bootstrap, int device);
 

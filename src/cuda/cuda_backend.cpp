@@ -140,16 +140,8 @@ std::vector<detail::MemoryRange> CudaBackend::shared_memory() const {
 }
 
 void CudaBackend::check_dispatch_issuable(const DispatchOptions& options, bool cached) {
-  if (domain_->ranks_per_domain() < num_ranks_) {
-    throw Error(ErrorCode::kUnsupported,
-                std::string(cached ? "dispatch_cached" : "dispatch") +
-                    ": the high-throughput paths across NVLink domains are not built yet "
-                    "(domains of " +
-                    std::to_string(domain_->ranks_per_domain()) +
-                    " ranks, Config.ranks_per_domain = " +
-                    std::to_string(config_.ranks_per_domain) + ", with " +
-                    std::to_string(num_ranks_) + " ranks); the low-latency mode crosses domains");
-  }
+  check_one_domain(cached ? "dispatch_cached" : "dispatch", config_, domain_->ranks_per_domain(),
+                   num_ranks_);
   if (options.layout == RecvLayout::kExpertMajor && config_.algorithm == Algorithm::kRing) {
     throw Error(ErrorCode::kUnsupported,
                 std::string(cached ? "dispatch_cached" : "dispatch") +
