@@ -56,14 +56,15 @@ __device__ void post_words_after_puts(const LlPuts& a, PeOf pe_of, SignalOf sign
   }
 }
 
-// Warp w puts messages w, w + W, ... (W warps in all) from the outbox to their slots: a bf16
-// message whole, an fp8 one as its H row bytes and then its scales and header.
+// Whether the rank has failed: its send kernels then returned without staging anything.
 __device__ bool rank_failed(const LlPuts& a) {
   return *reinterpret_cast<const volatile int32_t*>(a.failed) != 0;
 }
 
 }  // namespace
 
+// Warp w puts messages w, w + W, ... (W warps in all) from the outbox to their slots: a bf16
+// message whole, an fp8 one as its H row bytes and then its scales and header.
 extern "C" __global__ void epcomm_nvshmem_ll_dispatch_puts(LlPuts a) {
   if (rank_failed(a)) return;
   const int warps = blockDim.x / 32;
