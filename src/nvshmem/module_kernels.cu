@@ -15,7 +15,7 @@ extern "C" __global__ void epcomm_nvshmem_put_signal(const PutSignalOp* ops, int
     epcomm::nvshmem::put_signal_block(op.dst, op.src, op.bytes, op.signal, op.add, op.pe);
   }
   __syncthreads();
-  if (threadIdx.x == 0) nvshmem_quiet();
+  if (threadIdx.x == 0) epcomm::nvshmem::quiet();
 }
 
 // Thread i waits for waits[i], at most timeout_ns each, and reports what it saw.
@@ -42,7 +42,7 @@ __device__ void post_words_after_puts(const LlPuts& a, PeOf pe_of, SignalOf sign
   __shared__ bool s_last;
   __syncthreads();
   if (threadIdx.x == 0) {
-    nvshmem_quiet();
+    epcomm::nvshmem::quiet();
     __threadfence_system();
     s_last = atomicAdd(a.blocks_done, 1u) == gridDim.x - 1;
     if (s_last) *a.blocks_done = 0;
@@ -52,7 +52,7 @@ __device__ void post_words_after_puts(const LlPuts& a, PeOf pe_of, SignalOf sign
   if (!s_last) return;
   for (int i = threadIdx.x; i < a.num_words; i += blockDim.x) {
     const uint64_t word = a.words[i];
-    if (word != 0) nvshmemx_signal_op(signal_of(i), word, NVSHMEM_SIGNAL_SET, pe_of(i));
+    if (word != 0) epcomm::nvshmem::signal_set(signal_of(i), word, pe_of(i));
   }
 }
 
@@ -76,10 +76,10 @@ extern "C" __global__ void epcomm_nvshmem_ll_dispatch_puts(LlPuts a) {
     char* src = a.layout.outbox(a.region, a.buffer, static_cast<size_t>(i));
     char* dst = a.layout.message(a.region, a.buffer, m.local_expert, a.rank, m.slot);
     if (a.fp8) {
-      nvshmemx_putmem_nbi_warp(dst, src, row, m.rank);
-      nvshmemx_putmem_nbi_warp(dst + scales, src + scales, bytes - scales, m.rank);
+      epcomm::nvshmem::put_warp(dst, src, row, m.rank);
+      epcomm::nvshmem::put_warp(dst + scales, src + scales, bytes - scales, m.rank);
     } else {
-      nvshmemx_putmem_nbi_warp(dst, src, bytes, m.rank);
+      epcomm::nvshmem::put_warp(dst, src, bytes, m.rank);
     }
   }
   post_words_after_puts(
@@ -101,8 +101,8 @@ extern "C" __global__ void epcomm_nvshmem_ll_combine_puts(LlPuts a) {
       const int s = src[0];
       if (a.words[s] == 0) continue;  // warp-uniform
       const int i = j - a.layout_range[(le * R + s) * 2];
-      nvshmemx_putmem_nbi_warp(a.layout.combine_row(a.region, a.buffer, src[1], src[2]),
-                               a.layout.message(a.region, a.buffer, le, s, i), row_bytes, s);
+      epcomm::nvshmem::put_warp(a.layout.combine_row(a.region, a.buffer, src[1], src[2]),
+                                a.layout.message(a.region, a.buffer, le, s, i), row_bytes, s);
     }
   }
   post_words_after_puts(
