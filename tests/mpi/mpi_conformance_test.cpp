@@ -149,6 +149,9 @@ Config config_of(const Case& c) {
   cfg.combine_sms = c.sms;
   cfg.expert_alignment = c.config_alignment ? c.config_alignment : 1 + c.seed % 3;
   cfg.transport = testing::program_transport();
+  // The host reference combines in the same domain order (DESIGN section 11). Smaller domains
+  // than the job are refused by the CUDA dispatch until its paths across domains exist.
+  cfg.ranks_per_domain = testing::program_ranks_per_domain();
   if (expert_major(c)) {
     cfg.max_recv_rows = testing::expert_major_max_rows(
         c.shape, std::max(cfg.expert_alignment, c.options.expert_alignment));
