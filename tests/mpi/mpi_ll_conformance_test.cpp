@@ -78,7 +78,7 @@ std::vector<Case> make_cases(int num_ranks) {
   many.routing = Routing::kWithHoles;
   many.options.hook = true;
   many.options.in_flight = 2;
-  many.rounds = 50;
+  many.rounds = 100;
   many.seed = 17000;
   cases.push_back(many);
   return cases;
