@@ -96,7 +96,7 @@ LatencyStat latency_stat(std::vector<double> ms) {
 // staging, and the reduction reads it (3 x 2H); plus each output row written once (2H).
 void set_min_bytes(double tokens, int hidden, LlCase* c) {
   const double H = hidden;
-  const double message_row = c->use_fp8 ? H + 4.0 * H / kFp8ScaleBlock : 2.0 * H;
+  const double message_row = ll_message_row_bytes(hidden, c->use_fp8);
   c->dispatch_min_bytes = tokens * 2.0 * H + c->num_messages * 3.0 * message_row;
   c->combine_min_bytes = c->num_messages * 3.0 * 2.0 * H + tokens * 2.0 * H;
 }

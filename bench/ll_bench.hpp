@@ -29,6 +29,13 @@ struct LlCase {
   double dispatch_min_bytes = 0, combine_min_bytes = 0;  // all ranks; see set_min_bytes()
 };
 
+// The bytes of one (token, expert) message's row: 2H bf16, or H fp8 plus its H / 128 fp32
+// scales (the payload; the region pads a message and adds a header).
+inline double ll_message_row_bytes(int hidden, bool use_fp8) {
+  const double H = hidden;
+  return use_fp8 ? H + 4.0 * H / kFp8ScaleBlock : 2.0 * H;
+}
+
 struct LlReport {
   BenchOptions options;
   std::string device;

@@ -66,21 +66,16 @@ void print_row(const LlReport& rep, const LlCase& c) {
               fraction(combine_roofline(rep, c)).c_str());
 }
 
-// Bytes the NVSHMEM module puts across domains per rank (mean): a message as put (bf16: the
-// whole 128-byte-aligned message; fp8: its H row bytes, then scales and header), a combine row
-// 2H bf16 back.
+// The rows crossing domains per rank (mean): each message's row (ll_message_row_bytes) out in
+// the dispatch, a 2H bf16 row back in the combine.
 void print_domain_bytes(const LlReport& rep, const LlCase& c) {
-  const auto align = [](size_t n, size_t a) { return (n + a - 1) / a * a; };
-  const size_t H = static_cast<size_t>(rep.options.hidden);
-  const size_t scales_at = align(2 * H, 16);
-  const size_t message = align(scales_at + align(4 * (H / kFp8ScaleBlock), 16) + 16, 128);
-  const double put = static_cast<double>(c.use_fp8 ? H + (message - scales_at) : message);
   const double per_rank = c.num_remote_messages / rep.options.ranks;
   std::printf(
-      "  T=%d across domains, per rank: %.0f of %.0f messages; dispatch puts %.2f MB, "
-      "combine puts %.2f MB\n",
-      c.tokens, per_rank, c.num_messages / rep.options.ranks, per_rank * put / 1e6,
-      per_rank * 2.0 * H / 1e6);
+      "  T=%d across domains, per rank: %.0f of %.0f messages; dispatch rows %.2f MB, "
+      "combine rows %.2f MB\n",
+      c.tokens, per_rank, c.num_messages / rep.options.ranks,
+      per_rank * ll_message_row_bytes(rep.options.hidden, c.use_fp8) / 1e6,
+      per_rank * 2.0 * rep.options.hidden / 1e6);
 }
 
 std::string json_string(const std::string& s) {

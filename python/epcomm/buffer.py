@@ -142,9 +142,8 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         self._sizing = PoolSizing(num_nvl_bytes, max_tokens_per_rank, max_topk,
                                   algorithms[algorithm], timeout_ms,
                                   ranks_per_domain=ranks_per_domain)
-        # None until the first communicator: then what `transport` says, else nvshmem where
-        # DeepEP would use RDMA (num_rdma_bytes > 0 and ranks on several hosts), else ipc.
-        self._transport_choice = transport
+        # The caller's choice, else None until the first communicator: nvshmem where DeepEP
+        # would use RDMA (num_rdma_bytes > 0 and ranks on several hosts), else ipc.
         self.transport: Optional[str] = transport
         # Both modes, in creation order; key (kind, pool): a high-throughput kind has up to two
         # pools (Buffer._endpoint), the low-latency communicator is pool 0 of its kind.
@@ -381,7 +380,7 @@ class Buffer(HighThroughputCalls, LowLatencyCalls):
         """Collective (the first communicator's creation is): fixes self.transport."""
         if self._sizing.transport is not None:
             return
-        transport = self._transport_choice
+        transport = self.transport
         if transport is None:
             several_hosts = self.num_rdma_bytes > 0 and spans_hosts(self._bootstrap)
             transport = "nvshmem" if several_hosts else "ipc"

@@ -184,8 +184,8 @@ void MemoryDomain::check_peer_processes(Bootstrap& bootstrap) {
   }
 }
 
-// The heap's memory is zeroed (nvshmem_calloc) and the same size on every PE. A peer that
-// nvshmem_ptr cannot map is in another NVLink domain, which the kernels cannot reach yet.
+// The heap's memory is zeroed (nvshmem_calloc) and the same size on every PE. Every rank of
+// this rank's domain must be mapped by nvshmem_ptr; the others keep no pointer (puts only).
 void MemoryDomain::map_through_nvshmem(Bootstrap& bootstrap, int ranks_per_domain) {
   heap_ = NvshmemHeap::join(bootstrap);
   region_ = static_cast<char*>(heap_->allocate(bytes_));
