@@ -1,6 +1,7 @@
 // The kernels of epcomm's NVSHMEM module: compiled with relocatable device code, device-linked
 // with libnvshmem_device.a into a fatbin of their own, embedded in libepcomm and bound to the
 // running NVSHMEM job with nvshmemx_cumodule_init when loaded (src/cuda/nvshmem_module.cpp).
+#include "cuda/kernels/common/last_block.cuh"
 #include "nvshmem/module_abi.hpp"
 #include "nvshmem/nvshmem_transport.cuh"
 
@@ -39,17 +40,9 @@ using epcomm::nvshmem::LlPuts;
 // set, so each word reaches its PE after all the data of this launch.
 template <typename PeOf, typename SignalOf>
 __device__ void post_words_after_puts(const LlPuts& a, PeOf pe_of, SignalOf signal_of) {
-  __shared__ bool s_last;
   __syncthreads();
-  if (threadIdx.x == 0) {
-    epcomm::nvshmem::quiet();
-    __threadfence_system();
-    s_last = atomicAdd(a.blocks_done, 1u) == gridDim.x - 1;
-    if (s_last) *a.blocks_done = 0;
-    __threadfence();
-  }
-  __syncthreads();
-  if (!s_last) return;
+  if (threadIdx.x == 0) epcomm::nvshmem::quiet();
+  if (!epcomm::kernels::last_block_done<true>(a.blocks_done)) return;
   for (int i = threadIdx.x; i < a.num_words; i += blockDim.x) {
     const uint64_t word = a.words[i];
     if (word != 0) epcomm::nvshmem::signal_set(signal_of(i), word, pe_of(i));

@@ -7,6 +7,7 @@
 
 #include "../launch.hpp"
 #include "../ll_params.hpp"
+#include "last_block.cuh"
 #include "ptx.cuh"
 #include "wait.cuh"
 #include "warp_copy.cuh"
@@ -161,25 +162,6 @@ __device__ __forceinline__ uint2 cast_group_to_fp8(const uint4& v, bool round_sc
 // The tag of this buffer's current round in its signal words (never 0: see sequence_tag).
 __device__ __forceinline__ uint32_t round_tag(const cuda::LowLatencyParams& p) {
   return cuda::sequence_tag(p.counters->round[p.buffer]);
-}
-
-// Called by every thread of every block at the end of a kernel: true in the one block that
-// finishes last, after every other block's earlier reads and writes. That block may then reset
-// what all blocks read (and the counter itself, for the next launch), or publish them: see
-// post_signals. kWroteRemote: the block wrote peers' memory, which it fences at system scope
-// before counting itself done, so each block's publish is self-sufficient: the last block's
-// signal then follows every block's own system-scope release, not only the gpu-scope atomics.
-template <bool kWroteRemote>
-__device__ __forceinline__ bool last_block_done(uint32_t* blocks_done) {
-  __shared__ bool s_last;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    if (kWroteRemote) fence_acq_rel_sys();
-    s_last = atomic_add_acq_rel_gpu(blocks_done, 1) == gridDim.x - 1;
-    if (s_last) *blocks_done = 0;
-  }
-  __syncthreads();
-  return s_last;
 }
 
 // Warp 0 of the last block (last_block_done) posts n signals: signal(i) gets value(i), which is
