@@ -89,15 +89,26 @@ void check_transport(const Config& config, const Bootstrap& bootstrap) {
   }
 }
 
-void check_one_domain(const char* call, const Config& config, int ranks_per_domain, int R) {
+void check_across_domains(const char* call, const Config& config, const DispatchOptions& options,
+                          int ranks_per_domain, int R) {
   if (ranks_per_domain >= R) return;
-  throw Error(ErrorCode::kUnsupported,
-              std::string(call) +
-                  ": the high-throughput paths across NVLink domains are not built yet (domains "
-                  "of " +
-                  std::to_string(ranks_per_domain) +
-                  " ranks, Config.ranks_per_domain = " + std::to_string(config.ranks_per_domain) +
-                  ", with " + std::to_string(R) + " ranks); the low-latency mode crosses domains");
+  const std::string domains =
+      " (domains of " + std::to_string(ranks_per_domain) + " of " + std::to_string(R) +
+      " ranks, Config.ranks_per_domain = " + std::to_string(config.ranks_per_domain) + ")";
+  if (config.algorithm == Algorithm::kRing) {
+    throw Error(ErrorCode::kUnsupported,
+                std::string(call) +
+                    ": Config.algorithm = ring does not cross NVLink domains; the flat path "
+                    "does" +
+                    domains);
+  }
+  if (options.layout == RecvLayout::kExpertMajor) {
+    throw Error(ErrorCode::kUnsupported,
+                std::string(call) +
+                    ": DispatchOptions.layout = expert_major is not built across NVLink domains; "
+                    "token-major rows are" +
+                    domains);
+  }
 }
 
 }  // namespace epcomm::cuda

@@ -6,6 +6,7 @@
 
 #include "epcomm/bootstrap.hpp"
 #include "epcomm/config.hpp"
+#include "epcomm/dispatch.hpp"
 #include "epcomm/error.hpp"
 
 namespace epcomm::cuda {
@@ -25,9 +26,10 @@ void check_ring(const Config& config, int num_ranks, int sharing, int device, in
 // than the job are checked where the region is mapped (MemoryDomain).
 void check_transport(const Config& config, const Bootstrap& bootstrap);
 
-// A high-throughput call (`call`) needs one domain of all R ranks: those paths are not built
-// across domains (kUnsupported naming the domains found and Config::ranks_per_domain).
-void check_one_domain(const char* call, const Config& config, int ranks_per_domain, int R);
+// A high-throughput call (`call`) across domains smaller than the R ranks: the flat path's
+// token-major rows only (kUnsupported naming the layout or algorithm and the domains found).
+void check_across_domains(const char* call, const Config& config, const DispatchOptions& options,
+                          int ranks_per_domain, int R);
 
 // Ranks of this process on `device`, this one included. Collective among in-process ranks.
 int ranks_sharing_device(Bootstrap& bootstrap, int device);

@@ -113,6 +113,10 @@ CudaBackend::CudaBackend(std::shared_ptr<Bootstrap> bootstrap, const Config& con
   bulk_send_ = domain_->bulk_copies() && kernels::flat_send_shared_bytes(num_ranks_, true) <=
                                              static_cast<size_t>(shared_optin);
   start_sequences();
+  if (domain_->ranks_per_domain() < num_ranks_) {
+    domains_ = std::make_unique<DomainPaths>(*bootstrap_, config_, device_, layout_, *domain_,
+                                             wait_context());
+  }
   if (config_.ll_max_tokens_per_rank > 0) {
     ll_ = std::make_unique<LowLatencyEngine>(*bootstrap_, config_, device_, sharing, wait_context(),
                                              domain_->ranks_per_domain());
@@ -140,8 +144,8 @@ std::vector<detail::MemoryRange> CudaBackend::shared_memory() const {
 }
 
 void CudaBackend::check_dispatch_issuable(const DispatchOptions& options, bool cached) {
-  check_one_domain(cached ? "dispatch_cached" : "dispatch", config_, domain_->ranks_per_domain(),
-                   num_ranks_);
+  check_across_domains(cached ? "dispatch_cached" : "dispatch", config_, options,
+                       domain_->ranks_per_domain(), num_ranks_);
   if (options.layout == RecvLayout::kExpertMajor && config_.algorithm == Algorithm::kRing) {
     throw Error(ErrorCode::kUnsupported,
                 std::string(cached ? "dispatch_cached" : "dispatch") +
@@ -164,6 +168,7 @@ CudaBackend::~CudaBackend() {
     std::fprintf(stderr, "epcomm: rank %d: teardown barrier failed: %s\n", rank_, e.what());
   }
   ll_.reset();
+  domains_.reset();
   domain_.reset();
   cudaFree(d_chunk_counts_);
   cudaFree(d_expert_counts_);
@@ -339,8 +344,7 @@ DispatchResult CudaBackend::dispatch(const DispatchInputs& in, const DispatchOpt
     np.expert_alignment = options.expert_alignment;
   }
   np.chunk_expert_counts = d_chunk_expert_counts_;
-  kernels::launch_notify(np, stream_);
-  EPCOMM_LAUNCH_CHECK("notify_kernel");
+  exchange_counts(np);
   if (options.wait_num_recv) EPCOMM_CUDA_CHECK(cudaEventRecord(counts_known_, stream_));
 
   send_and_receive(*handle, in.x, in.x_scales, &in, outs);
@@ -360,12 +364,44 @@ DispatchResult CudaBackend::dispatch_cached(const detail::HandleState& handle_st
   NotifyParams np = notify_params(*handle, options);
   np.cached = true;
   np.handle_epoch = old.epoch;
-  kernels::launch_notify(np, stream_);
-  EPCOMM_LAUNCH_CHECK("notify_kernel (cached)");
+  exchange_counts(np);
   if (options.wait_num_recv) EPCOMM_CUDA_CHECK(cudaEventRecord(counts_known_, stream_));
 
   send_and_receive(*handle, x, x_scales, nullptr, outs);
   return finish_dispatch(std::move(handle), options, outs, false);
+}
+
+void CudaBackend::exchange_counts(NotifyParams p) {
+  if (!domains_) {
+    p.phase = kNotifyAll;
+    kernels::launch_notify(p, stream_);
+    EPCOMM_LAUNCH_CHECK("notify_kernel");
+    return;
+  }
+  p.domains = domains_->params();
+  p.phase = kNotifyPost;
+  kernels::launch_notify(p, stream_);
+  EPCOMM_LAUNCH_CHECK("notify_kernel (post)");
+  domains_->exchange_counts(stream_);
+  p.phase = kNotifyCollect;
+  kernels::launch_notify(p, stream_);
+  EPCOMM_LAUNCH_CHECK("notify_kernel (collect)");
+}
+
+DomainKernelParams CudaBackend::domain_kernel_params(const CudaHandle& handle) const {
+  DomainKernelParams p{};
+  p.layout = layout_;
+  p.peers = domain_->device_peers();
+  p.domains = domains_->params();
+  p.rank = rank_;
+  p.num_ranks = num_ranks_;
+  p.experts_per_rank = experts_per_rank_;
+  p.num_topk = handle.num_topk;
+  p.num_tokens = handle.num_tokens;
+  p.hidden = config_.hidden;
+  p.slot = handle.routing->tables.slot;
+  p.wait = wait_context();
+  return p;
 }
 
 void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, const float* x_scales,
@@ -392,6 +428,7 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
   sp.routing = routing;
   sp.chunk_expert_offsets = fresh ? d_chunk_expert_counts_ : nullptr;
   sp.bulk = bulk_send_;
+  if (domains_) sp.domains = domains_->params();
   if (config_.algorithm == Algorithm::kRing) {
     RingParams rp = ring_params(handle);
     rp.cached = sp.cached;
@@ -406,6 +443,11 @@ void CudaBackend::send_and_receive(const CudaHandle& handle, const void* x, cons
   } else {
     kernels::launch_flat_send(sp, config_.dispatch_sms, stream_);
     EPCOMM_LAUNCH_CHECK("flat_send_kernel");
+    if (domains_) {
+      DomainKernelParams kp = domain_kernel_params(handle);
+      kp.cached = sp.cached;
+      domains_->forward(kp, config_.dispatch_sms, stream_);
+    }
     ArrivalWaitParams wp{layout_, domain_->local(), num_ranks_, wait_context()};
     kernels::launch_wait_arrivals(wp, stream_);
     EPCOMM_LAUNCH_CHECK("wait_arrivals_kernel");
@@ -539,6 +581,15 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   const auto& handle = static_cast<const CudaHandle&>(handle_state);
   const Routing& routing = handle.routing->tables;
+  if (repeat && domains_) {
+    throw Error(ErrorCode::kUnsupported,
+                "combine: a second combine of one dispatch is not built across NVLink domains "
+                "(domains of " +
+                    std::to_string(domain_->ranks_per_domain()) + " of " +
+                    std::to_string(num_ranks_) +
+                    " ranks): a forwarder's partials could overwrite the first one's while its "
+                    "source still reads them; dispatch again (dispatch_cached) first");
+  }
   char* pool = layout_.combine_row(domain_->local(), 0);
   const CombineReadyParams ready{layout_, domain_->device_peers(), rank_, num_ranks_,
                                  wait_context()};
@@ -564,6 +615,14 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
   }
   kernels::launch_combine_ready(ready, stream_);
   EPCOMM_LAUNCH_CHECK("combine_ready_kernel");
+  if (domains_) {
+    DomainKernelParams kp = domain_kernel_params(handle);
+    kp.out = static_cast<uint16_t*>(out);
+    kp.bias = static_cast<const uint16_t*>(options.bias);
+    kp.bias2 = static_cast<const uint16_t*>(options.bias2);
+    domains_->combine(kp, config_.combine_sms, stream_);
+    return;
+  }
   GatherParams gp{};
   gp.layout = layout_;
   gp.peers = domain_->device_peers();

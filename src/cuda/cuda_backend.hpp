@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../backend.hpp"
+#include "domain_paths.hpp"
 #include "low_latency_engine.hpp"
 #include "memory_domain.hpp"
 #include "region_layout.hpp"
@@ -79,6 +80,10 @@ class CudaBackend final : public detail::CommBackend {
   LayoutParams layout_params(const void* topk_idx, int num_tokens, int num_topk) const;
   NotifyParams notify_params(const CudaHandle& handle, const DispatchOptions& options) const;
   RingParams ring_params(const CudaHandle& handle) const;
+  DomainKernelParams domain_kernel_params(const CudaHandle& handle) const;
+  // The count exchange: one notify kernel, or across domains its post, the module's puts of
+  // the rows for ranks outside the domain, and its collect.
+  void exchange_counts(NotifyParams p);
   // Copies num_rows (a device count) rows of row_bytes, same stride on both sides.
   void copy_rows(const char* src, char* dst, size_t row_bytes, const int* num_rows, int num_blocks);
   DispatchResult finish_dispatch(std::shared_ptr<CudaHandle> handle, const DispatchOptions& opts,
@@ -124,6 +129,7 @@ class CudaBackend final : public detail::CommBackend {
   uint64_t* d_ring_sent_ = nullptr;       // [channels][R] ring path: rows pushed per ring
   uint64_t* d_ring_received_ = nullptr;   // [channels][R] ring path: rows consumed per ring
   std::unique_ptr<LowLatencyEngine> ll_;  // only with Config::ll_max_tokens_per_rank > 0
+  std::unique_ptr<DomainPaths> domains_;  // only when the region found smaller domains
 };
 
 }  // namespace epcomm::cuda

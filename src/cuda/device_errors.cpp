@@ -23,6 +23,10 @@ const char* to_string(WaitPhase phase) {
       return "low-latency dispatch message count";
     case kPhaseLlCombine:
       return "low-latency combine rows";
+    case kPhaseForward:
+      return "dispatch rows forwarded across domains";
+    case kPhasePartials:
+      return "combine partials from another domain";
   }
   return "unknown phase";
 }

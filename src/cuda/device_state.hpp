@@ -50,6 +50,8 @@ enum WaitPhase : int32_t {
   kPhaseRingData = 5,       // ring: receiver waiting for rows
   kPhaseLlDispatch = 6,     // low-latency dispatch: waiting for a peer's message count
   kPhaseLlCombine = 7,      // low-latency combine: waiting for a peer's rows
+  kPhaseForward = 8,        // dispatch across domains: forwarder waiting for a source's records
+  kPhasePartials = 9,       // combine across domains: waiting for a forwarder's partials
 };
 
 const char* to_string(WaitPhase phase);

@@ -25,6 +25,7 @@ struct NvshmemModule::Handles {
   CUfunction wait_signals = nullptr;
   CUfunction ll_dispatch_puts = nullptr;
   CUfunction ll_combine_puts = nullptr;
+  CUfunction ht_puts[3] = {};  // indexed by HtPutKind
   decltype(&cuModuleUnload) unload = nullptr;
   decltype(&cuLaunchKernel) launch = nullptr;
   const NvshmemHeap* bound = nullptr;  // the job the module is bound to
@@ -57,6 +58,18 @@ void launch(const NvshmemModule::Handles& h, CUfunction f, unsigned blocks, unsi
         name);
 }
 
+const char* ht_kernel_name(HtPutKind kind) {
+  switch (kind) {
+    case HtPutKind::kCounts:
+      return nvshmem::kHtCountPutsKernel;
+    case HtPutKind::kForward:
+      return nvshmem::kHtForwardPutsKernel;
+    case HtPutKind::kPartials:
+      return nvshmem::kHtPartialPutsKernel;
+  }
+  return "";
+}
+
 }  // namespace
 
 std::unique_ptr<NvshmemModule> NvshmemModule::load(const NvshmemHeap& heap) {
@@ -80,6 +93,10 @@ std::unique_ptr<NvshmemModule> NvshmemModule::load(const NvshmemHeap& heap) {
         "cuModuleGetFunction");
   check(get_function(&m.ll_combine_puts, m.module, nvshmem::kLlCombinePutsKernel),
         "cuModuleGetFunction");
+  for (const HtPutKind kind : {HtPutKind::kCounts, HtPutKind::kForward, HtPutKind::kPartials}) {
+    check(get_function(&m.ht_puts[static_cast<int>(kind)], m.module, ht_kernel_name(kind)),
+          "cuModuleGetFunction");
+  }
   heap.bind_module(m.module);
   m.bound = &heap;
   return module;
@@ -112,6 +129,15 @@ void NvshmemModule::ll_puts(const nvshmem::LlPuts& puts, bool combine, int block
          combine ? nvshmem::kLlCombinePutsKernel : nvshmem::kLlDispatchPutsKernel);
 }
 
+void NvshmemModule::ht_puts(const nvshmem::HtPuts& puts, HtPutKind kind, int blocks,
+                            cudaStream_t stream) const {
+  nvshmem::HtPuts copy = puts;
+  void* args[] = {&copy};
+  const unsigned grid = kind == HtPutKind::kCounts ? 1 : static_cast<unsigned>(std::max(blocks, 1));
+  launch(*handles_, handles_->ht_puts[static_cast<int>(kind)], grid, 512, args, stream,
+         ht_kernel_name(kind));
+}
+
 #else  // no NVSHMEM in this build
 
 std::unique_ptr<NvshmemModule> NvshmemModule::load(const NvshmemHeap&) {
@@ -123,6 +149,7 @@ void NvshmemModule::put_signal(const nvshmem::PutSignalOp*, int, int, cudaStream
 void NvshmemModule::wait_signals(nvshmem::SignalWait*, int, unsigned long long,
                                  cudaStream_t) const {}
 void NvshmemModule::ll_puts(const nvshmem::LlPuts&, bool, int, cudaStream_t) const {}
+void NvshmemModule::ht_puts(const nvshmem::HtPuts&, HtPutKind, int, cudaStream_t) const {}
 
 #endif
 

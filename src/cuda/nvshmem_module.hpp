@@ -15,6 +15,10 @@ namespace epcomm::cuda {
 
 class NvshmemHeap;
 
+// The high-throughput puts across domains (module_abi.hpp): after the notify kernel's post, the
+// flat send, and the forwarder's partials.
+enum class HtPutKind { kCounts = 0, kForward = 1, kPartials = 2 };
+
 class NvshmemModule {
  public:
   // Loads the module into the current context and binds it to `heap`'s job. Throws
@@ -33,6 +37,9 @@ class NvshmemModule {
   // Enqueues the low-latency puts across domains of a dispatch (combine = false) or combine
   // send on `stream`, after its send kernel: `blocks` blocks of 512 threads.
   void ll_puts(const nvshmem::LlPuts& puts, bool combine, int blocks, cudaStream_t stream) const;
+  // Enqueues the high-throughput puts of `kind` on `stream`: one block of 512 threads for the
+  // counts, else `blocks` blocks.
+  void ht_puts(const nvshmem::HtPuts& puts, HtPutKind kind, int blocks, cudaStream_t stream) const;
 
   struct Handles;  // the module and its functions (nvshmem_module.cpp)
 

@@ -5,7 +5,9 @@
 
 #include <cstdint>
 
+#include "cuda/domain_layout.hpp"
 #include "cuda/low_latency_layout.hpp"
+#include "cuda/region_layout.hpp"
 
 namespace epcomm::nvshmem {
 
@@ -59,6 +61,24 @@ struct LlPuts {
   const int32_t* failed;
 };
 
+// What the high-throughput puts across domains take (docs/design.md section 23). Both regions
+// are symmetric memory: this rank's address of a word is the address a put reaches on any PE.
+// The kernels read the epoch and combine count the backend's kernels stored before them in the
+// stream, and return at once when the rank has failed or (forward, partials) the dispatch was
+// rejected, when no forwarder waits either.
+struct HtPuts {
+  cuda::RegionLayout region;
+  cuda::DomainLayout domains;
+  char* main;     // this rank's region (count matrices)
+  char* staging;  // this rank's staging region
+  int rank, num_tokens;
+  const uint64_t* epoch;        // DeviceState::epoch (count: the exchange's is epoch + 1)
+  const uint64_t* combine_seq;  // DeviceState::combine_seq
+  const int32_t* failed;        // DeviceState::failed
+  const int32_t* dispatch_ok;   // DeviceState::dispatch_ok
+  uint32_t* blocks_done;        // rank-private, 0 between launches; the last block resets it
+};
+
 // The module's kernels (extern "C": found by name in the loaded module).
 constexpr const char* kPutSignalKernel = "epcomm_nvshmem_put_signal";      // (ops, n)
 constexpr const char* kWaitSignalsKernel = "epcomm_nvshmem_wait_signals";  // (waits, n, ns)
@@ -67,5 +87,14 @@ constexpr const char* kLlDispatchPutsKernel = "epcomm_nvshmem_ll_dispatch_puts";
 // (LlPuts): rows of y staged in this rank's message slots to their sources' combine rows,
 // then every source's signal word, after the data.
 constexpr const char* kLlCombinePutsKernel = "epcomm_nvshmem_ll_combine_puts";
+// (HtPuts), one block: the count words staged for ranks outside the domain, each set in that
+// rank's count matrix.
+constexpr const char* kHtCountPutsKernel = "epcomm_nvshmem_ht_count_puts";
+// (HtPuts): each staged record of this dispatch to the forwarder of every remote domain its
+// token reaches, then every forwarder's forward word, after the data.
+constexpr const char* kHtForwardPutsKernel = "epcomm_nvshmem_ht_forward_puts";
+// (HtPuts): each partial this rank made as forwarder to its source, then every source's partial
+// word, after the data.
+constexpr const char* kHtPartialPutsKernel = "epcomm_nvshmem_ht_partial_puts";
 
 }  // namespace epcomm::nvshmem

@@ -102,3 +102,101 @@ extern "C" __global__ void epcomm_nvshmem_ll_combine_puts(LlPuts a) {
       a, [](int s) { return s; },
       [&](int) { return a.layout.delivered(a.region, a.buffer, a.rank); });
 }
+
+namespace {
+
+using epcomm::nvshmem::HtPuts;
+
+__device__ bool ht_skip(const HtPuts& a, bool needs_verdict) {
+  if (*reinterpret_cast<const volatile int32_t*>(a.failed) != 0) return true;
+  return needs_verdict && *reinterpret_cast<const volatile int32_t*>(a.dispatch_ok) == 0;
+}
+
+__device__ uint64_t tagged(uint64_t sequence, uint32_t value) {
+  return (static_cast<uint64_t>(epcomm::cuda::sequence_tag(sequence)) << 32) | value;
+}
+
+// Whether any rank of `domain` holds a slot in `slots` (indexed by rank); warp-uniform.
+__device__ bool reaches(const epcomm::cuda::DomainLayout& dl, const int32_t* slots, int domain) {
+  bool any = false;
+  for (int j = threadIdx.x % 32; j < dl.ranks_per_domain; j += 32) {
+    any |= slots[domain * dl.ranks_per_domain + j] >= 0;
+  }
+  return __any_sync(0xffffffffu, any);
+}
+
+// Every thread of every block calls it once its block's puts are issued: they complete
+// (nvshmem_quiet), then the last block sets `word` to `value` on every PE partner(rank, D) of
+// the other domains D, so each word follows all the data of this launch.
+__device__ void set_word_after_puts(const HtPuts& a, uint64_t* word, uint64_t value) {
+  __syncthreads();
+  if (threadIdx.x == 0) epcomm::nvshmem::quiet();
+  if (!epcomm::kernels::last_block_done<true>(a.blocks_done)) return;
+  const epcomm::cuda::DomainLayout& dl = a.domains;
+  const int mine = dl.domain_of(a.rank);
+  for (int d = threadIdx.x; d < dl.num_domains(); d += blockDim.x) {
+    if (d != mine) epcomm::nvshmem::signal_set(word, value, dl.partner(a.rank, d));
+  }
+}
+
+}  // namespace
+
+// Thread i sets count word i % W of the row for rank i / W, for each rank outside the domain.
+extern "C" __global__ void epcomm_nvshmem_ht_count_puts(HtPuts a) {
+  if (ht_skip(a, false)) return;
+  const epcomm::cuda::DomainLayout& dl = a.domains;
+  const int W = dl.count_row_words, R = dl.num_ranks;
+  const uint64_t epoch = *reinterpret_cast<const volatile uint64_t*>(a.epoch) + 1;
+  for (int i = threadIdx.x; i < R * W; i += blockDim.x) {
+    const int peer = i / W, w = i % W;
+    if (dl.domain_of(peer) == dl.domain_of(a.rank)) continue;
+    uint64_t* dst = a.region.count_row(a.main, static_cast<int>(epoch & 1), a.rank) + w;
+    epcomm::nvshmem::signal_set(dst, dl.count_outbox(a.staging, peer)[w], peer);
+  }
+}
+
+// Warp w takes tokens w, w + W, ...: a record of this dispatch goes whole to the forwarder of
+// each remote domain its token reaches, at in_record(this domain, token).
+extern "C" __global__ void epcomm_nvshmem_ht_forward_puts(HtPuts a) {
+  if (ht_skip(a, true)) return;
+  const epcomm::cuda::DomainLayout& dl = a.domains;
+  const uint64_t epoch = *reinterpret_cast<const volatile uint64_t*>(a.epoch);
+  const uint32_t tag = epcomm::cuda::sequence_tag(epoch);
+  const int warps = blockDim.x / 32, mine = dl.domain_of(a.rank);
+  for (int t = blockIdx.x * warps + threadIdx.x / 32; t < a.num_tokens; t += gridDim.x * warps) {
+    char* record = dl.out_record(a.staging, t);
+    if (dl.header(record)->tag != tag) continue;  // warp-uniform: no remote destination
+    for (int d = 0; d < dl.num_domains(); ++d) {
+      if (d == mine || !reaches(dl, dl.slots(record), d)) continue;
+      epcomm::nvshmem::put_warp(dl.in_record(a.staging, mine, t), record, dl.record_bytes,
+                                dl.partner(a.rank, d));
+    }
+  }
+  set_word_after_puts(a, dl.forward_word(a.staging, mine),
+                      tagged(epoch, static_cast<uint32_t>(a.num_tokens)));
+}
+
+// Warp w takes tokens w, w + W, ... of each other domain's source: the partial of a token it
+// forwarded in this dispatch goes back to that source's in_partial(this domain, token).
+extern "C" __global__ void epcomm_nvshmem_ht_partial_puts(HtPuts a) {
+  if (ht_skip(a, true)) return;
+  const epcomm::cuda::DomainLayout& dl = a.domains;
+  const uint32_t tag =
+      epcomm::cuda::sequence_tag(*reinterpret_cast<const volatile uint64_t*>(a.epoch));
+  const int warps = blockDim.x / 32, mine = dl.domain_of(a.rank);
+  for (int s = 0; s < dl.num_domains(); ++s) {
+    if (s == mine) continue;
+    const uint64_t word =
+        *reinterpret_cast<const volatile uint64_t*>(dl.forward_word(a.staging, s));
+    const int T = static_cast<uint32_t>(word >> 32) == tag
+                      ? static_cast<int>(static_cast<uint32_t>(word))
+                      : 0;
+    for (int t = blockIdx.x * warps + threadIdx.x / 32; t < T; t += gridDim.x * warps) {
+      if (dl.header(dl.in_record(a.staging, s, t))->tag != tag) continue;  // warp-uniform
+      epcomm::nvshmem::put_warp(dl.in_partial(a.staging, mine, t), dl.out_partial(a.staging, s, t),
+                                dl.partial_bytes, dl.partner(a.rank, s));
+    }
+  }
+  const uint64_t seq = *reinterpret_cast<const volatile uint64_t*>(a.combine_seq);
+  set_word_after_puts(a, dl.partial_word(a.staging, mine), tagged(seq, 1));
+}

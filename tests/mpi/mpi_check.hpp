@@ -114,39 +114,53 @@ inline int& program_ranks_per_domain() {
   return ranks_per_domain;
 }
 
-// Collective: with the nvshmem transport and domains of R / 2 ranks, the communicator is built
-// (the low-latency mode crosses domains), and a high-throughput dispatch is refused on every
-// rank by name (kUnsupported) before anything is issued.
-inline void check_smaller_domain_dispatch_refused(Checks& checks,
-                                                  const std::shared_ptr<Bootstrap>& bootstrap,
-                                                  Memory& memory, int device, Config config) {
+// Across NVLink domains (ranks_per_domain = R / 2 over NVSHMEM), what is not built is refused on
+// every rank alike, with kUnsupported naming it: an expert-major dispatch, and a second combine
+// of one dispatch. A token-major dispatch and its first combine run (the suites check their
+// bytes).
+inline void check_across_domain_refusals(Checks& checks,
+                                         const std::shared_ptr<Bootstrap>& bootstrap,
+                                         Memory& memory, int device, Config config) {
   const int R = bootstrap->size();
   if (R < 2 || R % 2 != 0) return;
   config.transport = Transport::kNvshmem;
   config.ranks_per_domain = R / 2;
   // Under an MPS share (the nvshmem runs) the device shows fewer SMs than the default 16.
   config.dispatch_sms = config.combine_sms = std::min(16, cuda_sm_count(device));
+  auto expect_unsupported = [&](const std::string& what, const std::string& names, auto call) {
+    try {
+      call();
+      checks.expect(false, what + " across domains was issued");
+    } catch (const Error& e) {
+      checks.expect(e.code() == ErrorCode::kUnsupported &&
+                        std::string(e.what()).find(names) != std::string::npos,
+                    what + " across domains threw " + e.what());
+    }
+  };
   try {
     auto comm = Communicator::create(bootstrap, config, Backend::kCuda, device);
     Buffer x(memory, config.row_bytes()), topk(memory, sizeof(int64_t));
-    const int64_t expert = 0;
+    const int64_t expert = (bootstrap->rank() + R / 2) % R * config.experts_per_rank(R);
     memory.upload(topk.get(), &expert, sizeof(expert));
     DispatchInputs in;
     in.x = x.get();
     in.topk_idx = topk.get();
     in.num_tokens = 1;
     in.num_topk = 1;
-    try {
-      comm->dispatch(in);
-      checks.expect(false, "a dispatch with ranks_per_domain = R / 2 was issued");
-    } catch (const Error& e) {
-      checks.expect(e.code() == ErrorCode::kUnsupported &&
-                        std::string(e.what()).find("across NVLink domains") != std::string::npos,
-                    std::string("a dispatch with ranks_per_domain = R / 2 threw ") + e.what());
-    }
+    DispatchOptions expert_major;
+    expert_major.layout = RecvLayout::kExpertMajor;
+    expect_unsupported("an expert-major dispatch", "expert_major",
+                       [&] { comm->dispatch(in, expert_major); });
+    const DispatchResult r = comm->dispatch(in);
+    const size_t row = 2 * static_cast<size_t>(config.hidden);
+    Buffer y(memory, comm->recv_capacity() * row), out(memory, row);
+    comm->combine(y.get(), r.handle, out.get());
+    expect_unsupported("a second combine of one dispatch", "second combine",
+                       [&] { comm->combine(y.get(), r.handle, out.get()); });
+    comm->synchronize();
     bootstrap->barrier();
   } catch (const Error& e) {
-    checks.expect(false, std::string("ranks_per_domain = R / 2: creation threw ") + e.what());
+    checks.expect(false, std::string("ranks_per_domain = R / 2: ") + e.what());
   }
 }
 
@@ -194,7 +208,7 @@ int run_case_program(int argc, char** argv, const char* program, MakeCases make_
       config.num_experts = 2 * world_size;
       config.hidden = 128;
       config.max_tokens_per_rank = 4;
-      check_smaller_domain_dispatch_refused(checks, bootstrap, *memory, device, config);
+      check_across_domain_refusals(checks, bootstrap, *memory, device, config);
       if (world_rank == 0) std::printf("ranks per domain: %d\n", program_ranks_per_domain());
     }
     for (size_t i = 0; i < cases.size() && i < first_cases; ++i) {

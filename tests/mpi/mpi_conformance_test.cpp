@@ -1,4 +1,5 @@
-// CUDA conformance with one rank per process (mpirun, CUDA IPC): every rank's outputs against
+// CUDA conformance with one rank per process (mpirun; CUDA IPC, or NVSHMEM with
+// --transport=nvshmem, in domains of --ranks-per-domain=L ranks): every rank's outputs against
 // the host reference, which each process computes for all ranks on threads of its own; the
 // expert-major cases also against an independent computation of the layout and combine
 // (tests/common/independent_check.cpp).
@@ -138,8 +139,11 @@ std::vector<Case> make_cases(int num_ranks) {
       }
     }
   }
-  cases.push_back(many_rounds_case(num_ranks, 50, 9100));
-  append_expert_major_cases(num_ranks, cases);
+  cases.push_back(many_rounds_case(num_ranks, 100, 9100));
+  // Across NVLink domains the token-major rows only (expert-major ones are refused there:
+  // mpi_check.hpp's check_across_domain_refusals).
+  const int L = testing::program_ranks_per_domain();
+  if (L == 0 || L == num_ranks) append_expert_major_cases(num_ranks, cases);
   return cases;
 }
 
@@ -149,8 +153,7 @@ Config config_of(const Case& c) {
   cfg.combine_sms = c.sms;
   cfg.expert_alignment = c.config_alignment ? c.config_alignment : 1 + c.seed % 3;
   cfg.transport = testing::program_transport();
-  // The host reference combines in the same domain order (DESIGN section 11). Smaller domains
-  // than the job are refused by the CUDA dispatch until its paths across domains exist.
+  // The host reference combines in the same domain order (DESIGN section 11).
   cfg.ranks_per_domain = testing::program_ranks_per_domain();
   if (expert_major(c)) {
     cfg.max_recv_rows = testing::expert_major_max_rows(

@@ -3,9 +3,9 @@
 // names it, within the configured wait, and every process must still reach MPI_Finalize.
 // --mode=bad-ipc: the last rank alone sets EPCOMM_IPC to a value epcomm does not know; every
 // rank's Communicator::create must throw kInvalidArgument naming the variable (none waits).
-// --mode=ll-exit [--transport=nvshmem --ranks-per-domain=L]: as exit, for a low-latency
-// dispatch (across NVLink domains of L ranks with nvshmem): every other rank's receive must
-// time out naming the last rank.
+// --mode=ll-exit: as exit, for a low-latency dispatch: every other rank's receive must time out
+// naming the last rank. With --transport=nvshmem --ranks-per-domain=L (exit and ll-exit): the
+// same across NVLink domains of L ranks.
 #include <mpi.h>
 
 #include <cstdlib>
@@ -52,7 +52,7 @@ void expect_timeout_naming(Checks& checks, const std::string& name, int absent, 
                                                std::to_string(kWaitTimeoutMs) + " ms");
 }
 
-void run_fault(Checks& checks, Mode mode, int device) {
+void run_fault(Checks& checks, Mode mode, int device, Transport transport, int ranks_per_domain) {
   auto bootstrap = std::make_shared<MpiBootstrap>(MPI_COMM_WORLD, kBootstrapTimeoutMs);
   const int rank = bootstrap->rank(), R = bootstrap->size(), absent = R - 1;
   testing::Shape shape;
@@ -65,6 +65,8 @@ void run_fault(Checks& checks, Mode mode, int device) {
   cfg.dispatch_sms = 2;
   cfg.combine_sms = 2;
   cfg.wait_timeout_ms = kWaitTimeoutMs;
+  cfg.transport = transport;
+  cfg.ranks_per_domain = ranks_per_domain;
   auto memory = testing::make_memory(Backend::kCuda, device);
   auto comm = Communicator::create(bootstrap, cfg, Backend::kCuda, device);
   if (rank == absent) {
@@ -196,7 +198,8 @@ int main(int argc, char** argv) {
       } else if (ll_exit_mode) {
         run_ll_fault(checks, device, transport, ranks_per_domain);
       } else {
-        run_fault(checks, exit_mode ? Mode::kExit : Mode::kSleep, device);
+        run_fault(checks, exit_mode ? Mode::kExit : Mode::kSleep, device, transport,
+                  ranks_per_domain);
       }
     } catch (const std::exception& e) {
       checks.expect(false, std::string("unexpected exception: ") + e.what());

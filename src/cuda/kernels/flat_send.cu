@@ -4,12 +4,14 @@
 // expert) pair, at the pair's final row in its expert's group). Rows move in 16-byte vectors
 // through registers, or (SendParams::bulk) in bulk copies through two shared-memory chunk
 // buffers per warp. After its writes, a block publishes the number of rows it delivered to each
-// destination.
+// destination. Across NVLink domains a token bound for other domains is also staged once as a
+// record, which the NVSHMEM module puts to its forwarders (domain_forward.cu).
 #include <algorithm>
 
 #include "common/bulk_copy.cuh"
 #include "common/meta_row.cuh"
 #include "common/wait.cuh"
+#include "common/warp_copy.cuh"
 #include "launch.hpp"
 
 namespace epcomm::kernels {
@@ -138,7 +140,8 @@ __device__ __forceinline__ void send_meta(const SendParams& p, char* const* peer
     const int j = __ffs(m) - 1, d = dest_base + j;
     const int row = __shfl_sync(0xffffffffu, my_slot, j);
     write_meta_row(p.layout.meta_row(peers[d], row), p.layout.meta, slots, p.cached, p.rank, t, d,
-                   p.num_topk, p.experts_per_rank, p.x_scales, lane);
+                   p.num_topk, p.experts_per_rank,
+                   token_scales(p.x_scales, t, p.layout.meta.num_scales), lane);
   }
 }
 
@@ -162,6 +165,30 @@ __device__ __forceinline__ void send_pair_meta(const SendParams& p, char* const*
     auto* scales = reinterpret_cast<float*>(out + p.layout.meta.scales_offset());
     const int S = p.layout.meta.num_scales;
     for (int i = lane; i < S; i += 32) scales[i] = p.x_scales[static_cast<size_t>(t) * S + i];
+  }
+}
+
+// Across domains: the record of token t for the forwarders of the remote domains it reaches
+// (domain_layout.hpp): its final slots at every rank (written by the caller), row, fp8 scales,
+// and (fresh) its top-k ids and weights; tagged with this dispatch's epoch last.
+__device__ __forceinline__ void stage_record(const SendParams& p, char* record, int t, int lane) {
+  const cuda::DomainLayout& dl = p.domains.layout;
+  warp_copy(dl.row(record), static_cast<const char*>(p.x) + t * p.layout.row_bytes,
+            p.layout.row_bytes, lane);
+  const float* scales = token_scales(p.x_scales, t, dl.num_scales);
+  for (int i = lane; i < dl.num_scales; i += 32) dl.scales(record)[i] = scales[i];
+  if (!p.cached) {
+    const TokenSlots slots = load_token_slots(p.topk_idx, p.idx_int64, p.topk_weights, t,
+                                              p.num_topk, p.num_ranks * p.experts_per_rank, lane);
+    if (lane < p.num_topk) {
+      dl.ids(record)[lane] = static_cast<int32_t>(slots.expert);
+      dl.weights(record)[lane] = slots.weight;
+    }
+  }
+  __syncwarp();
+  if (lane == 0) {
+    dl.header(record)->token = t;
+    dl.header(record)->tag = cuda::sequence_tag(p.state->epoch);
   }
 }
 
@@ -200,8 +227,8 @@ __device__ __forceinline__ void send_pairs(const SendParams& p, char* const* pee
 }
 
 // kPairs = p.expert_major (a kernel of its own, so that the token-major one keeps its registers);
-// kBulk = p.bulk.
-template <bool kPairs, bool kBulk>
+// kBulk = p.bulk; kAcross = p.domains.staging != null (token-major vector stores only).
+template <bool kPairs, bool kBulk, bool kAcross = false>
 __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
   if (rank_failed(p.state) || !p.state->dispatch_ok) return;
   extern __shared__ char* s_peers[];  // send_shared_bytes
@@ -239,6 +266,8 @@ __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
       send_pairs<kBulk>(p, s_peers, t, s_delivered, lane, bulk);
       continue;
     }
+    char* record = kAcross ? p.domains.layout.out_record(p.domains.staging, t) : nullptr;
+    bool any_remote = false;
     for (int dest_base = 0; dest_base < R; dest_base += 32) {
       const int d = dest_base + lane;
       int my_slot = d < R ? p.slot[static_cast<size_t>(t) * R + d] : -1;
@@ -246,12 +275,20 @@ __global__ void __launch_bounds__(kSendThreads) flat_send_kernel(SendParams p) {
         my_slot += p.chunk_offsets[(t / cuda::kLayoutChunkTokens) * R + d];
         p.slot[static_cast<size_t>(t) * R + d] = my_slot;
       }
-      const uint32_t mask = __ballot_sync(0xffffffffu, my_slot >= 0);
+      // A destination outside the domain is reached through a forwarder.
+      const bool remote = kAcross && my_slot >= 0 && s_peers[d] == nullptr;
+      if (kAcross) {
+        if (d < R) p.domains.layout.slots(record)[d] = my_slot;
+        any_remote = __ballot_sync(0xffffffffu, remote) != 0 || any_remote;
+      }
+      const bool local = my_slot >= 0 && !remote;
+      const uint32_t mask = __ballot_sync(0xffffffffu, local);
       if (!mask) continue;
       send_row<false, kBulk>(p, s_peers, t, dest_base, mask, my_slot, 0, lane, bulk);
       send_meta(p, s_peers, t, dest_base, mask, my_slot, lane);
-      if (my_slot >= 0) atomicAdd(&s_delivered[d], 1);
+      if (local) atomicAdd(&s_delivered[d], 1);
     }
+    if (kAcross && any_remote) stage_record(p, record, t, lane);
   }
   if (kBulk) bulk_wait_written();  // every lane's bulk stores have landed
   // NOTE: the barrier comes before the release: publishing first would let a counter
@@ -282,7 +319,8 @@ cudaError_t load_flat_send_kernels() {
   }
   if (err != cudaSuccess) return err;
   return load_kernels(flat_send_kernel<false, false>, flat_send_kernel<true, false>,
-                      flat_send_kernel<false, true>, flat_send_kernel<true, true>);
+                      flat_send_kernel<false, true>, flat_send_kernel<true, true>,
+                      flat_send_kernel<false, false, true>);
 }
 
 size_t flat_send_shared_bytes(int num_ranks, bool bulk) {
@@ -292,7 +330,9 @@ size_t flat_send_shared_bytes(int num_ranks, bool bulk) {
 void launch_flat_send(const cuda::SendParams& p, int num_blocks, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
   const size_t shared = send_shared_bytes(p.num_ranks, p.bulk);
-  if (p.bulk && p.expert_major) {
+  if (p.domains.staging != nullptr) {  // the backend refuses expert-major rows across domains
+    flat_send_kernel<false, false, true><<<num_blocks, kSendThreads, shared, stream>>>(p);
+  } else if (p.bulk && p.expert_major) {
     flat_send_kernel<true, true><<<num_blocks, kSendThreads, shared, stream>>>(p);
   } else if (p.bulk) {
     flat_send_kernel<false, true><<<num_blocks, kSendThreads, shared, stream>>>(p);

@@ -4,16 +4,14 @@
 // accumulates in fp32, adds the optional biases (bias, then bias2) and rounds once to bf16.
 // Expert-major handles gather each token's pairs instead, in ascending slot order, weighted by
 // fmaf when asked (docs/design.md section 24).
+#include "common/gather_rows.cuh"
 #include "common/wait.cuh"
-#include "common/warp_copy.cuh"
 #include "launch.hpp"
 
 namespace epcomm::kernels {
 namespace {
 
 constexpr int kGatherThreads = 1024;
-constexpr int kGatherUnroll = 2;  // 16-byte vectors per lane per pass
-constexpr int kGatherBatch = 4;   // source ranks whose loads are in flight together
 
 // One ready round: this rank's y is in its pool, and every peer has finished the work before
 // its own round (its previous gather included, which a repeated combine relies on).
@@ -26,13 +24,16 @@ __global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyPa
   // y was written by earlier work in this stream; make it visible system-wide, then signal.
   __threadfence_system();
   __syncthreads();
+  // Across NVLink domains only the ranks of this domain (non-null peers) read this pool.
   for (int d = threadIdx.x; d < p.num_ranks; d += blockDim.x) {
-    red_add_release_sys(p.layout.ready(p.peers[d]) + p.rank, 1);
+    if (p.peers[d] != nullptr) red_add_release_sys(p.layout.ready(p.peers[d]) + p.rank, 1);
   }
   const uint64_t* ready = p.layout.ready(p.peers[p.rank]);
   bool ok = true;
   for (int src = threadIdx.x; src < p.num_ranks && ok; src += blockDim.x) {
-    ok = wait_at_least(p.wait, ready + src, seq, cuda::kPhaseCombineReady, src);
+    if (p.peers[src] != nullptr) {
+      ok = wait_at_least(p.wait, ready + src, seq, cuda::kPhaseCombineReady, src);
+    }
   }
   if (!__syncthreads_and(ok)) return;
   if (threadIdx.x == 0) state->combine_seq = seq;
@@ -41,60 +42,6 @@ __global__ void __launch_bounds__(128) combine_ready_kernel(cuda::CombineReadyPa
 // Rows one warp lists per token: one per rank, or (expert-major) one per top-k slot.
 EPCOMM_HD int gather_width(const cuda::GatherParams& p) {
   return p.expert_major && p.num_topk > p.num_ranks ? p.num_topk : p.num_ranks;
-}
-
-// One warp gathers token t from the `n` rows listed in `rows`, in list order. kBias: add the
-// biases the params name; kWeighted: acc = fmaf(weights[j], row j, acc) (instantiations of their
-// own, so that the common combine without them keeps its registers).
-template <bool kBias, bool kWeighted>
-__device__ __forceinline__ void gather_token(const cuda::GatherParams& p, const uint4* const* rows,
-                                             const float* weights, int n, int t, int lane) {
-  const int num_vec = p.hidden / 8;
-  auto* out = reinterpret_cast<uint4*>(p.out + static_cast<size_t>(t) * p.hidden);
-  for (int v0 = lane; v0 < num_vec; v0 += 32 * kGatherUnroll) {
-    float acc[kGatherUnroll][8];
-#pragma unroll
-    for (int u = 0; u < kGatherUnroll; ++u) {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[u][i] = 0.f;
-    }
-    for (int j0 = 0; j0 < n; j0 += kGatherBatch) {
-      uint4 vec[kGatherBatch][kGatherUnroll];
-#pragma unroll
-      for (int b = 0; b < kGatherBatch; ++b) {
-#pragma unroll
-        for (int u = 0; u < kGatherUnroll; ++u) {
-          if (j0 + b < n && v0 + 32 * u < num_vec) vec[b][u] = ld_na(rows[j0 + b] + v0 + 32 * u);
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < kGatherBatch; ++b) {
-#pragma unroll
-        for (int u = 0; u < kGatherUnroll; ++u) {
-          if (j0 + b < n && v0 + 32 * u < num_vec) {
-            if (kWeighted) {
-              fma_bf16x8(acc[u], weights[j0 + b], vec[b][u]);
-            } else {
-              accumulate_bf16x8(acc[u], vec[b][u]);
-            }
-          }
-        }
-      }
-    }
-    const size_t token_vec = static_cast<size_t>(t) * num_vec;
-#pragma unroll
-    for (int u = 0; u < kGatherUnroll; ++u) {
-      const int v = v0 + 32 * u;
-      if (v >= num_vec) continue;
-      if (kBias && p.bias) {
-        accumulate_bf16x8(acc[u], reinterpret_cast<const uint4*>(p.bias)[token_vec + v]);
-      }
-      if (kBias && p.bias2) {
-        accumulate_bf16x8(acc[u], reinterpret_cast<const uint4*>(p.bias2)[token_vec + v]);
-      }
-      st_na(out + v, to_bf16x8(acc[u]));
-    }
-  }
 }
 
 // Lists token t's rows: expert-major, its pairs in ascending slot order (with their weights);

@@ -19,6 +19,8 @@ cudaError_t load_ring_kernels();
 cudaError_t load_ll_dispatch_kernels();
 cudaError_t load_ll_combine_kernels();
 cudaError_t load_stream_prime_kernels();
+cudaError_t load_domain_forward_kernels();
+cudaError_t load_domain_combine_kernels();
 
 // Loads every kernel of the library. Called while creating a communicator: under lazy loading
 // a kernel's first launch can wait for the whole context, and so for a peer's kernel that is
@@ -26,7 +28,8 @@ cudaError_t load_stream_prime_kernels();
 inline cudaError_t load_all_kernels() {
   for (auto load : {load_layout_kernels, load_notify_kernels, load_flat_send_kernels,
                     load_drain_kernels, load_gather_combine_kernels, load_ring_kernels,
-                    load_ll_dispatch_kernels, load_ll_combine_kernels, load_stream_prime_kernels}) {
+                    load_ll_dispatch_kernels, load_ll_combine_kernels, load_stream_prime_kernels,
+                    load_domain_forward_kernels, load_domain_combine_kernels}) {
     const cudaError_t err = load();
     if (err != cudaSuccess) return err;
   }
@@ -52,6 +55,12 @@ void launch_drain(const cuda::DrainParams& p, int num_blocks, cudaStream_t strea
 void launch_copy_rows(const cuda::RowCopyParams& p, int num_blocks, cudaStream_t stream);
 void launch_combine_ready(const cuda::CombineReadyParams& p, cudaStream_t stream);
 void launch_gather(const cuda::GatherParams& p, int num_blocks, cudaStream_t stream);
+// Across NVLink domains (docs/design.md section 23). The forwarder waits inside its grid, for
+// the sources' forward words only, each of which the source's module sets after its puts.
+void launch_forward(const cuda::DomainKernelParams& p, int num_blocks, cudaStream_t stream);
+void launch_domain_partials(const cuda::DomainKernelParams& p, int num_blocks, cudaStream_t stream);
+void launch_wait_partials(const cuda::DomainKernelParams& p, cudaStream_t stream);
+void launch_domain_sum(const cuda::DomainKernelParams& p, int num_blocks, cudaStream_t stream);
 // Ring path: 2 x channels blocks of kRingThreads.
 constexpr int kRingThreads = 1024;
 void launch_ring_dispatch(const cuda::RingParams& p, cudaStream_t stream);

@@ -1,7 +1,10 @@
 // Count exchange (DESIGN section 5, steps 2-3): post this rank's count row to every peer,
 // wait for every peer's row of this epoch, agree on a verdict, then turn per-chunk counts into
 // each chunk's first row per destination (the sender adds a token's position in its chunk).
-// One block: waiting kernels stay small so peers' kernels can run.
+// One block: waiting kernels stay small so peers' kernels can run. Across NVLink domains the
+// kernel runs twice (NotifyParams::phase): the post, whose rows for ranks outside the domain go
+// to the staging region's count outbox, and after the NVSHMEM module has set those in the
+// peers' matrices, the collect.
 #include "common/wait.cuh"
 #include "launch.hpp"
 
@@ -56,7 +59,11 @@ __device__ void post_row(const NotifyParams& p, const NotifyShared& s, uint64_t 
     } else {
       value = p.routing.ring_send_counts[(w - p.layout.channel_word(0)) * R + peer];
     }
-    st_relaxed_sys(p.layout.count_row(p.peers[peer], slot, p.rank) + w, tagged(epoch, value));
+    if (p.peers[peer] == nullptr) {  // outside the domain: the NVSHMEM module sets it there
+      p.domains.layout.count_outbox(p.domains.staging, peer)[w] = tagged(epoch, value);
+    } else {
+      st_relaxed_sys(p.layout.count_row(p.peers[peer], slot, p.rank) + w, tagged(epoch, value));
+    }
   }
   if (!fresh_expert_major(p)) return;
   const int E = p.layout.num_experts();
@@ -260,7 +267,7 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
   __shared__ uint64_t s_epoch;
   if (threadIdx.x == 0) s_epoch = state->epoch + 1;
   for (int e = threadIdx.x; e < p.experts_per_rank; e += blockDim.x) s.experts[e] = 0;
-  for (int d = threadIdx.x; d < R; d += blockDim.x) {
+  for (int d = threadIdx.x; d < R && p.phase != cuda::kNotifyCollect; d += blockDim.x) {
     int n = 0;
     if (p.cached) {
       n = p.routing.send_counts[d];
@@ -287,7 +294,8 @@ __global__ void __launch_bounds__(1024) notify_kernel(NotifyParams p) {
   __syncthreads();
   const uint64_t epoch = s_epoch;
 
-  post_row(p, s, epoch);
+  if (p.phase != cuda::kNotifyCollect) post_row(p, s, epoch);
+  if (p.phase == cuda::kNotifyPost) return;
   const bool collected = collect_rows(p, s, epoch);
   if (!__syncthreads_and(collected)) return;  // the error record names the peer
   if (fresh_expert_major(p)) {

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "../device_state.hpp"
+#include "../domain_layout.hpp"
 #include "../region_layout.hpp"
 
 namespace epcomm::cuda {
@@ -52,6 +53,13 @@ struct Routing {
   int* group_pairs;     // [Le]: pairs (not padding) in each group on this rank
 };
 
+// The high-throughput paths across NVLink domains (domain_layout.hpp, docs/design.md section
+// 23). `staging` is null within one domain, and every kernel then runs as it does without it.
+struct DomainParams {
+  DomainLayout layout;
+  char* staging;  // this rank's staging region (symmetric memory), or null
+};
+
 struct LayoutParams {
   const void* topk_idx;
   bool idx_int64;
@@ -91,7 +99,16 @@ struct NotifyParams {
   int* pair_matrix;          // [R][E] scratch: pairs each source sends to each expert
   int* group_rows;           // [E] scratch: each expert's group rows at its rank, padding included
   int* chunk_expert_counts;  // fresh: [chunks][E], turned into each chunk's first row per expert
+  // Across domains the exchange is split around the NVSHMEM module's puts of the rows this
+  // rank posts outside its domain (to domains.staging's count outbox): kNotifyPost, then the
+  // module, then kNotifyCollect. Within one domain, kNotifyAll.
+  int phase;
+  DomainParams domains;
 };
+
+constexpr int kNotifyAll = 0;
+constexpr int kNotifyPost = 1;
+constexpr int kNotifyCollect = 2;
 
 struct SendParams {
   RegionLayout layout;
@@ -113,6 +130,10 @@ struct SendParams {
   // Rows by bulk copies (the TMA engine) instead of vector stores: only where every peer's pool
   // is memory the engine may write (MemoryDomain::bulk_copies) and the buffers fit.
   bool bulk;
+  // Across domains: a destination outside this rank's domain (a null peer) gets no row here;
+  // the token's record goes to domains.staging's out_record instead (the module puts it to
+  // the forwarders).
+  DomainParams domains;
 };
 
 // Single-block wait: rows from every source have arrived.
@@ -177,6 +198,22 @@ struct GatherParams {
   bool apply_weights;
   int num_topk;
   Routing routing;
+};
+
+// The kernels of the high-throughput paths across domains (domain_forward.cu,
+// domain_combine.cu): this rank as forwarder for the other domains' ranks of its local index,
+// and as the source that adds the domains' partials.
+struct DomainKernelParams {
+  RegionLayout layout;
+  char* const* peers;  // [R]; null outside this rank's domain
+  DomainParams domains;
+  int rank, num_ranks, experts_per_rank, num_topk, num_tokens, hidden;
+  bool cached;            // dispatch: rows and scales only
+  const int* slot;        // combine: [T][R] final slots of this rank's tokens
+  uint16_t* out;          // combine: [T][H] bf16
+  const uint16_t* bias;   // combine: as GatherParams::bias
+  const uint16_t* bias2;  // combine: as GatherParams::bias2
+  WaitContext wait;
 };
 
 // Ring dispatch and combine (DESIGN section 7): blocks [0, C) send, blocks [C, 2C) receive,

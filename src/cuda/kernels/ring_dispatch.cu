@@ -40,23 +40,24 @@ __device__ bool dispatch_send(const RingParams& p, int channel, int* s_counts) {
       const int slot = t < range.y ? p.slot[static_cast<size_t>(t) * R + d] : -1;
       const uint32_t mask = __ballot_sync(0xffffffffu, slot >= 0);
       if (!mask) continue;
-      const bool ok = ring_push(p, g, channel, d, __popc(mask), &s_counts[g.index], sent,
-                                [&](int j, char* entry) {
-        uint32_t rest = mask;  // drop the j lowest set bits: the lowest left is the j-th token
-        for (int i = 0; i < j; ++i) rest &= rest - 1;
-        const int bit = __ffs(rest) - 1;
-        const int token = base + bit;
-        const int row = __shfl_sync(0xffffffffu, slot, bit);
-        if (lane == 0) *reinterpret_cast<int32_t*>(entry) = row;
-        warp_copy(p.layout.entry_row(entry), static_cast<const char*>(p.x) + token * row_bytes,
-                  row_bytes, lane);
-        const TokenSlots slots =
-            p.cached ? TokenSlots{}
-                     : load_token_slots(p.topk_idx, p.idx_int64, p.topk_weights, token,
-                                        p.num_topk, R * p.experts_per_rank, lane);
-        write_meta_row(p.layout.entry_meta(entry), p.layout.meta, slots, p.cached, p.rank, token,
-                       d, p.num_topk, p.experts_per_rank, p.x_scales, lane);
-      });
+      const bool ok = ring_push(
+          p, g, channel, d, __popc(mask), &s_counts[g.index], sent, [&](int j, char* entry) {
+            uint32_t rest = mask;  // drop the j lowest set bits: the lowest left is the j-th token
+            for (int i = 0; i < j; ++i) rest &= rest - 1;
+            const int bit = __ffs(rest) - 1;
+            const int token = base + bit;
+            const int row = __shfl_sync(0xffffffffu, slot, bit);
+            if (lane == 0) *reinterpret_cast<int32_t*>(entry) = row;
+            warp_copy(p.layout.entry_row(entry), static_cast<const char*>(p.x) + token * row_bytes,
+                      row_bytes, lane);
+            const TokenSlots slots =
+                p.cached ? TokenSlots{}
+                         : load_token_slots(p.topk_idx, p.idx_int64, p.topk_weights, token,
+                                            p.num_topk, R * p.experts_per_rank, lane);
+            write_meta_row(p.layout.entry_meta(entry), p.layout.meta, slots, p.cached, p.rank,
+                           token, d, p.num_topk, p.experts_per_rank,
+                           token_scales(p.x_scales, token, p.layout.meta.num_scales), lane);
+          });
       if (!ok) return false;
     }
     if (g.leader) p.sent[channel * R + d] = sent;

@@ -26,14 +26,18 @@ __device__ __forceinline__ TokenSlots load_token_slots(const void* topk_idx, boo
   return s;
 }
 
+// Token t's row of fp8 scales in x_scales ([T][num_scales]; null without scales).
+__device__ __forceinline__ const float* token_scales(const float* x_scales, int t, int num_scales) {
+  return x_scales ? x_scales + static_cast<size_t>(t) * num_scales : nullptr;
+}
+
 // One warp writes the meta row of token t for destination d: source (rank, t), the top-k slots
-// rebased to d's local experts (-1 and weight 0 elsewhere), and fp8 scales. With
-// `scales_only` (cached dispatch) only the scales are written.
+// rebased to d's local experts (-1 and weight 0 elsewhere), and fp8 scales (`token_scales`: the
+// token's row of scales). With `scales_only` (cached dispatch) only the scales are written.
 __device__ __forceinline__ void write_meta_row(char* out, const cuda::MetaLayout& meta,
-                                               const TokenSlots& slots, bool scales_only,
-                                               int rank, int t, int d, int K,
-                                               int experts_per_rank, const float* x_scales,
-                                               int lane) {
+                                               const TokenSlots& slots, bool scales_only, int rank,
+                                               int t, int d, int K, int experts_per_rank,
+                                               const float* token_scales, int lane) {
   if (!scales_only) {
     if (lane == 0) {
       reinterpret_cast<int32_t*>(out)[0] = rank;
@@ -48,9 +52,7 @@ __device__ __forceinline__ void write_meta_row(char* out, const cuda::MetaLayout
     }
   }
   auto* scales = reinterpret_cast<float*>(out + meta.scales_offset());
-  for (int i = lane; i < meta.num_scales; i += 32) {
-    scales[i] = x_scales[static_cast<size_t>(t) * meta.num_scales + i];
-  }
+  for (int i = lane; i < meta.num_scales; i += 32) scales[i] = token_scales[i];
 }
 
 }  // namespace epcomm::kernels
