@@ -49,8 +49,9 @@ void usage() {
       "  --batch-rounds N        rounds per batch, the host synchronising between batches (100)\n"
       "domains mode (--mode domains; shape, dtype, layouts and seed as above; no device):\n"
       "  --ranks-per-domain N    ranks per NVLink domain, dividing --ranks (--mode domains;\n"
-      "                          --mode ll with --transport nvshmem: peers outside a rank's\n"
-      "                          domain reached through NVSHMEM puts only)\n");
+      "                          --mode ht (flat, token_major) and ll with --transport nvshmem:\n"
+      "                          peers outside a rank's domain reached through NVSHMEM puts\n"
+      "                          only, and the bytes across domains printed)\n");
 }
 
 std::vector<std::string> split(const std::string& s) {
@@ -247,11 +248,18 @@ bool parse_options(int argc, char** argv, BenchOptions* o) {
                       ": --mode ll crosses domains over --transport nvshmem only, with a "
                       "positive divisor of the ranks");
     }
-    if (o->mode != BenchMode::kDomains && o->mode != BenchMode::kLowLatency &&
-        o->ranks_per_domain != 0) {
+    if (o->mode == BenchMode::kHighThroughput && o->ranks_per_domain != 0 &&
+        (o->transport != Transport::kNvshmem || o->ranks_per_domain < 1 ||
+         o->algorithms != std::vector<Algorithm>{Algorithm::kFlat} ||
+         o->layouts != std::vector<RecvLayout>{RecvLayout::kTokenMajor})) {
       throw Error(ErrorCode::kInvalidArgument,
-                  "--ranks-per-domain is for --mode domains and --mode ll (the high-throughput "
-                  "paths across domains are not built yet)");
+                  "--ranks-per-domain = " + std::to_string(o->ranks_per_domain) +
+                      ": the high-throughput rows cross domains over --transport nvshmem only, "
+                      "with a positive divisor of the ranks, --algorithms flat and --layouts "
+                      "token_major (the ring and expert-major rows do not cross domains)");
+    }
+    if (o->mode == BenchMode::kSoak && o->ranks_per_domain != 0) {
+      throw Error(ErrorCode::kInvalidArgument, "--ranks-per-domain is not for --mode soak");
     }
     if (o->iters < 1) throw Error(ErrorCode::kInvalidArgument, "--iters must be at least 1");
     if (o->algorithms.empty() || o->sms.empty() || o->layouts.empty()) {

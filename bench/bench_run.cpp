@@ -77,6 +77,7 @@ Config bench_config(const BenchOptions& o, const Setup& setup) {
   c.ring_slots = o.ring_slots;
   c.ring_chunk = o.ring_chunk;
   c.transport = o.transport;
+  c.ranks_per_domain = o.ranks_per_domain;
   if (setup.layout == RecvLayout::kExpertMajor) {
     // Pairs outnumber tokens: the pool holds the busiest rank's pairs and padding, as a caller
     // sizes it from its worst routing (the timed calls do not wait for counts).
@@ -108,7 +109,8 @@ std::string check_rank(const BenchOptions& o, const Setup& setup, const Config& 
     return testing::check_expert_major_rank(bench_shape(o), kRouting, o.seed, rank, got, round,
                                             cfg);
   }
-  return testing::check_rank_independently(bench_shape(o), kRouting, o.seed, rank, got, true);
+  return testing::check_rank_independently(bench_shape(o), kRouting, o.seed, rank, got, true,
+                                           o.ranks_per_domain);
 }
 
 }  // namespace

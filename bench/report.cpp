@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "device_support.hpp"
+#include "domains.hpp"
 
 namespace epcomm::bench {
 namespace {
@@ -137,6 +138,7 @@ void print_table(const Report& rep) {
       "expert_major: one row per (token, local expert) pair, groups aligned to %d rows; its "
       "combine applies the weights.\n",
       o.expert_alignment);
+  if (o.ranks_per_domain > 0 && o.ranks_per_domain < o.ranks) print_timed_domain_bytes(o);
   if (links) {
     std::printf(
         "link GB/s/rank: rows received from other ranks x row bytes / time, against "

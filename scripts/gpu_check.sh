@@ -135,7 +135,9 @@ fi
 if has nvshmem; then  # NVSHMEM runs several PEs on one GPU only under MPS
   start=$SECONDS
   mps_start
-  (cd "$BUILD" && timeout 450 ctest -j 1 --timeout 300 --output-on-failure -L nvshmem ${CTEST_ARGS:-}) >"$OUT/ctest_nvshmem.log" 2>&1
+  # ctest_nvshmem_all.log keeps the passing tests' output too (cases run, ranks per domain).
+  (cd "$BUILD" && timeout 450 ctest -j 1 --timeout 300 --output-on-failure -L nvshmem \
+    --output-log "$OUT/ctest_nvshmem_all.log" ${CTEST_ARGS:-}) >"$OUT/ctest_nvshmem.log" 2>&1
   rc=$?
   note "ctest nvshmem, processes under MPS: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_nvshmem.log" | tail -1)"
   grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_nvshmem.log" | head -20 | tee -a "$summary"
@@ -157,12 +159,14 @@ if has nvshmem; then  # NVSHMEM runs several PEs on one GPU only under MPS
       "$BUILD/bench/epcomm-bench" --launcher mpi --backend cuda --mode "$mode" --transport "$transport" \
       ${domain:+--ranks-per-domain $domain} $args >"$OUT/bench_mpi_${tag}.log" 2>&1
     note "bench $mode under mpirun, transport $transport${domain:+, $domain ranks per domain} (8 processes, MPS 12 %): rc=$? ($((SECONDS - start)) s)"
-    sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_${tag}.log" | grep -vE '^\s*$' | head -24 | tee -a "$summary"
+    sed -n '/^epcomm-bench/,$p' "$OUT/bench_mpi_${tag}.log" | grep -vE '^\s*$' | head -36 | tee -a "$summary"
   }
   for transport in ${NVSHMEM_BENCH_TRANSPORTS-ipc nvshmem}; do  # e.g. "" to skip these
     for mode in ht ll; do run_bench $transport $mode; done
   done
-  # The low-latency mode across domains (NVSHMEM_LL_DOMAINS: ranks per domain, space-separated).
+  # Both modes across domains (NVSHMEM_HT_DOMAINS, NVSHMEM_LL_DOMAINS: ranks per domain,
+  # space-separated).
+  for domain in ${NVSHMEM_HT_DOMAINS-4 1}; do run_bench nvshmem ht "$domain"; done
   for domain in ${NVSHMEM_LL_DOMAINS-4 1}; do run_bench nvshmem ll "$domain"; done
   mps_stop
 fi

@@ -61,19 +61,21 @@ for n in ${PYTHON_SUITE_PROCESSES-2 4 8}; do
   [ $rc -ne 0 ] && grep -E '^(FAILED|ERROR)' "$log" | sort -u | head -10 | tee -a "$summary"
 done
 
-# The low-latency suite across NVLink domains: 4 processes over NVSHMEM (shares of 24 % each, as
-# NVSHMEM runs several PEs on one GPU only with MPS shares summing to at most 100), every
-# rank its own domain, so every message and row crosses through NVSHMEM puts.
+# The high-throughput and low-latency suites across NVLink domains: 4 processes over NVSHMEM
+# (shares of 24 % each, as NVSHMEM runs several PEs on one GPU only with MPS shares summing to
+# at most 100), every rank its own domain, so every row and message to another rank crosses
+# through NVSHMEM puts.
 if [ "${PYTHON_DOMAINS:-1}" != 0 ]; then
   start=$SECONDS
   log="$OUT/pytest_np4_nvshmem_4x1.log"
   CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=24 NVSHMEM_REMOTE_TRANSPORT=none NVSHMEM_DISABLE_NVLS=1 \
     NVSHMEM_SYMMETRIC_SIZE=2147483648 EPCOMM_TEST_TRANSPORT=nvshmem EPCOMM_TEST_RANKS_PER_DOMAIN=1 \
-    timeout "$(limit 90)" "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 4 \
-    -m pytest "${pytest_args[@]}" tests/python/gpu/test_low_latency_gpu.py >"$log" 2>&1
+    timeout "$(limit 150)" "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 4 \
+    -m pytest "${pytest_args[@]}" tests/python/gpu/test_buffer_gpu.py \
+    tests/python/gpu/test_low_latency_gpu.py >"$log" 2>&1
   rc=$?
   [ $rc -ne 0 ] && failed=1
-  note "pytest low-latency, 4 processes over nvshmem, 4 domains of 1: rc=$rc ($((SECONDS - start)) s): $(grep -cE '^[0-9]+ passed in' "$log") of 4 ranks passed all ($(grep -oE '^[0-9]+ passed' "$log" | head -1))"
+  note "pytest high-throughput and low-latency, 4 processes over nvshmem, 4 domains of 1: rc=$rc ($((SECONDS - start)) s): $(grep -cE '^[0-9]+ passed in' "$log") of 4 ranks passed all ($(grep -oE '^[0-9]+ passed' "$log" | head -1))"
   [ $rc -ne 0 ] && grep -E '^(FAILED|ERROR)' "$log" | sort -u | head -10 | tee -a "$summary"
 fi
 

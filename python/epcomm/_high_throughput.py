@@ -9,7 +9,6 @@ from . import _args, _tensors
 from ._endpoint import EndpointKind
 from ._layout import dispatch_layout
 from ._recv import receive_exact, receive_into_worst_case
-from ._unsupported import unsupported
 from .config import Config
 from .event import EventOverlap
 from .handle import DispatchHandle
@@ -290,11 +289,15 @@ class HighThroughputCalls:
                            num_worst_tokens: int = 0, config: Optional[Config] = None,
                            previous_event: Optional[EventOverlap] = None,
                            async_finish: bool = False, allocate_on_comm_stream: bool = False):
-        """DeepEP's dispatch across nodes (RDMA between NVLink domains, NVLink inside them),
-        with dispatch's arguments. Raises EpcommError (unsupported): epcomm runs within one
-        NVLink domain, and DeepEP's own dispatch calls this only when the group spans nodes."""
-        self._check_usable()
-        raise unsupported("internode_dispatch")
+        """DeepEP's dispatch across nodes: dispatch itself, with the same arguments and results.
+        Ranks in other NVLink domains are reached on the Buffer's transport ("nvshmem", the
+        default when the group spans hosts and num_rdma_bytes > 0): one put per token and remote
+        domain, forwarded inside that domain over NVLink (docs/design.md section 23); combine
+        then adds each domain's bf16 partial in ascending domain order."""
+        return self.dispatch(x, handle, num_tokens_per_rank, num_tokens_per_rdma_rank,
+                             is_token_in_rank, num_tokens_per_expert, topk_idx, topk_weights,
+                             expert_alignment, num_worst_tokens, config, previous_event,
+                             async_finish, allocate_on_comm_stream)
 
     def internode_combine(self, x: torch.Tensor, handle: DispatchHandle,
                           topk_weights: Optional[torch.Tensor] = None, bias: BiasType = None,
@@ -302,7 +305,6 @@ class HighThroughputCalls:
                           previous_event: Optional[EventOverlap] = None,
                           async_finish: bool = False, allocate_on_comm_stream: bool = False
                           ) -> Tuple[torch.Tensor, Optional[torch.Tensor], EventOverlap]:
-        """DeepEP's combine across nodes, with combine's arguments. Raises EpcommError
-        (unsupported), as internode_dispatch does."""
-        self._check_usable()
-        raise unsupported("internode_combine")
+        """DeepEP's combine across nodes: combine itself, with the same arguments and results."""
+        return self.combine(x, handle, topk_weights, bias, config, previous_event, async_finish,
+                            allocate_on_comm_stream)

@@ -10,12 +10,6 @@ from _epcomm import ErrorCode
 NOT_BUILT = {
     "use_fabric": "fabric memory (cuMemCreate with fabric handles, for multi-node NVLink) is not "
                   "built; regions are shared with CUDA IPC inside one node",
-    "internode_dispatch": "the high-throughput path across NVLink domains (RDMA between them) is "
-                          "not built; within one domain dispatch is the call to use, and the "
-                          "low-latency calls cross domains (transport 'nvshmem')",
-    "internode_combine": "the high-throughput path across NVLink domains (RDMA between them) is "
-                         "not built; within one domain combine is the call to use, and the "
-                         "low-latency calls cross domains (transport 'nvshmem')",
     "use_logfmt": "low_latency_combine sends bf16 rows; the 10-bit LogFMT encoding is not built",
 }
 

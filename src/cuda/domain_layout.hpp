@@ -42,6 +42,15 @@ struct DomainLayout {
   size_t out_records_offset = 0, in_records_offset = 0;
   size_t out_partials_offset = 0, in_partials_offset = 0, total_bytes = 0;
 
+  // A record's bytes before its row, and in all: what crosses domains per (token, remote
+  // domain) in a dispatch (the bench's count uses these too).
+  static size_t record_row_offset_of(int num_ranks, int max_topk) {
+    return align_up(sizeof(RecordHeader) + 4 * static_cast<size_t>(num_ranks + 2 * max_topk), 16);
+  }
+  static size_t record_bytes_of(int num_ranks, int max_topk, int num_scales, size_t row_bytes) {
+    return align_up(record_row_offset_of(num_ranks, max_topk) + row_bytes + 4 * num_scales, 16);
+  }
+
   static DomainLayout make(const RegionLayout& region, int ranks_per_domain, int max_tokens) {
     DomainLayout l;
     l.num_ranks = region.num_ranks;
@@ -52,9 +61,8 @@ struct DomainLayout {
     l.count_row_words = region.count_row_words();
     l.row_bytes = region.row_bytes;
     l.partial_bytes = region.combine_row_bytes;
-    l.record_row_offset =
-        align_up(sizeof(RecordHeader) + 4 * static_cast<size_t>(l.num_ranks + 2 * l.max_topk), 16);
-    l.record_bytes = align_up(l.record_row_offset + l.row_bytes + 4 * l.num_scales, 16);
+    l.record_row_offset = record_row_offset_of(l.num_ranks, l.max_topk);
+    l.record_bytes = record_bytes_of(l.num_ranks, l.max_topk, l.num_scales, l.row_bytes);
     const size_t D = static_cast<size_t>(l.num_domains()), T = static_cast<size_t>(max_tokens);
     size_t off = 0;
     l.forward_words_offset = off;

@@ -21,8 +21,9 @@ struct RoundInputs {
   }
 };
 
+// L: ranks per NVLink domain (num_ranks: one domain).
 std::string check_rank(const Shape& shape, const RoundInputs& in, int r, const RankOutputs& out,
-                       bool y_is_recv_x) {
+                       bool y_is_recv_x, int L) {
   const int R = shape.num_ranks, Le = shape.num_experts / R, H = shape.hidden;
   const size_t row_bytes = static_cast<size_t>(H) * element_bytes(shape.dtype);
   auto reaches = [&](const RankData& d, int t, int dest) {
@@ -62,13 +63,24 @@ std::string check_rank(const Shape& shape, const RoundInputs& in, int r, const R
   if (shape.dtype != DType::kBF16 || !y_is_recv_x) return "";
   for (int t = 0; t < shape.num_tokens; ++t) {
     int reach = 0;
-    for (int d = 0; d < R; ++d) reach += reaches(in.data[r], t, d) ? 1 : 0;
+    std::vector<int> reach_in(R / L, 0);  // ranks of each domain the token reaches
+    for (int d = 0; d < R; ++d) {
+      reach += reaches(in.data[r], t, d) ? 1 : 0;
+      reach_in[d / L] += reaches(in.data[r], t, d) ? 1 : 0;
+    }
     for (int h = 0; h < H; ++h) {
       uint16_t x, got;
       std::memcpy(&x, in.data[r].x.data() + (static_cast<size_t>(t) * H + h) * 2, 2);
       std::memcpy(&got, out.combined.data() + (static_cast<size_t>(t) * H + h) * 2, 2);
+      // x times n is exact in fp32 (n <= 128 ranks); with several domains each domain's
+      // multiple is rounded to bf16 before the domains are added in ascending order.
+      float sum = 0.f;
+      for (const int n : reach_in) {
+        const float part = float_of(x) * static_cast<float>(n);
+        if (n > 0) sum += L == R ? part : float_of(bf16_of(part));
+      }
       // A token sent nowhere comes back as +0, whatever the sign of x.
-      const uint16_t want = reach == 0 ? 0 : bf16_of(float_of(x) * static_cast<float>(reach));
+      const uint16_t want = reach == 0 ? 0 : bf16_of(sum);
       if (got != want) {
         err << "rank " << r << " token " << t << " h " << h << ": combined " << got << ", expected "
             << want << " (x times " << reach << ")";
@@ -308,15 +320,17 @@ std::string check_independently(const Shape& shape, Routing routing, uint64_t se
                                 const std::vector<RankOutputs>& outputs, bool y_is_recv_x) {
   const RoundInputs in(shape, routing, seed);
   for (int r = 0; r < shape.num_ranks; ++r) {
-    const std::string err = check_rank(shape, in, r, outputs[r], y_is_recv_x);
+    const std::string err = check_rank(shape, in, r, outputs[r], y_is_recv_x, shape.num_ranks);
     if (!err.empty()) return err;
   }
   return "";
 }
 
 std::string check_rank_independently(const Shape& shape, Routing routing, uint64_t seed, int rank,
-                                     const RankOutputs& out, bool y_is_recv_x) {
-  return check_rank(shape, RoundInputs(shape, routing, seed), rank, out, y_is_recv_x);
+                                     const RankOutputs& out, bool y_is_recv_x,
+                                     int ranks_per_domain) {
+  const int L = ranks_per_domain > 0 ? ranks_per_domain : shape.num_ranks;
+  return check_rank(shape, RoundInputs(shape, routing, seed), rank, out, y_is_recv_x, L);
 }
 
 std::string check_expert_major(const Shape& shape, Routing routing, uint64_t seed,

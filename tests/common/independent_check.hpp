@@ -15,9 +15,12 @@ namespace epcomm::testing {
 std::string check_independently(const Shape& shape, Routing routing, uint64_t seed,
                                 const std::vector<RankOutputs>& outputs, bool y_is_recv_x);
 
-// The same check for one rank's outputs (for ranks that are separate processes).
+// The same check for one rank's outputs (for ranks that are separate processes). With
+// ranks_per_domain = L < R the combine is checked in DESIGN section 11's order: per domain of L
+// ranks, rounded to bf16, the domains added in ascending order.
 std::string check_rank_independently(const Shape& shape, Routing routing, uint64_t seed, int rank,
-                                     const RankOutputs& out, bool y_is_recv_x);
+                                     const RankOutputs& out, bool y_is_recv_x,
+                                     int ranks_per_domain = 0);
 
 // Expert-major rounds (options.layout = kExpertMajor, run by run_round on communicators of
 // `config`): num_recv, expert_offsets, num_recv_per_expert, every row's recv_src,

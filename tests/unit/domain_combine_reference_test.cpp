@@ -158,5 +158,42 @@ TEST(HostReference, ExpertMajorCombineAddsDomainPartialsInAscendingDomainOrder) 
   }
 }
 
+// The bench's check of a token-major combine with y = recv_x (each token's x times the ranks it
+// reached, per domain rounded across domains) agrees with the host reference in every split,
+// and with domains of 4 it tells the domain order from the one-domain sum somewhere.
+TEST(HostReference, IndependentCheckOfTokenMajorCombineKnowsTheDomains) {
+  constexpr int kRanks = 8;
+  testing::Shape shape;
+  shape.num_ranks = kRanks;
+  shape.num_tokens = 40;
+  shape.hidden = 64;
+  shape.num_experts = 4 * kRanks;
+  shape.num_topk = 8;
+  testing::RoundOptions options;
+  options.y_is_recv_x = true;
+  std::vector<testing::RankOutputs> one_domain;
+  for (int L = kRanks; L >= 1; L /= 2) {
+    SCOPED_TRACE("ranks_per_domain = " + std::to_string(L));
+    Config cfg = testing::config_for(shape);
+    cfg.ranks_per_domain = L;
+    cfg.transport = Transport::kNvshmem;  // the host reference ignores it; domains < R need it
+    const auto got = testing::run_cluster(Backend::kHost, cfg, shape, testing::Routing::kUniform,
+                                          77, options)[0];
+    for (int r = 0; r < kRanks; ++r) {
+      EXPECT_EQ(testing::check_rank_independently(shape, testing::Routing::kUniform, 77, r, got[r],
+                                                  true, L),
+                "");
+    }
+    if (L == kRanks) {
+      one_domain = got;
+      continue;
+    }
+    bool differs = false;
+    for (int r = 0; r < kRanks; ++r) differs = differs || got[r].combined != one_domain[r].combined;
+    // x times 1 or 2 is exact in bf16, so only domains of 3 or more ranks round.
+    if (L == 4) EXPECT_TRUE(differs) << "domains gave the one-domain bits everywhere";
+  }
+}
+
 }  // namespace
 }  // namespace epcomm

@@ -17,21 +17,8 @@ from helpers.workload import Case, inputs_for
 T, H, K, E, M = 5, 128, 2, 4, 8
 
 
-def _ht_buffer():
-    return epcomm.Buffer(epcomm.make_thread_groups(1)[0], max_tokens_per_rank=8)
-
-
 def _ll_buffer():
     return epcomm.Buffer(epcomm.make_thread_groups(1)[0], low_latency_mode=True)
-
-
-def _ht_dispatched():
-    buffer = _ht_buffer()
-    x = torch.randn(T, H).to(torch.bfloat16)
-    topk_idx = torch.arange(T * K).reshape(T, K) % E
-    recv_x, _, _, _, handle, _ = buffer.dispatch(
-        x, topk_idx=topk_idx, num_tokens_per_expert=torch.zeros(E, dtype=torch.int32))
-    return buffer, x, topk_idx, recv_x, handle
 
 
 def _ll_dispatched():
@@ -44,18 +31,6 @@ def _ll_dispatched():
 
 def _use_fabric():
     epcomm.Buffer(epcomm.make_thread_groups(1)[0], 10**6, use_fabric=True)
-
-
-def _internode_dispatch():
-    buffer, x, topk_idx, _, _ = _ht_dispatched()
-    buffer.internode_dispatch(x, topk_idx=topk_idx,
-                              num_tokens_per_expert=torch.zeros(E, dtype=torch.int32),
-                              config=epcomm.Buffer.get_dispatch_config(16))
-
-
-def _internode_combine():
-    buffer, _, _, recv_x, handle = _ht_dispatched()
-    buffer.internode_combine(recv_x, handle, config=epcomm.Buffer.get_combine_config(16))
 
 
 def _ll_dispatch(**options):
@@ -72,8 +47,6 @@ def _ll_combine(**options):
 # One way to reach each entry of NOT_BUILT.
 RAISES = {
     "use_fabric": _use_fabric,
-    "internode_dispatch": _internode_dispatch,
-    "internode_combine": _internode_combine,
     "use_logfmt": lambda: _ll_combine(use_logfmt=True),
 }
 

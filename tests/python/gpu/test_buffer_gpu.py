@@ -13,6 +13,13 @@ from helpers.runner import host_reference, run_case, run_overlapped
 from helpers.workload import ROUTINGS, Case
 
 WORLD = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "2")))
+# The Buffers' transport and domains, from EPCOMM_TEST_TRANSPORT and
+# EPCOMM_TEST_RANKS_PER_DOMAIN (scripts/python_gpu_check.sh also runs this file across NVSHMEM
+# domains); the host reference then combines in the same domain order.
+TRANSPORT = {key: kind(os.environ[name]) for key, kind, name in (
+    ("transport", str, "EPCOMM_TEST_TRANSPORT"),
+    ("ranks_per_domain", int, "EPCOMM_TEST_RANKS_PER_DOMAIN")) if name in os.environ}
+ACROSS_DOMAINS = TRANSPORT.get("ranks_per_domain", 0) not in (0, WORLD)
 MAX_TOKENS = 128
 SMS = 8  # 8 processes sharing one GPU still leave room for each other's blocks
 
@@ -43,7 +50,7 @@ def _cases(R: int):
 @pytest.fixture(scope="module")
 def buffer(dist_env):
     epcomm.Buffer.set_num_sms(SMS)
-    buffer = epcomm.Buffer(None, max_tokens_per_rank=MAX_TOKENS)
+    buffer = epcomm.Buffer(None, max_tokens_per_rank=MAX_TOKENS, **TRANSPORT)
     yield buffer
     buffer.destroy()
 
@@ -66,7 +73,7 @@ def test_cuda_matches_host_reference(dist_env, buffer, case: Case):
     rank, world, device = dist_env
     assert world == case.num_ranks
     got = run_case(buffer, case, rank, device)
-    want = host_reference(case)
+    want = host_reference(case, **TRANSPORT)
     for index in range(case.rounds):
         # Rows this rank received: every source's count for it (known to the reference).
         num_recv = sum(int(want[s][index]["num_tokens_per_rank"][rank]) for s in range(world))
@@ -86,7 +93,7 @@ def test_two_micro_batches_await_their_combines_at_once(dist_env, buffer, fp8):
     # host_reference runs round 0 of a case (case.round(0): its own seed): so does this.
     got = run_overlapped(buffer, [case.round(0) for case in cases], rank, device)
     for case, g in zip(cases, got):
-        want = host_reference(case)[rank][0]
+        want = host_reference(case, **TRANSPORT)[rank][0]
         _compare(case.round(0), rank, g, want, want["num_recv"])
 
 
@@ -144,6 +151,11 @@ def test_combine_adds_biases_in_fp32_before_the_one_rounding(dist_env, buffer, w
     plain, _, _ = buffer.combine(recv_x, handle)
     sent_to = in_rank.sum(dim=1, keepdim=True).float()
     assert torch.equal(plain, (x.float() * sent_to).to(torch.bfloat16))
+    if ACROSS_DOMAINS:  # a second combine of one dispatch is not built there
+        with pytest.raises(epcomm.EpcommError, match="second combine") as raised:
+            buffer.combine(recv_x, handle, bias=b0)
+        assert raised.value.code == epcomm.ErrorCode.unsupported
+        return
     for bias in (b0, (b0, None), (None, b1), (b0, b1)):
         parts = bias if isinstance(bias, tuple) else (bias, None)
         combined, _, _ = buffer.combine(recv_x, handle, bias=bias)

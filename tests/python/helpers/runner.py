@@ -148,10 +148,12 @@ def run_on_threads(num_ranks: int, body: Callable[[int, epcomm.ThreadGroup], obj
     return results
 
 
-def host_reference(case: Case) -> List[List[Dict]]:
-    """Every rank's outputs from the C++ host reference backend (ranks as threads, CPU)."""
+def host_reference(case: Case, **buffer_kwargs) -> List[List[Dict]]:
+    """Every rank's outputs from the C++ host reference backend (ranks as threads, CPU);
+    buffer_kwargs go to each Buffer (ranks_per_domain: the combine's domain order)."""
     def body(rank: int, group: epcomm.ThreadGroup):
-        buffer = epcomm.Buffer(group, max_tokens_per_rank=case.max_tokens_per_rank)
+        buffer = epcomm.Buffer(group, max_tokens_per_rank=case.max_tokens_per_rank,
+                               **buffer_kwargs)
         try:
             return run_case(buffer, case, rank, torch.device("cpu"))
         finally:
