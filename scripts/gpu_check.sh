@@ -135,9 +135,9 @@ fi
 if has nvshmem; then  # NVSHMEM runs several PEs on one GPU only under MPS
   start=$SECONDS
   mps_start
-  # ctest_nvshmem_all.log keeps the passing tests' output too (cases run, ranks per domain).
-  (cd "$BUILD" && timeout 450 ctest -j 1 --timeout 300 --output-on-failure -L nvshmem \
-    --output-log "$OUT/ctest_nvshmem_all.log" ${CTEST_ARGS:-}) >"$OUT/ctest_nvshmem.log" 2>&1
+  # Verbose: the log keeps the passing tests' output too (cases run, transport, domains).
+  (cd "$BUILD" && timeout 450 ctest -j 1 --timeout 300 -V -L nvshmem ${CTEST_ARGS:-}) \
+    >"$OUT/ctest_nvshmem.log" 2>&1
   rc=$?
   note "ctest nvshmem, processes under MPS: rc=$rc ($((SECONDS - start)) s): $(grep -E 'tests passed|tests failed|No tests' "$OUT/ctest_nvshmem.log" | tail -1)"
   grep -E '^\s+[0-9]+ - .*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_nvshmem.log" | head -20 | tee -a "$summary"
