@@ -7,7 +7,6 @@
 // it delivered. wait_arrivals and the drain at those ranks are unchanged.
 #include "common/meta_row.cuh"
 #include "common/wait.cuh"
-#include "common/warp_copy.cuh"
 #include "launch.hpp"
 
 namespace epcomm::kernels {
@@ -31,6 +30,32 @@ __device__ bool wait_forwarded(const DomainKernelParams& p, int domain, uint32_t
   return true;
 }
 
+// One warp reads `row` once, two 16-byte vectors a lane in flight, and stores it at row
+// `slot` (lane k's) of rank first + k for each lane k in `mask`.
+__device__ void store_row(const DomainKernelParams& p, const char* row, int first, uint32_t mask,
+                          int slot, int lane) {
+  constexpr int kUnroll = 2;
+  const int num_vec = static_cast<int>(p.layout.row_bytes / 16);
+  const auto* src = reinterpret_cast<const uint4*>(row);
+  // NOTE: the loop bound is warp-uniform: the shuffles below need every lane.
+  for (int base = 0; base < num_vec; base += 32 * kUnroll) {
+    uint4 vec[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (base + lane + 32 * u < num_vec) vec[u] = ld_na(src + base + lane + 32 * u);
+    }
+    for (uint32_t m = mask; m; m &= m - 1) {
+      const int k = __ffs(m) - 1;
+      const int dst_row = __shfl_sync(0xffffffffu, slot, k);
+      auto* dst = reinterpret_cast<uint4*>(p.layout.row(p.peers[first + k], dst_row));
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (base + lane + 32 * u < num_vec) st_na(dst + base + lane + 32 * u, vec[u]);
+      }
+    }
+  }
+}
+
 // One warp stores token t's record (from `source`) at its final slot on each rank of this
 // domain it reaches, counting the rows per local index in `delivered`.
 __device__ void forward_record(const DomainKernelParams& p, char* record, int source, int t,
@@ -45,10 +70,11 @@ __device__ void forward_record(const DomainKernelParams& p, char* record, int so
   for (int base = 0; base < L; base += 32) {
     const int j = base + lane;
     const int slot = j < L ? dl.slots(record)[first + j] : -1;
-    for (uint32_t m = __ballot_sync(0xffffffffu, slot >= 0); m; m &= m - 1) {
+    const uint32_t mask = __ballot_sync(0xffffffffu, slot >= 0);
+    if (mask != 0) store_row(p, dl.row(record), first + base, mask, slot, lane);
+    for (uint32_t m = mask; m; m &= m - 1) {
       const int k = __ffs(m) - 1, d = first + base + k;
       const int row = __shfl_sync(0xffffffffu, slot, k);
-      warp_copy(p.layout.row(p.peers[d], row), dl.row(record), p.layout.row_bytes, lane);
       write_meta_row(p.layout.meta_row(p.peers[d], row), p.layout.meta, slots, p.cached, source, t,
                      d, p.num_topk, p.experts_per_rank, dl.scales(record), lane);
     }
