@@ -581,15 +581,6 @@ void CudaBackend::combine(const void* y, const detail::HandleState& handle_state
   EPCOMM_CUDA_CHECK(cudaSetDevice(device_));
   const auto& handle = static_cast<const CudaHandle&>(handle_state);
   const Routing& routing = handle.routing->tables;
-  if (repeat && domains_) {
-    throw Error(ErrorCode::kUnsupported,
-                "combine: a second combine of one dispatch is not built across NVLink domains "
-                "(domains of " +
-                    std::to_string(domain_->ranks_per_domain()) + " of " +
-                    std::to_string(num_ranks_) +
-                    " ranks): a forwarder's partials could overwrite the first one's while its "
-                    "source still reads them; dispatch again (dispatch_cached) first");
-  }
   char* pool = layout_.combine_row(domain_->local(), 0);
   const CombineReadyParams ready{layout_, domain_->device_peers(), rank_, num_ranks_,
                                  wait_context()};

@@ -14,12 +14,14 @@ constexpr int kMaxCudaRanks = 128;
 // invalid_input is set by the layout kernel and error_claimed by whichever kernel records
 // the first error.
 struct DeviceState {
-  uint64_t epoch;         // Config::sequence_start + dispatches whose count exchange completed
-  uint64_t combine_seq;   // Config::sequence_start + combine ready rounds completed
-  int32_t dispatch_ok;    // verdict of the latest count exchange: 1 = send, 0 = skip
-  int32_t failed;         // a wait timed out: every later kernel returns at once
-  int32_t invalid_input;  // the layout step of the current dispatch saw a bad expert id
-  int32_t error_claimed;  // an error record is written or being written (first writer wins)
+  uint64_t epoch;            // Config::sequence_start + dispatches whose count exchange completed
+  uint64_t combine_seq;      // Config::sequence_start + combine ready rounds completed
+  uint64_t domain_combines;  // combines across NVLink domains waited for (docs/design.md §23):
+                             // its parity picks the partials buffer
+  int32_t dispatch_ok;       // verdict of the latest count exchange: 1 = send, 0 = skip
+  int32_t failed;            // a wait timed out: every later kernel returns at once
+  int32_t invalid_input;     // the layout step of the current dispatch saw a bad expert id
+  int32_t error_claimed;     // an error record is written or being written (first writer wins)
   uint64_t expected_arrived[kMaxCudaRanks];  // cumulative rows expected from each source
 };
 

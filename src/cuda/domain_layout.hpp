@@ -26,8 +26,11 @@ struct RecordHeader {
   int32_t unused[2];
 };
 
-//   forward words [D] | partial words [D] | count outbox [R][W] | out records [T] |
-//   in records [D][T] | out partials [D][T] | in partials [D][T]
+//   forward words [D] | partial words [2][D] | count outbox [R][W] | out records [T] |
+//   in records [D][T] | out partials [D][T] | in partials [2][D][T]
+// The partial words and in partials alternate between two buffers by combine
+// (DeviceState::domain_combines), so a second combine of one dispatch never writes what its
+// source may still wait for or read.
 struct DomainLayout {
   int num_ranks = 0;
   int ranks_per_domain = 0;  // L < num_ranks
@@ -68,7 +71,7 @@ struct DomainLayout {
     l.forward_words_offset = off;
     off = align_up(off + 8 * D, 128);
     l.partial_words_offset = off;
-    off = align_up(off + 8 * D, 128);
+    off = align_up(off + 2 * 8 * D, 128);
     l.count_outbox_offset = off;
     off = align_up(off + 8 * static_cast<size_t>(l.num_ranks) * l.count_row_words, 128);
     l.out_records_offset = off;
@@ -78,7 +81,7 @@ struct DomainLayout {
     l.out_partials_offset = off;
     off = align_up(off + l.partial_bytes * D * T, 128);
     l.in_partials_offset = off;
-    off = align_up(off + l.partial_bytes * D * T, 128);
+    off = align_up(off + 2 * l.partial_bytes * D * T, 128);
     l.total_bytes = off;
     return l;
   }
@@ -97,8 +100,9 @@ struct DomainLayout {
   }
   // At source s: (tag(combine) << 32) | 1, set by the forwarder of domain B once its partials
   // of that combine are all in place.
-  EPCOMM_HD uint64_t* partial_word(char* base, int forwarder_domain) const {
-    return reinterpret_cast<uint64_t*>(base + partial_words_offset) + forwarder_domain;
+  EPCOMM_HD uint64_t* partial_word(char* base, int buffer, int forwarder_domain) const {
+    return reinterpret_cast<uint64_t*>(base + partial_words_offset) +
+           static_cast<size_t>(buffer) * num_domains() + forwarder_domain;
   }
   // This rank's count row for `peer` outside its domain (tagged words, as the notify kernel
   // would store them), before the NVSHMEM module sets them in the peer's count matrix.
@@ -117,9 +121,11 @@ struct DomainLayout {
     return base + out_partials_offset +
            partial_bytes * (static_cast<size_t>(source_domain) * max_tokens + token);
   }
-  EPCOMM_HD char* in_partial(char* base, int domain, int token) const {
+  // Buffer `buffer` (a combine's parity) of the partials the forwarder of `domain` sends here.
+  EPCOMM_HD char* in_partial(char* base, int buffer, int domain, int token) const {
     return base + in_partials_offset +
-           partial_bytes * (static_cast<size_t>(domain) * max_tokens + token);
+           partial_bytes *
+               ((static_cast<size_t>(buffer) * num_domains() + domain) * max_tokens + token);
   }
 
   // Within a record.

@@ -40,6 +40,7 @@ nvshmem::HtPuts DomainPaths::puts(int num_tokens, int counter) const {
   a.num_tokens = num_tokens;
   a.epoch = &wait_.state->epoch;
   a.combine_seq = &wait_.state->combine_seq;
+  a.domain_combines = &wait_.state->domain_combines;
   a.failed = &wait_.state->failed;
   a.dispatch_ok = &wait_.state->dispatch_ok;
   a.blocks_done = d_blocks_done_ + counter;

@@ -72,11 +72,12 @@ struct HtPuts {
   char* main;     // this rank's region (count matrices)
   char* staging;  // this rank's staging region
   int rank, num_tokens;
-  const uint64_t* epoch;        // DeviceState::epoch (count: the exchange's is epoch + 1)
-  const uint64_t* combine_seq;  // DeviceState::combine_seq
-  const int32_t* failed;        // DeviceState::failed
-  const int32_t* dispatch_ok;   // DeviceState::dispatch_ok
-  uint32_t* blocks_done;        // rank-private, 0 between launches; the last block resets it
+  const uint64_t* epoch;            // DeviceState::epoch (count: the exchange's is epoch + 1)
+  const uint64_t* combine_seq;      // DeviceState::combine_seq
+  const uint64_t* domain_combines;  // DeviceState::domain_combines: its parity, the buffer
+  const int32_t* failed;            // DeviceState::failed
+  const int32_t* dispatch_ok;       // DeviceState::dispatch_ok
+  uint32_t* blocks_done;            // rank-private, 0 between launches; the last block resets it
 };
 
 // The module's kernels (extern "C": found by name in the loaded module).

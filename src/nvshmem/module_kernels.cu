@@ -184,6 +184,8 @@ extern "C" __global__ void epcomm_nvshmem_ht_partial_puts(HtPuts a) {
   const uint32_t tag =
       epcomm::cuda::sequence_tag(*reinterpret_cast<const volatile uint64_t*>(a.epoch));
   const int warps = blockDim.x / 32, mine = dl.domain_of(a.rank);
+  const int buffer =
+      static_cast<int>(*reinterpret_cast<const volatile uint64_t*>(a.domain_combines) & 1);
   for (int s = 0; s < dl.num_domains(); ++s) {
     if (s == mine) continue;
     const uint64_t word =
@@ -193,10 +195,11 @@ extern "C" __global__ void epcomm_nvshmem_ht_partial_puts(HtPuts a) {
                       : 0;
     for (int t = blockIdx.x * warps + threadIdx.x / 32; t < T; t += gridDim.x * warps) {
       if (dl.header(dl.in_record(a.staging, s, t))->tag != tag) continue;  // warp-uniform
-      epcomm::nvshmem::put_warp(dl.in_partial(a.staging, mine, t), dl.out_partial(a.staging, s, t),
-                                dl.partial_bytes, dl.partner(a.rank, s));
+      epcomm::nvshmem::put_warp(dl.in_partial(a.staging, buffer, mine, t),
+                                dl.out_partial(a.staging, s, t), dl.partial_bytes,
+                                dl.partner(a.rank, s));
     }
   }
   const uint64_t seq = *reinterpret_cast<const volatile uint64_t*>(a.combine_seq);
-  set_word_after_puts(a, dl.partial_word(a.staging, mine), tagged(seq, 1));
+  set_word_after_puts(a, dl.partial_word(a.staging, buffer, mine), tagged(seq, 1));
 }

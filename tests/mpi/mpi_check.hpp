@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "epcomm/epcomm.hpp"
 #include "epcomm/mpi_bootstrap.hpp"
@@ -115,9 +116,9 @@ inline int& program_ranks_per_domain() {
 }
 
 // Across NVLink domains (ranks_per_domain = R / 2 over NVSHMEM), what is not built is refused on
-// every rank alike, with kUnsupported naming it: an expert-major dispatch, and a second combine
-// of one dispatch. A token-major dispatch and its first combine run (the suites check their
-// bytes).
+// every rank alike, with kUnsupported naming it: an expert-major dispatch. A token-major
+// dispatch runs (the suites check its bytes), and a second combine of it returns the first
+// one's bytes (its partials go to the other buffer).
 inline void check_across_domain_refusals(Checks& checks,
                                          const std::shared_ptr<Bootstrap>& bootstrap,
                                          Memory& memory, int device, Config config) {
@@ -153,11 +154,20 @@ inline void check_across_domain_refusals(Checks& checks,
                        [&] { comm->dispatch(in, expert_major); });
     const DispatchResult r = comm->dispatch(in);
     const size_t row = 2 * static_cast<size_t>(config.hidden);
-    Buffer y(memory, comm->recv_capacity() * row), out(memory, row);
+    Buffer y(memory, comm->recv_capacity() * row), out(memory, row), again(memory, row);
+    memory.fill(y.get(), 0x3c, comm->recv_capacity() * row);  // 0x3c3c: a small bf16
+    memory.fill(out.get(), 0xff, row);
+    memory.fill(again.get(), 0x00, row);
     comm->combine(y.get(), r.handle, out.get());
-    expect_unsupported("a second combine of one dispatch", "second combine",
-                       [&] { comm->combine(y.get(), r.handle, out.get()); });
+    comm->combine(y.get(), r.handle, again.get());
     comm->synchronize();
+    std::vector<unsigned char> first(row), second(row);
+    memory.download(first.data(), out.get(), row);
+    memory.download(second.data(), again.get(), row);
+    // The token went to one rank of the other domain: its partial is that rank's row of y.
+    const std::vector<unsigned char> want(row, 0x3c);
+    checks.expect(first == want, "a combine across domains did not return the one row of y");
+    checks.expect(second == want, "a second combine of one dispatch across domains differs");
     bootstrap->barrier();
   } catch (const Error& e) {
     checks.expect(false, std::string("ranks_per_domain = R / 2: ") + e.what());

@@ -1,7 +1,8 @@
 // The staging region of the high-throughput paths across domains (src/cuda/domain_layout.hpp):
 // its sections are ordered, 128-byte aligned and inside the region; a record's fields lie in
 // order inside it, the row 16-byte aligned and the scales right after it; records and partials
-// are indexed (source domain, token) without overlap; partners share the local index.
+// are indexed (source domain, token) without overlap, the partials and their words in two
+// buffers; partners share the local index.
 #include "cuda/domain_layout.hpp"
 
 #include <gtest/gtest.h>
@@ -30,13 +31,13 @@ TEST_P(DomainLayoutTest, SectionsRecordsAndPartners) {
   EXPECT_EQ(l.count_row_words, region.count_row_words());
   EXPECT_EQ(l.forward_words_offset, 0u);
   EXPECT_GE(l.partial_words_offset, 8 * D);
-  EXPECT_GE(l.count_outbox_offset, l.partial_words_offset + 8 * D);
+  EXPECT_GE(l.count_outbox_offset, l.partial_words_offset + 2 * 8 * D);
   EXPECT_GE(l.out_records_offset,
             l.count_outbox_offset + 8u * s.ranks * static_cast<size_t>(l.count_row_words));
   EXPECT_GE(l.in_records_offset, l.out_records_offset + l.record_bytes * T);
   EXPECT_GE(l.out_partials_offset, l.in_records_offset + l.record_bytes * D * T);
   EXPECT_GE(l.in_partials_offset, l.out_partials_offset + l.partial_bytes * D * T);
-  EXPECT_GE(l.total_bytes, l.in_partials_offset + l.partial_bytes * D * T);
+  EXPECT_GE(l.total_bytes, l.in_partials_offset + 2 * l.partial_bytes * D * T);
   for (size_t offset :
        {l.partial_words_offset, l.count_outbox_offset, l.out_records_offset, l.in_records_offset,
         l.out_partials_offset, l.in_partials_offset, l.total_bytes}) {
@@ -63,8 +64,15 @@ TEST_P(DomainLayoutTest, SectionsRecordsAndPartners) {
             static_cast<std::ptrdiff_t>((1 % D) * T * l.record_bytes));
   EXPECT_LE(l.out_partial(base, static_cast<int>(D) - 1, s.max_tokens - 1) + l.partial_bytes - base,
             static_cast<std::ptrdiff_t>(l.in_partials_offset));
-  EXPECT_EQ(l.in_partial(base, static_cast<int>(D) - 1, s.max_tokens - 1) + l.partial_bytes - base,
-            static_cast<std::ptrdiff_t>(l.in_partials_offset + l.partial_bytes * D * T));
+  for (int b = 0; b < 2; ++b) {  // two buffers back to back, each [D][T]
+    EXPECT_EQ(l.in_partial(base, b, 0, 0) - base,
+              static_cast<std::ptrdiff_t>(l.in_partials_offset + b * l.partial_bytes * D * T));
+    EXPECT_EQ(
+        l.in_partial(base, b, static_cast<int>(D) - 1, s.max_tokens - 1) + l.partial_bytes - base,
+        static_cast<std::ptrdiff_t>(l.in_partials_offset + (b + 1) * l.partial_bytes * D * T));
+    EXPECT_EQ(reinterpret_cast<char*>(l.partial_word(base, b, 0)) - base,
+              static_cast<std::ptrdiff_t>(l.partial_words_offset + b * 8 * D));
+  }
   EXPECT_LE(l.out_record(base, s.max_tokens - 1) + l.record_bytes - base,
             static_cast<std::ptrdiff_t>(l.in_records_offset));
   // Partners: the same local index, in the domain asked for.

@@ -3,11 +3,17 @@
 //   P_D = bf16( sum over ranks d of D ascending of y_d[slot(t, d)] in fp32 )
 // the order the host reference implements (src/host/combine_order.hpp).
 // - domain_partials: this rank's own domain's partial of each of its tokens into
-//   in_partial(own, t), and as forwarder, for each token a source of another domain A forwarded
-//   here, this domain's partial into out_partial(A, t), which the NVSHMEM module then puts to
-//   that source's in_partial(this domain, t) before setting its partial word.
-// - wait_partials: one block waits for every other domain's partial word of this combine.
+//   in_partial(b, own, t), and as forwarder, for each token a source of another domain A
+//   forwarded here, this domain's partial into out_partial(A, t), which the NVSHMEM module then
+//   puts to that source's in_partial(b, this domain, t) before setting its partial word.
+// - wait_partials: one block waits for every other domain's partial word of this combine, then
+//   counts the combine (DeviceState::domain_combines).
 // - domain_sum: the partials of each token in ascending domain order, then the biases.
+// b = domain_combines & 1 before wait_partials counts the combine (so (count - 1) & 1 after)
+// picks the partials and partial words: a forwarder writes buffer b again only in the combine
+// after next, which it starts after waiting for this source's partials of the next one, sent
+// after this source's wait and sum. (A second combine of one dispatch has no count exchange
+// between them, which would otherwise order the forwarder after the source.)
 // Only the first waits, in one block; the wide kernels read rows and partials already in place.
 #include "common/gather_rows.cuh"
 #include "common/wait.cuh"
@@ -72,12 +78,14 @@ __global__ void __launch_bounds__(kDomainThreads) domain_partials_kernel(DomainK
   const int first_warp = blockIdx.x * (blockDim.x / 32), num_warps = gridDim.x * blockDim.x / 32;
   const int mine = dl.domain_of(p.rank);
   const uint32_t tag = cuda::sequence_tag(state->epoch);
+  const int buffer = static_cast<int>(state->domain_combines & 1);
   // a = -1: this rank's own tokens, into in_partial(mine, t); else the tokens the source of
   // domain a forwarded here, into out_partial(a, t).
   for (int a = -1; a < dl.num_domains(); ++a) {
     const int T = a < 0 ? p.num_tokens : forwarded_tokens(p, a, tag);
-    const cuda::GatherParams g = gather_into(p, a < 0 ? dl.in_partial(p.domains.staging, mine, 0)
-                                                      : dl.out_partial(p.domains.staging, a, 0));
+    const cuda::GatherParams g =
+        gather_into(p, a < 0 ? dl.in_partial(p.domains.staging, buffer, mine, 0)
+                             : dl.out_partial(p.domains.staging, a, 0));
     for (int t = first_warp + warp; t < T; t += num_warps) {
       const int32_t* slots = p.slot + static_cast<size_t>(t) * p.num_ranks;
       if (a >= 0) {
@@ -98,19 +106,21 @@ __global__ void __launch_bounds__(128) wait_partials_kernel(DomainKernelParams p
   if (rank_failed(state) || !state->dispatch_ok) return;
   const DomainLayout& dl = p.domains.layout;
   const uint32_t tag = cuda::sequence_tag(state->combine_seq);
+  const int buffer = static_cast<int>(state->domain_combines & 1);
   bool ok = true;
   for (int b = threadIdx.x; b < dl.num_domains() && ok; b += blockDim.x) {
     if (b == dl.domain_of(p.rank)) continue;
     uint64_t word = 0;
-    ok = wait_tagged(p.wait, dl.partial_word(p.domains.staging, b), tag, cuda::kPhasePartials,
-                     dl.partner(p.rank, b), &word);
+    ok = wait_tagged(p.wait, dl.partial_word(p.domains.staging, buffer, b), tag,
+                     cuda::kPhasePartials, dl.partner(p.rank, b), &word);
   }
-  __syncthreads();
+  if (__syncthreads_and(ok) && threadIdx.x == 0) state->domain_combines += 1;
 }
 
 // Lists token t's partials in ascending domain order, one per domain one of whose ranks holds
 // a row of t; returns how many. Shared memory: [warps][D] pointers.
-__device__ int list_partials(const DomainKernelParams& p, int t, const uint4** rows, int lane) {
+__device__ int list_partials(const DomainKernelParams& p, int buffer, int t, const uint4** rows,
+                             int lane) {
   const DomainLayout& dl = p.domains.layout;
   const int L = dl.ranks_per_domain;
   const int32_t* slots = p.slot + static_cast<size_t>(t) * p.num_ranks;
@@ -122,7 +132,7 @@ __device__ int list_partials(const DomainKernelParams& p, int t, const uint4** r
     const uint32_t mask = __ballot_sync(0xffffffffu, reached);
     if (reached) {
       rows[n + __popc(mask & lanemask_lt())] =
-          reinterpret_cast<const uint4*>(dl.in_partial(p.domains.staging, b, t));
+          reinterpret_cast<const uint4*>(dl.in_partial(p.domains.staging, buffer, b, t));
     }
     n += __popc(mask);
   }
@@ -138,8 +148,9 @@ __global__ void __launch_bounds__(kDomainThreads) domain_sum_kernel(DomainKernel
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
   const uint4** rows = s_rows + warp * p.domains.layout.num_domains();
   const cuda::GatherParams g = gather_into(p, reinterpret_cast<char*>(p.out));
+  const int buffer = static_cast<int>((state->domain_combines - 1) & 1);  // counted already
   for (int t = blockIdx.x * num_warps + warp; t < p.num_tokens; t += gridDim.x * num_warps) {
-    const int n = list_partials(p, t, rows, lane);
+    const int n = list_partials(p, buffer, t, rows, lane);
     gather_token<kBias, false>(g, rows, nullptr, n, t, lane);
     __syncwarp();
   }
